@@ -1,0 +1,371 @@
+"""
+The language model of afd-mini, and everything the pipeline asks of it.
+
+- GPT is the policy pi_theta: a GPT-2-style decoder-only transformer. forward() gives the
+  next-token logits and, with targets, the SFT loss (cross-entropy on the response tokens,
+  i.e. the forward KL to the demonstrations up to a constant).
+- ScalarGPT is the same backbone with a one-number head: the reward model and the
+  discriminator of adversarial imitation.
+- token_logprobs gives log pi_theta(y_t | x, y_<t) for every response token. Every objective
+  in objectives.py is computed from it, so SFT, reverse KL and the RL losses see the same
+  numbers.
+- sample draws responses in a batch with a KV cache and returns their log-probs.
+- get_device / autocast / maybe_compile / save_checkpoint / load_checkpoint are the plumbing
+  the training scripts share.
+
+The architecture follows nanoGPT (karpathy/nanoGPT); what it lacks and we add is the KV cache,
+batched prompts of different lengths, and the scalar head.
+"""
+
+import contextlib
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -1  # targets equal to this (e.g. prompt tokens) are left out of the loss
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 96  # prompt (~10-20 tokens) + response (<= 64 tokens)
+    vocab_size: int = 512  # the pipeline overrides this with the tokenizer's n_vocab
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that each decoding step
+    feeds only the new token instead of the whole context. All rows share one length: the
+    sampler left-pads its prompts so that every row's next token lands in the same column."""
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None
+        self.length = 0  # slots filled so far
+
+    def append(self, layer, k, v):
+        """Store k, v (B, n_head, T, head_dim) after the cached ones; return all of them."""
+        if self.k is None:  # allocated on first use: takes the dtype autocast gives k and v
+            B, nh, _, hs = k.shape
+            self.k = k.new_zeros(self.n_layer, B, nh, self.max_len, hs)
+            self.v = torch.zeros_like(self.k)
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.dropout = config.n_head, config.dropout
+
+    def forward(self, x, mask=None, kv_cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            k, v = kv_cache.append(layer, k, v)
+        # One fused kernel for softmax(q k^T / sqrt(d) + mask) v. With no explicit mask the plain
+        # causal case can take the fastest (flash) path.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm: the residual stream x is never normalised, only what each branch reads."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask=None, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: reading a token in and predicting it out use one matrix (fewer
+        # parameters, and rare tokens learn from both ends).
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2: each residual branch ends in a c_proj; scaling its init by 1/sqrt(2 n_layer)
+        # keeps the variance of the residual stream from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # parameters() counts the tied matrix once
+
+    def hidden(self, idx, pos=None, valid=None, kv_cache=None):
+        """Final-LayerNorm hidden states (B, T, C) of tokens idx (B, T).
+
+        Plain use (training, scoring): hidden(idx) with positions 0..T-1 and a causal mask.
+        The sampler also passes, for its left-padded batch,
+          pos:      (B, T) position of each token within its own unpadded row,
+          valid:    (B, S) False at pad slots, S = cached length + T,
+          kv_cache: a KVCache; idx then holds only the tokens the cache has not seen.
+        """
+        B, T = idx.size()
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        if pos is None:
+            pos = torch.arange(past, past + T, device=idx.device)
+        mask = None  # None = plain causal attention
+        if valid is not None or past > 0:
+            q_slot = torch.arange(past, past + T, device=idx.device)[:, None]
+            k_slot = torch.arange(past + T, device=idx.device)[None, :]
+            mask = k_slot <= q_slot  # (T, S) causal, offset by what is cached
+            if valid is not None:
+                # Nobody attends to a pad slot, except that slot itself: some PyTorch versions and
+                # kernels give NaN for an all-masked softmax row, and a NaN stored as a value
+                # would reach the real rows through 0 * NaN.
+                mask = (mask & valid[:, None, :]) | (k_slot == q_slot)
+                mask = mask[:, None]  # (B, 1, T, S), same for every head
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, mask, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """Logits (B, T, V) for the next token at every position; with targets (B, T), also the
+        mean cross-entropy over the positions whose target is not IGNORE_INDEX."""
+        logits = self.lm_head(self.hidden(idx))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
+        # Decay the matrices (Linear weights, embeddings); biases and LayerNorm gains stay free.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        # fused = one kernel for the whole update, CUDA only; foreach batches the tensors elsewhere.
+        impl = {"fused": True} if device_type == "cuda" else {"foreach": True}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **impl)
+
+
+class ScalarGPT(nn.Module):
+    """The GPT backbone with a score head: one number per position. Position t has seen
+    tokens[:t+1], so its score judges state tokens[:t] with action tokens[t]; the score at the
+    last response token judges the whole (prompt, response) pair."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.gpt = GPT(config)  # its lm_head is tied to wte, so it adds no parameters; unused here
+        self.score_head = nn.Linear(config.n_embd, 1)
+        # Zero init: every score starts at 0 (a discriminator at D = 1/2), and the head is
+        # fresh even when the backbone comes from a trained LM.
+        nn.init.zeros_(self.score_head.weight)
+        nn.init.zeros_(self.score_head.bias)
+
+    def forward(self, idx):
+        return self.score_head(self.gpt.hidden(idx)).squeeze(-1).float()
+
+    @classmethod
+    def from_lm(cls, gpt: GPT) -> "ScalarGPT":
+        model = cls(gpt.config)
+        # A copy: training one leaves the other alone. gpt may be wrapped by torch.compile.
+        model.gpt.load_state_dict(_strip_compile_prefix(gpt.state_dict()))
+        return model.to(next(gpt.parameters()).device)
+
+
+def token_logprobs(model: GPT, tokens, response_mask):
+    """out[b, t] = log pi(tokens[b, t] | tokens[b, :t]) where response_mask[b, t], else 0.
+
+    tokens (B, T): prompt + response, right-padded (causality makes the pad value irrelevant).
+    The logits at position t-1 predict token t, hence the shift; token 0 is always a prompt
+    token. Per-token values: the caller decides whether to sum (sequence log-likelihood) or
+    average them."""
+    logits, _ = model(tokens[:, :-1])
+    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return F.pad(logp, (1, 0)).masked_fill(~response_mask, 0.0)
+
+
+def sequence_scores(model: ScalarGPT, tokens, response_mask):
+    """(B,) score at each row's last response token (not at a pad after it)."""
+    positions = torch.arange(tokens.size(1), device=tokens.device)
+    last = (positions * response_mask).argmax(dim=1)
+    return model(tokens).gather(1, last[:, None]).squeeze(1)
+
+
+def token_scores(model: ScalarGPT, tokens, response_mask):
+    """(B, T) state-action score at every response token, 0 elsewhere."""
+    return model(tokens).masked_fill(~response_mask, 0.0)
+
+
+@dataclass
+class Rollout:
+    tokens: torch.Tensor  # (B, T) long: prompt + response, right-padded with eos_id
+    response_mask: torch.Tensor  # (B, T) bool: True at sampled tokens (incl. the end token)
+    logprobs: torch.Tensor  # (B, T) float32: log-prob of each sampled token, 0 off the mask
+
+
+def _pick(logits, temperature, top_k, generator):
+    """Next token (B,) from logits (B, V), and its log-prob under the distribution sampled."""
+    if temperature == 0:  # greedy: a point mass, so the chosen token has log-prob 0
+        return logits.argmax(dim=-1), torch.zeros(logits.size(0), device=logits.device)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)
+    token = torch.multinomial(logp.exp(), 1, generator=generator)
+    return token.squeeze(1), logp.gather(1, token).squeeze(1)
+
+
+@torch.no_grad()
+def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
+           generator=None, use_cache=True) -> Rollout:
+    """Sample a response for every prompt (a list of token lists), all rows at once.
+
+    Rows are left-padded so that each step appends one column; each row keeps its own position
+    ids, so a row sees exactly what it would see alone. A row that samples eos_id is finished:
+    it gets eos_id and no log-prob from then on. use_cache=False recomputes the whole context
+    every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0.
+    """
+    device = next(model.parameters()).device
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token")
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    B, P = len(prompts), int(lens.max())
+    L = P + max_new_tokens
+    if L > model.config.block_size:
+        raise ValueError(f"longest prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"block_size {model.config.block_size}")
+    pad = P - lens  # left padding of each row
+    tokens = torch.full((B, L), eos_id, dtype=torch.long, device=device)
+    tokens[:, :P] = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in prompts], device=device)
+    slot = torch.arange(L, device=device)[None, :]
+    valid = slot >= pad[:, None]
+    pos = (slot - pad[:, None]).clamp(min=0)  # pads get 0; they are never attended to
+    response = torch.zeros(B, L, dtype=torch.bool, device=device)
+    logprobs = torch.zeros(B, L, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = KVCache(model.config.n_layer, L) if use_cache else None
+
+    was_training = model.training
+    model.eval()
+    try:
+        t = P  # columns filled so far
+        for _ in range(max_new_tokens):
+            start = cache.length if use_cache else 0  # the cache has seen tokens[:, :start]
+            h = model.hidden(tokens[:, start:t], pos=pos[:, start:t], valid=valid[:, :t], kv_cache=cache)
+            logits = model.lm_head(h[:, -1]).float()  # the LM head only where we sample
+            token, logprob = _pick(logits, temperature, top_k, generator)
+            tokens[:, t] = token.masked_fill(done, eos_id)
+            logprobs[:, t] = logprob.masked_fill(done, 0.0)
+            response[:, t] = ~done
+            done = done | (token == eos_id)
+            t += 1
+            if done.all():
+                break
+    finally:
+        model.train(was_training)
+
+    # Back to the pipeline's layout: shift each row left by its padding. Columns a row did not
+    # generate hold eos_id, False, 0 already; those past the buffer (src >= L) get them here.
+    width = int((lens + response.sum(dim=1)).max())
+    src = pad[:, None] + torch.arange(width, device=device)[None, :]
+    inside = src < L
+    src = src.clamp(max=L - 1)
+    return Rollout(tokens=tokens.gather(1, src).masked_fill(~inside, eos_id),
+                   response_mask=response.gather(1, src) & inside,
+                   logprobs=logprobs.gather(1, src).masked_fill(~inside, 0.0))
+
+
+def get_device(name="auto"):
+    available = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device(available[1] if len(available) > 1 else "cpu")  # cuda, then mps, then cpu
+    if name not in available:
+        raise ValueError(f"device {name!r} is unknown or unavailable here; use one of: auto, {', '.join(available)}")
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (matmuls in bf16, reductions in fp32); a no-op elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(model, enabled):
+    return torch.compile(model) if enabled else model
+
+
+def _strip_compile_prefix(state_dict):
+    # torch.compile wraps the model, so its state_dict keys gain an "_orig_mod." prefix.
+    return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+
+
+def save_checkpoint(path, model, **extra):
+    model = getattr(model, "_orig_mod", model)
+    ckpt = {"kind": "scalar" if isinstance(model, ScalarGPT) else "gpt",
+            "config": asdict(model.config),
+            "state_dict": _strip_compile_prefix(model.state_dict()),
+            "extra": extra}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # Write elsewhere, then rename: os.replace is atomic, so an interrupted save leaves the old
+    # checkpoint (or none), never half a file.
+    torch.save(ckpt, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, extra). weights_only=False: our own files, whose extra may hold any Python object."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = {"gpt": GPT, "scalar": ScalarGPT}[ckpt["kind"]](GPTConfig(**ckpt["config"]))
+    model.load_state_dict(_strip_compile_prefix(ckpt["state_dict"]))
+    return model.to(device), ckpt["extra"]

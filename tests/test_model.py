@@ -1,0 +1,227 @@
+"""Tests for model.py on a tiny CPU model. Each check compares against an independent
+computation (a plain forward pass of one unpadded row, a manual log_softmax gather), so a
+wrong shift, a leaked pad or a stale cache entry makes it fail."""
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint,  # noqa: E402
+                   maybe_compile, sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
+
+EOS = 0
+PROMPTS = [[5, 9, 3], [7, 1, 2, 8, 4, 6, 11], [12, 13, 14, 15, 16]]  # different lengths on purpose
+
+
+def tiny_config(**kw):
+    return GPTConfig(**{**dict(block_size=32, vocab_size=37, n_layer=2, n_head=2, n_embd=16), **kw})
+
+
+def _spread_weights(model, std=0.3):
+    # GPT-2 init gives near-uniform logits; larger weights make every token and position matter,
+    # so a mistake in the cache or the masks shows, and greedy has no near-ties.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return _spread_weights(GPT(tiny_config())).eval()
+
+
+def full_logits(model, row):
+    """Logits of one unpadded row, by a plain forward pass."""
+    return model(torch.tensor([row]))[0][0]
+
+
+def right_padded(rows, n_prompt, pad):
+    """tokens and response_mask for rows = prompt + response, right-padded with pad."""
+    T = max(map(len, rows))
+    tokens = torch.tensor([r + [pad] * (T - len(r)) for r in rows])
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for b, (r, n) in enumerate(zip(rows, n_prompt)):
+        mask[b, n:len(r)] = True
+    return tokens, mask
+
+
+def test_shapes_and_masked_loss(model):
+    idx = torch.randint(0, 37, (3, 10))
+    targets = torch.randint(0, 37, (3, 10))
+    targets[:, :4] = IGNORE_INDEX  # the "prompt"
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 10, 37) and loss.shape == ()
+    logp = F.log_softmax(logits[:, 4:], dim=-1).gather(-1, targets[:, 4:, None])
+    torch.testing.assert_close(loss, -logp.mean())
+    assert model(idx)[1] is None
+    # decay exactly the >= 2-D parameters; the tied embedding counted once
+    groups = model.configure_optimizer(0.1, 1e-3).param_groups
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.num_params()
+
+
+def test_causality(model):
+    idx = torch.randint(1, 37, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (idx[:, 7] + 1) % 37  # change token t+1 = 7
+    a, b = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 7], b[:, 7])
+
+
+def test_kv_cache_matches_full_forward_at_every_step(model):
+    """Drive the cache the way the sampler does (left padding, per-row positions, one token per
+    step) and compare each step's logits with a full forward pass of the unpadded row."""
+    continuations = [[20, 21, 22, 23, 24], [25, 26, 27, 28, 29], [30, 31, 32, 33, 34]]
+    B, P, n_steps = len(PROMPTS), max(map(len, PROMPTS)), 5
+    pad = torch.tensor([P - len(p) for p in PROMPTS])
+    tokens = torch.tensor([[EOS] * (P - len(p)) + p + c for p, c in zip(PROMPTS, continuations)])
+    slot = torch.arange(P + n_steps)[None, :]
+    valid, pos = slot >= pad[:, None], (slot - pad[:, None]).clamp(min=0)
+    cache = KVCache(model.config.n_layer, P + n_steps)
+    with torch.no_grad():
+        logits = model.lm_head(model.hidden(tokens[:, :P], pos=pos[:, :P], valid=valid[:, :P], kv_cache=cache))
+        for b, p in enumerate(PROMPTS):  # the prefill, at every real prompt position
+            torch.testing.assert_close(logits[b, pad[b]:], full_logits(model, p), atol=1e-5, rtol=0)
+        for s in range(n_steps):
+            t = P + s
+            step = model.lm_head(model.hidden(tokens[:, t:t + 1], pos=pos[:, t:t + 1],
+                                              valid=valid[:, :t + 1], kv_cache=cache))[:, -1]
+            for b, (p, c) in enumerate(zip(PROMPTS, continuations)):
+                torch.testing.assert_close(step[b], full_logits(model, p + c[:s + 1])[-1], atol=1e-5, rtol=0)
+
+
+def test_greedy_cached_equals_uncached_and_naive_loop(model):
+    max_new = 8
+    cached = sample(model, PROMPTS, max_new, EOS, temperature=0)
+    uncached = sample(model, PROMPTS, max_new, EOS, temperature=0, use_cache=False)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    assert torch.equal(cached.response_mask, uncached.response_mask)
+    # independent reference: nanoGPT-style greedy, one row at a time, no padding, no cache
+    for b, p in enumerate(PROMPTS):
+        row = list(p)
+        for _ in range(max_new):
+            row.append(int(full_logits(model, row)[-1].argmax()))
+            if row[-1] == EOS:
+                break
+        n = len(row)
+        assert cached.tokens[b, :n].tolist() == row
+        assert (cached.tokens[b, n:] == EOS).all() and not cached.response_mask[b, n:].any()
+        assert cached.response_mask[b].nonzero().flatten().tolist() == list(range(len(p), n))
+
+
+def test_sampling_reproducible_with_seed(model):
+    def draw(seed):
+        return sample(model, PROMPTS * 2, 10, EOS, generator=torch.Generator().manual_seed(seed)).tokens
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+def test_token_logprobs_matches_per_row_cross_entropy(model):
+    rows = [p + [20, 21, 22][:k] for p, k in zip(PROMPTS, [3, 1, 2])]
+    tokens, mask = right_padded(rows, list(map(len, PROMPTS)), pad=EOS)
+    out = token_logprobs(model, tokens, mask)
+    for b, r in enumerate(rows):
+        n = len(PROMPTS[b])
+        ce = F.cross_entropy(full_logits(model, r)[:-1], torch.tensor(r[1:]), reduction="none")
+        torch.testing.assert_close(out[b, n:len(r)], -ce[n - 1:], atol=1e-5, rtol=0)
+    assert (out[~mask] == 0).all()
+    out.sum().backward()  # differentiable
+    assert model.lm_head.weight.grad is not None
+
+
+def test_sampler_logprobs(model):
+    g = torch.Generator().manual_seed(3)
+    roll = sample(model, PROMPTS * 3, 12, EOS, generator=g)
+    torch.testing.assert_close(roll.logprobs, token_logprobs(model, roll.tokens, roll.response_mask),
+                               atol=1e-5, rtol=0)
+    # with temperature and top-k: the log-prob under the tempered, truncated distribution
+    temperature, k = 0.7, 5
+    roll = sample(model, PROMPTS, 12, EOS, temperature=temperature, top_k=k, generator=g)
+    with torch.no_grad():
+        logits = model(roll.tokens)[0][:, :-1] / temperature
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    logp = F.log_softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+    expected = F.pad(logp.gather(-1, roll.tokens[:, 1:, None]).squeeze(-1), (1, 0))
+    m = roll.response_mask
+    torch.testing.assert_close(roll.logprobs[m], expected[m], atol=1e-5, rtol=0)
+    assert (roll.logprobs[~m] == 0).all() and torch.isfinite(roll.logprobs).all()
+
+
+def test_nothing_after_end_token(model):
+    max_new = 12
+    prompts = PROMPTS * 6
+    roll = sample(model, prompts, max_new, EOS, temperature=3.0, generator=torch.Generator().manual_seed(0))
+    ended = 0
+    for b, p in enumerate(prompts):
+        response = roll.response_mask[b].nonzero().flatten().tolist()
+        assert response == list(range(len(p), len(p) + len(response)))  # right after the prompt
+        assert roll.tokens[b, :len(p)].tolist() == p
+        end = len(p) + len(response)
+        assert (roll.tokens[b, end:] == EOS).all() and (roll.logprobs[b, end:] == 0).all()
+        generated = roll.tokens[b, len(p):end].tolist()
+        if EOS in generated:
+            assert generated.index(EOS) == len(generated) - 1  # stops at its end token...
+            ended += 1
+        else:
+            assert len(generated) == max_new  # ...or at the limit
+    assert 0 < ended < len(prompts)  # the seed exercises both cases
+    assert roll.tokens.size(1) == max(len(p) + int(m.sum()) for p, m in zip(prompts, roll.response_mask))
+
+
+def test_scalar_scores_read_last_response_token():
+    torch.manual_seed(0)
+    rm = _spread_weights(ScalarGPT(tiny_config()))
+    rows = [p + [20, 21, 22][:k] for p, k in zip(PROMPTS, [3, 1, 2])]
+    tokens, mask = right_padded(rows, list(map(len, PROMPTS)), pad=30)  # a pad unlike the response
+    seq, tok = sequence_scores(rm, tokens, mask), token_scores(rm, tokens, mask)
+    assert seq.shape == (3,) and tok.shape == tokens.shape and seq.dtype == torch.float32
+    for b, r in enumerate(rows):
+        alone = rm(torch.tensor([r]))[0]  # the unpadded row: position t has seen r[:t+1]
+        torch.testing.assert_close(seq[b], alone[-1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(tok[b, len(PROMPTS[b]):len(r)], alone[len(PROMPTS[b]):], atol=1e-5, rtol=0)
+    assert (tok[~mask] == 0).all()
+    assert not torch.allclose(seq, rm(tokens)[:, -1])  # the last column would be a pad for two rows
+
+
+def test_scalar_from_lm_copies_backbone(model):
+    rm = ScalarGPT.from_lm(model)
+    idx = torch.randint(0, 37, (2, 9))
+    torch.testing.assert_close(rm.gpt.hidden(idx), model.hidden(idx))
+    assert (rm(idx) == 0).all()  # fresh zero head
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    assert not torch.allclose(rm.gpt.hidden(idx), model.hidden(idx))  # a copy, not shared
+
+
+def test_checkpoint_roundtrip(model, tmp_path):
+    idx = torch.randint(0, 37, (2, 9))
+    path = str(tmp_path / "ckpt" / "policy.pt")
+    save_checkpoint(path, maybe_compile(model, True), step=7)  # compiled: keys carry "_orig_mod."
+    loaded, extra = load_checkpoint(path)
+    assert isinstance(loaded, GPT) and extra == {"step": 7}
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0])
+    assert os.listdir(tmp_path / "ckpt") == ["policy.pt"]  # no temporary file left behind
+    rm = ScalarGPT.from_lm(model)
+    save_checkpoint(path, rm)
+    loaded, _ = load_checkpoint(path)
+    assert isinstance(loaded, ScalarGPT)
+    torch.testing.assert_close(loaded(idx), rm(idx))
+
+
+def test_device_and_length_errors(model):
+    assert get_device("cpu") == torch.device("cpu")
+    assert get_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="'tpu'"):
+        get_device("tpu")
+    with pytest.raises(ValueError, match="block_size"):
+        sample(model, PROMPTS, 30, EOS)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
