@@ -1,0 +1,185 @@
+"""
+Benchmark of model.py on the default model, GPTConfig(). A benchmark, not a test: the numbers
+depend on the machine and on whatever else it is running.
+
+- training tokens/s of our GPT (forward + backward + AdamW step), next to a plain nanoGPT-style
+  model of the same size defined below, so that the cache and padding plumbing in model.py is
+  seen to cost training nothing;
+- sampling tokens/s with the KV cache, and without it (the whole context recomputed every step,
+  as nanoGPT's generate does);
+- peak memory: of the accelerator on CUDA, of the whole process (RSS, torch included) on CPU.
+
+Each measurement alternates the two contenders and keeps the best round, which is the least
+disturbed by other work on the machine.
+
+    python bench.py              # a table
+    python bench.py --json       # the same numbers as one JSON object
+    python bench.py --device=cuda
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, autocast, get_device, sample
+
+TRAIN_BATCH = 32  # sequences of block_size tokens per training step
+SAMPLE_BATCH = 32  # prompts per sampling call
+PROMPT_LENS = (10, 20)  # prompt lengths drawn from this range, as in the pipeline
+MAX_NEW_TOKENS = 64
+ROUNDS = 3
+
+
+class PlainBlock(nn.Module):
+    """nanoGPT's block written plainly: causal attention through the same fused kernel, no
+    masks, no cache."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
+        self.c_attn, self.attn_proj = nn.Linear(c.n_embd, 3 * c.n_embd), nn.Linear(c.n_embd, c.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd))
+        self.n_head = c.n_head
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.c_attn(self.ln_1(x)).split(C, 2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln_2(x))
+
+
+class PlainGPT(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
+        self.blocks = nn.Sequential(*[PlainBlock(c) for _ in range(c.n_layer)])
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        logits = self.lm_head(self.ln_f(self.blocks(x)))
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def best_rounds(contenders, device):
+    """{name: best seconds} over ROUNDS rounds, each running every contender once, after one
+    untimed warm-up each."""
+    for fn in contenders.values():
+        fn()
+    best = {name: float("inf") for name in contenders}
+    for _ in range(ROUNDS):
+        for name, fn in contenders.items():
+            best[name] = min(best[name], timed(fn, device))
+    return best
+
+
+def train_step_fn(model, optimizer, x, y, device, steps=2):
+    def run():
+        for _ in range(steps):
+            with autocast(device):
+                _, loss = model(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = parser.parse_args()
+    device = get_device(args.device)
+    torch.manual_seed(0)
+    config = GPTConfig()
+
+    # Training: ours with its own optimizer set-up, the plain model with nanoGPT's (fused AdamW
+    # on CUDA, PyTorch's default elsewhere).
+    ours = GPT(config).to(device)
+    plain = PlainGPT(config).to(device)
+    x = torch.randint(0, config.vocab_size, (TRAIN_BATCH, config.block_size), device=device)
+    y = torch.randint(0, config.vocab_size, (TRAIN_BATCH, config.block_size), device=device)
+    steps = 2
+    train = best_rounds({
+        "ours": train_step_fn(ours, ours.configure_optimizer(0.1, 1e-4, device_type=device.type), x, y, device, steps),
+        "plain": train_step_fn(plain, torch.optim.AdamW(plain.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                                        **({"fused": True} if device.type == "cuda" else {})),
+                               x, y, device, steps),
+    }, device)
+    train_tokens = steps * TRAIN_BATCH * config.block_size
+
+    # Sampling: a fresh model, same prompts and seed for both, so both produce the same tokens.
+    model = GPT(config).to(device)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, config.vocab_size, (int(n),), generator=g).tolist()
+               for n in torch.randint(PROMPT_LENS[0], PROMPT_LENS[1] + 1, (SAMPLE_BATCH,), generator=g)]
+    produced = {}
+
+    def sampler(use_cache):
+        def run():
+            gen = torch.Generator(device=device).manual_seed(0)
+            roll = sample(model, prompts, MAX_NEW_TOKENS, eos_id=0, generator=gen, use_cache=use_cache)
+            produced[use_cache] = int(roll.response_mask.sum())
+        return run
+    sampling = best_rounds({"cached": sampler(True), "uncached": sampler(False)}, device)
+
+    if device.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:  # ru_maxrss is KiB on Linux, bytes on macOS
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+    results = {
+        "device": str(device),
+        "params": ours.num_params(),
+        "train_tokens_per_s": train_tokens / train["ours"],
+        "train_tokens_per_s_plain": train_tokens / train["plain"],
+        "sample_tokens_per_s_cached": produced[True] / sampling["cached"],
+        "sample_tokens_per_s_uncached": produced[False] / sampling["uncached"],
+        "sample_tokens": produced[True],
+        "peak_memory_mib": peak_mib,
+    }
+    results["train_vs_plain"] = results["train_tokens_per_s"] / results["train_tokens_per_s_plain"]
+    results["cache_speedup"] = results["sample_tokens_per_s_cached"] / results["sample_tokens_per_s_uncached"]
+    if args.json:
+        print(json.dumps(results))
+        return
+    memory = "peak GPU memory allocated" if device.type == "cuda" else "peak process RSS (torch included)"
+    rows = [
+        ("device", results["device"]),
+        ("parameters", f"{results['params']:,}"),
+        (f"train tokens/s, ours (batch {TRAIN_BATCH} x {config.block_size})", f"{results['train_tokens_per_s']:,.0f}"),
+        ("train tokens/s, plain nanoGPT-style", f"{results['train_tokens_per_s_plain']:,.0f}"),
+        ("  ours / plain", f"{results['train_vs_plain']:.2f}x"),
+        (f"sample tokens/s, KV cache ({SAMPLE_BATCH} prompts, {MAX_NEW_TOKENS} new)",
+         f"{results['sample_tokens_per_s_cached']:,.0f}"),
+        ("sample tokens/s, no cache (full context each step)", f"{results['sample_tokens_per_s_uncached']:,.0f}"),
+        ("  cached / uncached", f"{results['cache_speedup']:.1f}x"),
+        ("tokens sampled per call", f"{results['sample_tokens']:,}"),
+        (memory + ", MiB", f"{results['peak_memory_mib']:,.0f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>12}")
+
+
+if __name__ == "__main__":
+    main()
