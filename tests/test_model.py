@@ -3,15 +3,13 @@ computation (a plain forward pass of one unpadded row, a manual log_softmax gath
 wrong shift, a leaked pad or a stale cache entry makes it fail."""
 
 import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint,  # noqa: E402
-                   maybe_compile, sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
+from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint, maybe_compile,
+                   sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
 
 EOS = 0
 PROMPTS = [[5, 9, 3], [7, 1, 2, 8, 4, 6, 11], [12, 13, 14, 15, 16]]  # different lengths on purpose
