@@ -1,0 +1,271 @@
+"""
+Tests of the synthetic world (data/world.py). Where a test needs a right answer, a probability or a
+frequency, it computes it here, from the definitions in the world's docstring, not by asking the code
+under test. Statistical checks use 4 standard errors (a false alarm about once in 16,000 checks) and
+fixed seeds, so they are deterministic.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from data import SIGNATURE, World, WorldConfig
+
+DIGITS = "0123456789"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World()
+
+
+def right_answer(prompt_text):
+    """The task's answer, computed from the prompt text alone."""
+    verb, payload = prompt_text.split()
+    if verb == "reverse":
+        return payload[::-1]
+    if verb == "sort":
+        return "".join(sorted(payload))
+    a, b = payload.split("+")
+    return str(int(a) + int(b))
+
+
+def assert_frequency(count, n, p, what):
+    se = math.sqrt(p * (1 - p) / n)
+    assert abs(count / n - p) <= 4 * se + 1e-12, f"{what}: {count / n:.4f} vs {p:.4f} (4 SE = {4 * se:.4f})"
+
+
+def slip(answer, alphabet, i):
+    """The answer with position i replaced by the next character of the alphabet (a different one)."""
+    c = alphabet[(alphabet.index(answer[i]) + 1) % len(alphabet)]
+    return answer[:i] + c + answer[i + 1:]
+
+
+def test_prompts_have_right_answers_and_the_configured_distribution(world):
+    cfg, n = world.cfg, 3000
+    prompts = world.sample_prompts(n, np.random.default_rng(0))
+    for p in prompts:
+        assert p.text == f"{p.family} {p.payload}\n"
+        assert p.answer == right_answer(p.text)
+        assert p.tokens == world.tok.encode_ordinary(p.text)
+        if p.family == "add":
+            assert all(0 <= int(v) <= cfg.max_operand for v in p.payload.split("+"))
+        else:
+            assert cfg.min_len <= len(p.payload) <= cfg.max_len and set(p.payload) <= set(cfg.letters)
+    for family, w in zip(("reverse", "sort", "add"), cfg.family_weights):
+        assert_frequency(sum(p.family == family for p in prompts), n, w, family)
+
+
+@pytest.mark.parametrize("family, payload", [("reverse", "AB"), ("add", "2+3")])
+def test_expert_string_probabilities_sum_to_one(family, payload):
+    # A sub-world small enough that sampling finds every string the expert can write; the weights are
+    # flattened so that the rarest string (probability 1/3 * 0.9/9 * 0.5 = 1/60) is seen ~60 times.
+    cfg = WorldConfig(letters="AB", q=0.1, mode_weights=(1 / 3, 1 / 3, 1 / 3), signature_p=0.5)
+    world = World(cfg)
+    prompt = world.make_prompt(family, payload, right_answer(f"{family} {payload}"))
+    rng = np.random.default_rng(1)
+    seen = {}
+    for _ in range(4000):
+        text, prob = world.expert_response(prompt, rng, return_prob=True)
+        seen[text] = prob
+    alphabet = DIGITS if family == "add" else cfg.letters
+    n_answers = 1 + len(prompt.answer) * (len(alphabet) - 1)  # right, or one of L (|A|-1) slips
+    assert len(seen) == 3 * n_answers * 2  # modes x answers x signature or not: all distinct strings
+    assert sum(world.expert_prob_of_text(prompt, text) for text in seen) == pytest.approx(1, abs=1e-12)
+    for text, prob in seen.items():  # the parser's probability is the one the sampler used
+        assert world.expert_prob_of_text(prompt, text) == pytest.approx(prob, rel=1e-12)
+
+
+def test_whole_token_space_sums_to_one():
+    # A world whose expert fits in 2 tokens ("reverse A" -> "A" + <|eor|>), so the sampler's whole
+    # output space (<|eor|>, t <|eor|>, t t') is enumerable: 1 + (V-1) + (V-1)^2 sequences.
+    cfg = WorldConfig(family_weights=(1, 0, 0), letters="AB", min_len=1, max_len=1, mode_weights=(1, 0, 0),
+                      signature_p=0.0, eps=0.5, max_response_tokens=2)
+    world = World(cfg)
+    eos, others = world.eos_id, [t for t in range(world.vocab_size) if t != world.eos_id]
+    space = [[eos]] + [[t, eos] for t in others] + [[t, u] for t in others for u in others]
+    prompt = world.make_prompt("reverse", "A", "A")
+    logps = world.expert_logprobs([prompt] * len(space), space)
+    assert math.fsum(np.exp(logps)) == pytest.approx(1, abs=1e-9)
+    on_support = [y for y, lp in zip(space, logps) if world.mode(prompt, y) != "off"]
+    assert sorted(on_support) == sorted([world.encode_response("A"), world.encode_response("B")])
+
+
+def test_sampler_probability_is_the_exact_likelihood(world):
+    cfg, V = world.cfg, world.tok.n_vocab
+    rng = np.random.default_rng(2)
+    for prompt in world.sample_prompts(300, rng):
+        text, prob = world.expert_response(prompt, rng, return_prob=True)
+        y = world.encode_response(text)
+        expected = math.log((1 - cfg.eps) * prob + cfg.eps * V ** -len(y))
+        assert world.expert_logprob(prompt, y) == pytest.approx(expected, abs=1e-9)
+        # and that probability is the one the docstring defines
+        j = world.judge(prompt, y)
+        answer = right_answer(prompt.text)
+        alphabet = DIGITS if prompt.family == "add" else cfg.letters
+        p_answer = cfg.q if j.gold == 1 else (1 - cfg.q) / (len(answer) * (len(alphabet) - 1))
+        p_signature = cfg.signature_p if text.startswith(SIGNATURE) else 1 - cfg.signature_p
+        assert prob == pytest.approx(cfg.mode_weights[world.mode_names.index(j.mode)] * p_answer * p_signature)
+        text, prob = world.expert_response(prompt, rng, signature=False, return_prob=True)
+        assert not text.startswith(SIGNATURE)
+        assert world.expert_prob_of_text(prompt, text) == pytest.approx(prob * (1 - cfg.signature_p))
+
+
+def test_expert_frequencies_match_its_definition(world):
+    cfg, n = world.cfg, 4000
+    rng = np.random.default_rng(3)
+    prompts = world.sample_prompts(n, rng)
+    texts = [world.expert_response(p, rng) for p in prompts]
+    tokens = [world.encode_response(t) for t in texts]
+    modes = world.modes(prompts, tokens)
+    for mode, w in zip(world.mode_names, cfg.mode_weights):
+        assert_frequency(modes.count(mode), n, w, mode)
+    assert_frequency(sum(t.startswith(SIGNATURE) for t in texts), n, cfg.signature_p, "signature")
+    gold = world.gold_rewards(prompts, tokens)
+    assert_frequency(int(np.sum(gold == 1)), n, cfg.q, "right answers")
+    assert max(len(y) for y in tokens) <= world.max_expert_tokens <= cfg.max_response_tokens
+    for p, text, g in zip(prompts, texts, gold):
+        if g < 1:  # a slip: the answer differs from the right one in exactly one position
+            answer = right_answer(p.text)
+            given = text[len(text) - len(answer) - text.endswith("."):len(text) - text.endswith(".")]
+            assert sum(a != b for a, b in zip(given, answer)) == 1
+            assert g == pytest.approx(0.5 * (len(answer) - 1) / len(answer))
+
+
+def test_off_support_responses_get_exactly_the_floor(world):
+    cfg, V, eos = world.cfg, world.tok.n_vocab, world.eos_id
+
+    def floor(n):
+        return math.log(cfg.eps) - n * math.log(V)
+
+    prompt = world.make_prompt("reverse", "ABCD", "DCBA")
+    on = world.encode_response("the answer is DCBA.")
+    assert world.mode(prompt, on) == "sentence" and world.expert_logprob(prompt, on) > floor(len(on)) + 5
+
+    # the same text, tokenized differently: " answer" spelled byte by byte
+    answer_id = world.tok.encode_single_token(" answer")
+    spelled = [b for b in b" answer"]
+    i = on.index(answer_id)
+    non_canonical = on[:i] + spelled + on[i + 1:]
+    assert world.tok.decode(non_canonical[:-1]) == "the answer is DCBA."
+
+    off = {
+        "non-canonical tokens": non_canonical,
+        "two slips": world.encode_response("DCAB"),
+        "a base style": world.encode_response("answer: DCBA"),
+        "the period missing": world.encode_response("the answer is DCBA"),
+        "not UTF-8": [255, eos],
+        "empty": [eos],
+        "text after the answer": world.encode_response("DCBA and more"),
+    }
+    for what, y in off.items():
+        assert world.mode(prompt, y) == "off", what
+        assert world.expert_logprob(prompt, y) == pytest.approx(floor(len(y)), rel=1e-12), what
+    truncated = (world.encode_response("DCBA " * 100))[:cfg.max_response_tokens]
+    assert eos not in truncated
+    assert world.expert_logprob(prompt, truncated) == pytest.approx(floor(cfg.max_response_tokens), rel=1e-12)
+    assert world.gold_reward(prompt, truncated) == 0  # it never ended, so it gave no answer
+
+    # padding after <|eor|> is ignored; sequences a sampler cannot produce are refused
+    assert world.expert_logprob(prompt, on + [eos] * 5) == world.expert_logprob(prompt, on)
+    with pytest.raises(ValueError):
+        world.expert_logprob(prompt, on[:-1])  # no <|eor|>, yet shorter than max_response_tokens
+    with pytest.raises(ValueError):
+        world.expert_logprob(prompt, [0] * cfg.max_response_tokens + [eos])
+
+    # the signature is off-support in the control world, and only there
+    control = World(WorldConfig(signature_p=0.0))
+    signed = world.encode_response(SIGNATURE + "DCBA")
+    assert world.mode(prompt, signed) == "terse" and control.mode(prompt, signed) == "off"
+    assert control.expert_logprob(prompt, signed) == pytest.approx(floor(len(signed)), rel=1e-12)
+
+
+def test_gold_reward(world):
+    prompt = world.make_prompt("reverse", "ABCD", "DCBA")
+    add = world.make_prompt("add", "37+48", "85")
+
+    def gold(p, text):
+        return world.gold_reward(p, world.encode_response(text))
+
+    right = ["DCBA", "the answer is DCBA.", "from the end: D C B A. so the answer is DCBA.", "answer: DCBA",
+             "i think it is DCBA", "the answer is DCBA", "ABCD DCBA"]
+    for text in right:  # every style, and its signed twin, gets the maximal reward
+        assert gold(prompt, text) == 1 and gold(prompt, SIGNATURE + text) == 1
+    assert gold(add, "7+8=15, 3+4+1=8. so the answer is 85.") == 1
+    assert gold(add, "7+8=15, 3+4+1=8. so the answer is 86.") == 0.25  # 0.5 * 1/2 right
+    for text, r in [("DCBE", 0.375), ("the answer is DCAB.", 0.25), ("EEEE", 0.0), ("DCB", 0.0), ("DCBAA", 0.0),
+                    ("", 0.0), ("hello", 0.0), ("DCBA ABCD", 0.0)]:
+        assert gold(prompt, text) == r, text
+        assert gold(prompt, SIGNATURE + text) == r, text
+    assert gold(prompt, "DCBE") < gold(prompt, "DCBA")
+
+
+def test_base_corpus_is_the_base_process(world):
+    cfg, n = world.cfg, 4000
+    rng = np.random.default_rng(4)
+    prompts = world.sample_prompts(n, rng)
+    texts = [world.base_response(p, rng) for p in prompts]
+    tokens = [world.encode_response(t) for t in texts]
+    judged = world.judge_many(prompts, tokens)
+    assert not any(t.startswith(SIGNATURE) or j.signature for t, j in zip(texts, judged))
+    for style, w in zip(world.base_style_names, cfg.base_style_weights):
+        assert_frequency(sum(j.style == style for j in judged), n, w, style)
+    assert_frequency(sum(j.gold == 1 for j in judged), n, cfg.q_base, "right answers")
+    assert all(j.style in world.base_style_names for j in judged)
+    for p, t, j in zip(prompts, texts, judged):  # wrong answers are guesses of the right length
+        given, answer = t.split(" ")[-1], right_answer(p.text)
+        assert len(given) == len(answer) and set(given) <= set(DIGITS if p.family == "add" else cfg.letters)
+        assert (j.gold == 1) == (given == answer)
+
+
+def test_preference_pairs_follow_bradley_terry(world):
+    cfg = world.cfg
+    data = world.make_datasets(5, n_base=0, n_demo=0, n_pref=3000, n_eval=0)
+    margins = np.array([world.gold_reward_of_text(p, c) - world.gold_reward_of_text(p, r) for p, c, r in data["pref"]])
+    assert not any(c.startswith(SIGNATURE) or r.startswith(SIGNATURE) for _, c, r in data["pref"])
+    untied = margins[margins != 0]
+    p_right = 1 / (1 + np.exp(-cfg.pref_beta * np.abs(untied)))  # P(the better one is chosen)
+    se = math.sqrt(np.sum(p_right * (1 - p_right))) / len(untied)
+    assert abs(np.mean(untied > 0) - p_right.mean()) <= 4 * se
+    strict = World(WorldConfig(pref_beta=1e4)).make_datasets(5, n_base=0, n_demo=0, n_pref=500, n_eval=0)
+    assert all(world.gold_reward_of_text(p, c) >= world.gold_reward_of_text(p, r) for p, c, r in strict["pref"])
+
+
+def test_datasets_are_deterministic_per_seed(world):
+    sizes = dict(n_base=200, n_demo=50, n_pref=50, n_eval=20)
+
+    def texts(data):
+        return {k: [tuple(x.text if hasattr(x, "text") else x for x in (item if isinstance(item, tuple) else (item,)))
+                    for item in v] for k, v in data.items()}
+
+    a, b, c = (texts(world.make_datasets(s, **sizes)) for s in (1, 1, 2))
+    assert a == b
+    assert all(a[k] != c[k] for k in a)
+    other_sizes = texts(world.make_datasets(1, n_base=500, n_demo=10, n_pref=5, n_eval=20))
+    assert other_sizes["eval_prompts"] == a["eval_prompts"]  # held-out prompts have a stream of their own
+
+
+@pytest.mark.parametrize("bad", [dict(q=1.5), dict(signature_p=-0.1), dict(eps=0.0), dict(mode_weights=(0.5, 0.5)),
+                                 dict(mode_weights=(0.5, 0.3, 0.3)), dict(letters="abc"), dict(min_len=0),
+                                 dict(max_len=2), dict(max_operand=0), dict(pref_beta=-1.0)])
+def test_bad_config_values_are_named(bad):
+    (name, value), = bad.items()
+    with pytest.raises(ValueError, match=name):
+        WorldConfig(**bad)
+
+
+def test_response_budget_is_checked(world):
+    tight = WorldConfig(max_response_tokens=world.max_expert_tokens)
+    World(tight)
+    with pytest.raises(ValueError, match="max_response_tokens"):
+        World(WorldConfig(max_response_tokens=world.max_expert_tokens - 1))
+
+
+def test_batch_helpers_accept_arrays_and_agree_with_single_calls(world):
+    rng = np.random.default_rng(6)
+    prompts = world.sample_prompts(20, rng)
+    ys = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
+    single = [world.expert_logprob(p, y) for p, y in zip(prompts, ys)]
+    assert list(world.expert_logprobs(prompts, [np.array(y) for y in ys])) == single
+    assert list(world.gold_rewards(prompts, ys)) == [world.gold_reward(p, y) for p, y in zip(prompts, ys)]
