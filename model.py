@@ -273,7 +273,8 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     Rows are left-padded so that each step appends one column; each row keeps its own position
     ids, so a row sees exactly what it would see alone. A row that samples eos_id is finished:
     it gets eos_id and no log-prob from then on. use_cache=False recomputes the whole context
-    every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0.
+    every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0
+    (the log-probs are then 0: the chosen token had probability 1).
     """
     device = next(model.parameters()).device
     if min(len(p) for p in prompts) == 0:
@@ -326,9 +327,11 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
 
 
 def get_device(name="auto"):
-    available = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+    """'auto' picks the first available of cuda, mps, cpu."""
+    available = [kind for kind, ok in (("cuda", torch.cuda.is_available()),
+                                       ("mps", torch.backends.mps.is_available()), ("cpu", True)) if ok]
     if name == "auto":
-        return torch.device(available[1] if len(available) > 1 else "cpu")  # cuda, then mps, then cpu
+        return torch.device(available[0])
     if name not in available:
         raise ValueError(f"device {name!r} is unknown or unavailable here; use one of: auto, {', '.join(available)}")
     return torch.device(name)
