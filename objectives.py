@@ -1,0 +1,319 @@
+"""
+objectives.py: every loss, estimator and reward of afd-mini, as pure functions (tensors in, tensors out).
+
+Alignment from Demonstrations (AfD) aligns a policy π(y|x) to demonstrations y ~ β(y|x) by making the two
+distributions over responses match. Which divergence is minimised decides the algorithm, and the pipeline
+(afd_mini.py) walks through them in order:
+
+    pretrain
+    → SFT = forward KL, KL(β ‖ π)                              sft_loss
+    → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_reinforce_loss
+      or by a discriminator's reward                           discriminator_loss, airl/gail/fairl_reward
+      optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3
+    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, init_sft_logratio, best_of_n
+    → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
+
+Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
+
+Notation: x prompt, y = (y_1, ..., y_T) response, s_t = (x, y_<t) state, π policy, β = π_β expert
+(demonstrator), π_ref reference, D discriminator, h = logit D = log D − log(1 − D), σ the sigmoid.
+KL(p ‖ q) = E_p[log p − log q]. Read the direction every time:
+    KL(β ‖ π), "forward":  mass-covering, infinite where β has mass and π has none, so π spreads out;
+    KL(π ‖ β), "reverse":  mode-seeking, infinite where π has mass and β has none, so π contracts onto modes.
+The classic bug: F.kl_div(input, target) computes KL(target ‖ input), input given as log-probabilities.
+
+Shapes: per-token log-probs logp (B, T) and a bool mask (B, T), True on response tokens (prompt and padding
+False); log π(y|x) = Σ_t logp[:, t] over the mask. Rewards and advantages are constants in every loss: they
+are detached inside.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _response(x, mask):
+    # masked_fill, not x * mask: an off-mask NaN or inf must not reach the value nor the gradient
+    return x.masked_fill(~mask, 0.0)
+
+
+def sequence_logprob(logp, mask):
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over response tokens. (B, T), (B, T) → (B,)."""
+    return _response(logp, mask).sum(-1)
+
+
+# -----------------------------------------------------------------------------
+# Forward KL = SFT
+
+def sft_loss(logp, mask, normalize="tokens"):
+    """Forward KL = SFT: minimise KL(β ‖ π), forward, mass-covering, on demonstrations (x, y) ~ β.
+
+    In the token MDP a trajectory has density d^π(y|x) = Π_t P(s_{t+1} | s_t, y_t) π(y_t | s_t). The transition
+    P (append the token) is the same for β and π, so it cancels in the ratio d^β / d^π:
+        KL(β ‖ π) = E_β[log d^β(y|x) − log d^π(y|x)] = −E_β[Σ_t log π(y_t | x, y_<t)] − H(β),
+    and H(β) does not depend on π: the trajectory forward KL is the token NLL summed over the response
+    (equivalently Σ_t E_{s_t ~ β} KL(β(·|s_t) ‖ π(·|s_t)), the token-level forward KL, by the chain rule).
+
+    normalize="sequences": Σ_{b,t} NLL / B, the Monte Carlo estimate of KL(β ‖ π) + H(β) itself.
+    normalize="tokens":    Σ_{b,t} NLL / (number of response tokens in the batch), nanoGPT's token mean. Over
+        a whole data set this is the same objective divided by the mean response length: same minimiser,
+        smaller step. Per batch the divisor moves with the batch's lengths, so the step size is noisier.
+    Not offered: averaging within each response first (mean over t, then over b). That weights response b by
+    1/|y_b|, which changes the objective and its minimiser: tokens of short responses count more, so the
+    policy learns to end early.
+    """
+    nll = -_response(logp, mask).sum()
+    if normalize == "tokens":
+        return nll / mask.sum()
+    if normalize == "sequences":
+        return nll / logp.shape[0]
+    raise ValueError(f"normalize must be 'tokens' or 'sequences', not {normalize!r}")
+
+
+# -----------------------------------------------------------------------------
+# Monte Carlo KL against a known expert (afd-mini's world has an exact log β)
+
+def forward_kl_mc(expert_logp_seq, policy_logp_seq):
+    """One sample of KL(β ‖ π), forward, mass-covering, per sequence, on EXPERT samples y ~ β(·|x):
+        KL(β ‖ π) = E_{y~β}[log β(y|x) − log π(y|x)],   estimate: the mean of the returned (B,).
+    Single terms can be negative; the mean is unbiased. Its gradient, E_β[−∇log π], is SFT's.
+    """
+    return expert_logp_seq - policy_logp_seq
+
+
+def reverse_kl_mc(policy_logp_seq, expert_logp_seq):
+    """One sample of KL(π ‖ β), reverse, mode-seeking, per sequence, on POLICY samples y ~ π(·|x):
+        KL(π ‖ β) = E_{y~π}[log π(y|x) − log β(y|x)],   estimate: the mean of the returned (B,).
+    A number to log, not a loss: the samples themselves depend on π, and the gradient of this mean,
+    E_π[∇log π] = 0, is zero in expectation. To minimise KL(π ‖ β) use reverse_kl_reinforce_loss.
+    """
+    return policy_logp_seq - expert_logp_seq
+
+
+# -----------------------------------------------------------------------------
+# Policy optimisation
+
+def leave_one_out_advantages(rewards, group_size):
+    """A_i = r_i − mean_{j≠i} r_j, within groups of group_size consecutive samples of the same prompt.
+
+    Sample i's baseline uses only the other samples, which are independent of y_i, so
+    E[A_i ∇log π(y_i|x)] = E[r_i ∇log π(y_i|x)]: unbiased (RLOO, Kool et al. 2019), with less variance.
+    Equivalently A_i = G/(G−1)·(r_i − group mean). rewards (B,) → (B,), detached.
+    """
+    assert group_size >= 2, "a leave-one-out baseline needs at least two samples per prompt"
+    r = rewards.detach().view(-1, group_size)
+    mean_of_others = (r.sum(-1, keepdim=True) - r) / (group_size - 1)
+    return (r - mean_of_others).view(-1)
+
+
+def rewards_to_go(token_rewards, mask):
+    """R_t = Σ_{t' ≥ t} r_{t'} over response tokens (undiscounted); 0 off the response. (B, T) → (B, T).
+
+    Token y_t cannot change the rewards already received before it, so only R_t multiplies ∇log π(y_t|s_t):
+    the same expected gradient as the whole return Σ_t r_t, with less variance.
+    """
+    r = _response(token_rewards.detach(), mask)
+    return _response(r.flip(-1).cumsum(-1).flip(-1), mask)
+
+
+def policy_gradient_loss(logp, mask, advantages):
+    """REINFORCE surrogate on samples y ~ π:  L = −(1/B) Σ_b Σ_t A_b(,t) log π(y_{b,t} | s_{b,t}).
+
+    Score-function identity: ∇ E_{y~π}[R(y)] = E_π[R(y) ∇log π(y|x)], so with A held constant −∇L is an
+    unbiased estimate of the ascent direction of the expected return (of the advantage's reward).
+    advantages: (B,), one per response, multiplying every token; or (B, T), per token (rewards_to_go).
+    Summed over tokens (a trajectory's log-prob), averaged over responses.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    return -_response(advantages.detach() * logp, mask).sum() / logp.shape[0]
+
+
+def ppo_clip_loss(logp, old_logp, advantages, mask, clip_eps=0.2):
+    """PPO's clipped surrogate (Schulman et al. 2017), for several optimiser steps on one batch drawn from π_old:
+        L = −(1/B) Σ_b Σ_t min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε) A),   ρ_t = π(y_t|s_t) / π_old(y_t|s_t).
+    ρ reweights π_old's samples to π (importance sampling). The min removes any gain from pushing ρ past
+    1 ± ε in the direction A favours (zero gradient there): a cheap trust region around π_old.
+    Aggregated as policy_gradient_loss; on the first step (π = π_old, ρ = 1) the two have the same gradient.
+    advantages (B,) or (B, T) as there; old_logp is detached.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    advantages = advantages.detach()
+    ratio = torch.exp(_response(logp - old_logp.detach(), mask))
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    return -_response(surrogate, mask).sum() / logp.shape[0]
+
+
+def reverse_kl_reinforce_loss(logp, mask, expert_logp_seq, group_size):
+    """The oracle: minimise KL(π ‖ β), reverse, mode-seeking, when log β(y|x) is known (on-policy
+    distillation). The upper bound that the discriminator methods below approximate.
+
+        ∇ KL(π ‖ β) = ∇ Σ_y π(y) (log π(y) − log β(y))
+                    = Σ_y ∇π(y) (log π(y) − log β(y)) + Σ_y π(y) ∇log π(y)   (last sum: ∇Σ_y π = 0)
+                    = −E_{y~π}[r(y) ∇log π(y|x)],   r(y) = log β(y|x) − log π(y|x).
+    So the policy gradient with reward r, held constant (its own gradient is the vanishing sum), has expected
+    gradient ∇ KL(π ‖ β). Rows: group_size consecutive samples of each prompt, leave-one-out baseline.
+    expert_logp_seq: log β(y|x) of the policy's samples, (B,).
+    """
+    reward = -reverse_kl_mc(sequence_logprob(logp, mask), expert_logp_seq)
+    return policy_gradient_loss(logp, mask, leave_one_out_advantages(reward, group_size))
+
+
+def kl_k1(logp, ref_logp):
+    """k1 = log π − log π_ref = −log ratio, ratio = π_ref/π; per token, on samples from π. Same shape.
+
+    Unbiased: E_{a~π(·|s)}[k1] = KL(π(·|s) ‖ π_ref(·|s)), reverse KL to the reference; summed over the
+    response, E_π[Σ_t k1] = KL(π ‖ π_ref) of trajectories. Single terms can be negative, and when π ≈ π_ref
+    the terms are large relative to their mean (they cancel only on average): high variance.
+    Where it enters: the REWARD, r ← r − λ Σ_t k1 (λ the KL coefficient, detached). By the identity in
+    reverse_kl_reinforce_loss, the policy gradient then carries exactly −λ ∇KL(π ‖ π_ref).
+    """
+    return logp - ref_logp
+
+
+def kl_k3(logp, ref_logp):
+    """k3 = (ratio − 1) − log ratio ≥ 0, ratio = π_ref/π; per token, on samples from π. Same shape.
+
+    E_{a~π}[ratio − 1] = Σ_a π_ref(a|s) − 1 = 0, so k3 is k1 plus a zero-mean control variate: unbiased for
+    KL(π ‖ π_ref) like k1, never negative (e^u ≥ 1 + u), and of lower variance near π_ref (k3 ≈ u²/2 for
+    u = log ratio small). Schulman, "Approximating KL divergence" (2020).
+    Where it enters: the LOSS, + λ · mean of k3, differentiated directly (GRPO). Know which gradient that
+    gives: at each visited state s,
+        E_{a~π}[∇k3] = E_{a~π}[(1 − ratio) ∇log π(a|s)] = −Σ_a π_ref(a|s) ∇log π(a|s) = ∇KL(π_ref(·|s) ‖ π(·|s)),
+    the FORWARD KL to the reference, mass-covering, at the states π visits (their distribution is not
+    differentiated); not ∇KL(π ‖ π_ref). (k1 differentiated directly averages to zero.)
+    """
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - 1 - log_ratio
+
+
+# -----------------------------------------------------------------------------
+# Discriminator-based imitation: reverse KL (and friends) without knowing β
+
+def _mean(x, mask):
+    return x.mean() if mask is None else (x * mask).sum() / mask.sum()
+
+
+def discriminator_loss(logits_expert, logits_policy, mask_expert=None, mask_policy=None):
+    """Binary cross-entropy of D = σ(h): demonstrations labelled 1, policy samples labelled 0.
+        L(D) = −E_β[log D] − E_π[log(1 − D)] = E_β[softplus(−h)] + E_π[softplus(h)].
+    For a fixed π the minimiser is D* = β/(β + π): h* = log β − log π, and L(D*) = log 4 − 2·JS(β, π).
+    Each class is averaged on its own (equal class weights), so this holds whatever the two batch sizes.
+
+    Sequence level: logits (B,), one per response; β and π are the trajectory distributions d(y|x).
+    Token level: logits (B, T), one per (state, token), with the masks. Each expectation is then over the
+    normalised occupancy ρ̄(s, a) = ρ(s, a) / E|y|, with ρ(s, a) = P(reach s) · π(a|s), so
+        h*(s, a) = log ρ̄^β(s, a) − log ρ̄^π(s, a)
+                 = log β(a|s) − log π(a|s) + log P_β(s)/P_π(s) + log E_π|y|/E_β|y|,
+    not the token log-ratio alone. A float mask acts as weights (the tests pass exact probabilities).
+    Log each class's accuracy, (h > 0) on demonstrations and (h < 0) on samples, to see who is winning.
+    """
+    return _mean(F.softplus(-logits_expert), mask_expert) + _mean(F.softplus(logits_policy), mask_policy)
+
+
+def airl_reward(logits):
+    """AIRL, the paper's "IRL reward": r = log D − log(1 − D) = h. → reverse KL, KL(π ‖ β), mode-seeking.
+
+    Sequence level: at D*, r = log β − log π, the oracle's reward; with r held fixed E_π[r ∇log π] is exactly
+    −∇KL(π ‖ β) (see reverse_kl_reinforce_loss): the discriminator stands in for the unknown log β.
+    Token level, summed as reward-to-go R_t: at D*, E_π[Σ_t R_t ∇log π(y_t|s_t)] = −∇[E_π|y| · KL(ρ̄^π ‖ ρ̄^β)],
+    reverse KL between normalised occupancies; for responses of one fixed length T this is
+    Σ_{t≤T} KL(π(y_≤t) ‖ β(y_≤t)), a sum over prefixes. Not the trajectory KL(π ‖ β), but also minimised at π = β.
+    """
+    return logits.detach()
+
+
+def gail_reward(logits):
+    """GAIL: r = −log(1 − D) = softplus(h). → Jensen–Shannon, JS(β, π).
+
+    The policy's side of min_π max_D E_β[log D] + E_π[log(1 − D)] = 2·JS(β, π) − log 4. At D*,
+    r = log((β + π)/π), and with r held fixed E_π[r ∇log π] = −∇ 2·JS(β, π): the terms from D*'s own
+    dependence on π sum to zero. r > 0 always: at token level every extra token earns reward (a length bonus).
+    """
+    return F.softplus(logits.detach())
+
+
+def fairl_reward(logits):
+    """FAIRL (Ghasemipour et al. 2019, f-divergence view of imitation): r = −h·e^h. → forward KL, KL(β ‖ π).
+
+    Derivation: at D*, e^h = β/π, so KL(β ‖ π) = E_β[log(β/π)] = E_π[(β/π) log(β/π)] = E_π[h e^h];
+    minimising it is maximising E_π[−h e^h]. The expectation is exact, the gradient is not: unlike AIRL and
+    GAIL, with r held fixed E_π[r ∇log π] = −Σ_y ∇π(y) (β/π) log(β/π), whereas −∇KL(β ‖ π) = Σ_y ∇π(y) β/π
+    (the reward with that policy gradient is e^h). Both gradients vanish at π = β. r ≤ 1/e, unbounded below.
+    """
+    h = logits.detach()
+    return -h * torch.exp(h)
+
+
+# -----------------------------------------------------------------------------
+# Reward modelling and extrapolation (the paper's practical algorithm)
+
+def classifier_reward_loss(scores_pos, scores_neg, mask_pos=None, mask_neg=None):
+    """The paper's reward model: a binary classifier, positives labelled 1, negatives 0; reward = its logit.
+
+    The same BCE as discriminator_loss, trained once on fixed samples instead of against a moving policy.
+    Init-SFT (the paper's choice): positives from π_SFT, negatives from π_init; its optimum is
+    init_sft_logratio. Init-Demo and SFT-Demo take demonstrations as positives and learn the
+    demonstrator's fingerprint rather than quality (PAPERS.md).
+    """
+    return discriminator_loss(scores_pos, scores_neg, mask_pos, mask_neg)
+
+
+def bradley_terry_loss(score_chosen, score_rejected):
+    """Preference reward model: P(chosen ≻ rejected) = σ(s_c − s_r); loss = mean of −log σ(s_c − s_r).
+    Only score differences are learned (a per-prompt constant is free), where the classifier above fixes the
+    logit's level: 0 where positives and negatives are equally likely.
+    """
+    return F.softplus(score_rejected - score_chosen).mean()
+
+
+def best_of_n(rewards):
+    """Best-of-N: rewards (M, N), N candidates for each of M prompts → (M,) index of the best (first on ties)."""
+    return rewards.argmax(-1)
+
+
+def best_of_n_kl(n):
+    """KL(π_BoN ‖ π) = log n − (n − 1)/n, the x-axis of the paper's Best-of-N plots.
+
+    With continuous rewards (no ties), u = F(r(y)) is uniform under π and the best of n has CDF u^n, so
+    π_BoN/π = n u^(n−1) and KL = ∫_0^1 n u^(n−1) log(n u^(n−1)) du = log n − (n − 1)/n. Exact when no single
+    response has appreciable probability; for a π with atoms the exact KL, Σ_y P_y log(P_y/π(y)) with
+    P_y = F(y)^n − F(y⁻)^n, is smaller and the formula is an upper bound (Beirami et al. 2024).
+    """
+    return math.log(n) - (n - 1) / n
+
+
+def init_sft_logratio(logp_sft_seq, logp_init_seq):
+    """log π_SFT(y|x) − log π_init(y|x): the logit of the optimal Init-SFT classifier,
+    D* = π_SFT / (π_SFT + π_init), in closed form. It points the way SFT moved π_init; Best-of-N on it goes further.
+    """
+    return logp_sft_seq - logp_init_seq
+
+
+# -----------------------------------------------------------------------------
+# Token-level divergences between two full next-token distributions
+
+def _kl(log_a, log_b):
+    return (log_a.exp() * (log_a - log_b)).sum(-1)  # KL(a ‖ b) over the last dim
+
+
+def generalized_jsd(logits_p, logits_q, beta):
+    """Generalised Jensen–Shannon divergence of p = softmax(logits_p) and q = softmax(logits_q), over the last
+    (vocab) dim; returns one value per position (shape logits.shape[:-1]): mask and average as you need.
+        JSD_β(p ‖ q) = β KL(p ‖ m) + (1 − β) KL(q ‖ m),   m = β p + (1 − β) q.
+    β = 0.5 is the symmetric Jensen–Shannon; JSD_β(p ‖ q) = JSD_{1−β}(q ‖ p).
+    The ends are explicit cases, by convention (GKD, Agarwal et al. 2024):
+        β = 0 → KL(p ‖ q),   β = 1 → KL(q ‖ p);
+    with p the expert and q the policy, forward (mass-covering) and reverse (mode-seeking) KL.
+    They are not the formula's limits: as β → 0, m → q and JSD_β ≈ β KL(p ‖ q) → 0; as β → 1,
+    JSD_β ≈ (1 − β) KL(q ‖ p) → 0. It is JSD_β / (β(1 − β)) that tends to the two KLs.
+    """
+    log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
+    if beta == 0:
+        return _kl(log_p, log_q)
+    if beta == 1:
+        return _kl(log_q, log_p)
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
+    return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)

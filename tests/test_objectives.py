@@ -1,0 +1,409 @@
+"""
+The answer key for objectives.py: every estimator and surrogate is checked against the divergence it claims,
+computed by brute force over a world small enough to enumerate.
+
+The world: a tabular autoregressive policy over {a, b, EOS}. A response ends at EOS or is cut at max_len
+tokens, so every response can be listed with its exact probability. A policy is a table of logits, one
+row per state (the prefix so far), and yields per-token log-probs in the (B, T) + mask format of
+objectives.py, with a prompt token in column 0 (masked). Expectations are exact sums, Σ_y p(y) f(y), and
+expected gradients are Σ_y p(y) ∇f(y) with the weights p(y) detached.
+"""
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import objectives as obj
+
+EOS, VOCAB = 2, 3  # tokens: a = 0, b = 1, EOS = 2
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact sums deserve exact arithmetic: every test runs in float64 (restored afterwards)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def make_tree(max_len):
+    """Every complete response over {a, b, EOS} of at most max_len tokens, with the states it passes."""
+    states = [p for n in range(max_len) for p in itertools.product((0, 1), repeat=n)]
+    index = {s: i for i, s in enumerate(states)}
+    responses = [s + (EOS,) for s in states] + list(itertools.product((0, 1), repeat=max_len))
+    steps = [[(index[y[:t]], y[t]) for t in range(len(y))] for y in responses]
+    n = len(responses)
+    mask = torch.zeros(n, 1 + max_len, dtype=torch.bool)   # column 0: the prompt
+    state = torch.zeros(n, 1 + max_len, dtype=torch.long)
+    action = torch.zeros(n, 1 + max_len, dtype=torch.long)
+    visits = torch.zeros(n, len(states), VOCAB, dtype=torch.float64)   # 1 where response y takes a at s
+    for i, st in enumerate(steps):
+        for t, (s, a) in enumerate(st):
+            mask[i, 1 + t], state[i, 1 + t], action[i, 1 + t] = True, s, a
+            visits[i, s, a] = 1.0
+    return SimpleNamespace(n_states=len(states), steps=steps, mask=mask, state=state, action=action,
+                           visits=visits)
+
+
+def random_policy(tree, seed, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tree.n_states, VOCAB, generator=g).requires_grad_(grad)
+
+
+def token_logp(theta, tree):
+    """(n_responses, 1 + max_len) per-token log-probs, 0 off the response."""
+    logpi = F.log_softmax(theta, -1)
+    return torch.where(tree.mask, logpi[tree.state, tree.action], 0.0)
+
+
+def seq_logp(theta, tree):
+    """Brute force log π(y): a Python sum over each response's (state, token) steps."""
+    logpi = F.log_softmax(theta, -1)
+    return torch.stack([sum(logpi[s, a] for s, a in st) for st in tree.steps])
+
+
+def kl(logp, logq):
+    """KL(p ‖ q) of two enumerated distributions given by their log-probabilities."""
+    return (logp.exp() * (logp - logq)).sum()
+
+
+def js(logp, logq):
+    logm = torch.log((logp.exp() + logq.exp()) / 2)
+    return (kl(logp, logm) + kl(logq, logm)) / 2
+
+
+def grad(scalar, theta):
+    return torch.autograd.grad(scalar, theta, retain_graph=True)[0]
+
+
+def expectation(probs, f_of_row):
+    """Σ_y p(y) f(y), exact; f_of_row(row) gets a slice selecting one response (a batch of one)."""
+    return sum(probs[i] * f_of_row(slice(i, i + 1)) for i in range(len(probs)))
+
+
+def expected_pg_grad(theta, tree, advantages):
+    """E_{y~π}[∇ policy_gradient_loss] with advantages (one per response, or per token) held fixed."""
+    logp, p = token_logp(theta, tree), seq_logp(theta, tree).exp().detach()
+    return grad(expectation(p, lambda row: obj.policy_gradient_loss(logp[row], tree.mask[row], advantages[row])),
+                theta)
+
+
+def fit_logits(loss_fn, shape):
+    """A tabular discriminator/classifier (one free logit per cell), trained to convergence, full batch."""
+    h = torch.zeros(shape, requires_grad=True)
+    opt = torch.optim.LBFGS([h], max_iter=500, tolerance_grad=1e-12, tolerance_change=0.0,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(h)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return h.detach()
+
+
+def assert_close(actual, expected, msg, atol=1e-8, rtol=1e-6):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
+
+
+def assert_differs(a, b, msg):
+    assert (a - b).abs().max() > 1e-3, msg
+
+
+TREE = make_tree(3)   # 15 responses, 7 states
+N = len(TREE.steps)
+
+
+# -----------------------------------------------------------------------------
+# the world and the SFT loss
+
+def test_world_is_a_distribution_and_sequence_logprob_sums_tokens():
+    theta = random_policy(TREE, 0)
+    lp = obj.sequence_logprob(token_logp(theta, TREE), TREE.mask)
+    assert_close(lp, seq_logp(theta, TREE), "sequence_logprob: log π(y) != Σ_t log π(y_t|s_t)")
+    assert_close(lp.exp().sum(), torch.tensor(1.0), "the enumerated responses' probabilities do not sum to 1")
+
+
+def test_sft_loss_ignores_masked_positions_exactly():
+    logp = torch.tensor([[0.0, -1.0, -2.0, 0.0],
+                         [0.0, -3.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[False, True, True, False],
+                         [False, True, False, False]])
+    assert obj.sft_loss(logp, mask, "tokens").item() == 6 / 3, "sft_loss('tokens'): Σ NLL / #response tokens"
+    assert obj.sft_loss(logp, mask, "sequences").item() == 6 / 2, "sft_loss('sequences'): Σ NLL / B"
+    garbage = torch.where(mask, logp.detach(), float("nan"))   # padding: NaN
+    garbage[:, 0] = 1e4                                       # prompt: a huge, wrong log-prob
+    garbage.requires_grad_(True)
+    for normalize in ("tokens", "sequences"):
+        loss = obj.sft_loss(garbage, mask, normalize)
+        assert loss.item() == obj.sft_loss(logp, mask, normalize).item(), \
+            f"sft_loss({normalize!r}) reads prompt/padding positions"
+        g = grad(loss, garbage)
+        assert (g[~mask] == 0).all(), f"sft_loss({normalize!r}) sends gradient to masked positions"
+
+
+def test_sft_loss_is_forward_kl():
+    theta, expert = random_policy(TREE, 1, grad=True), random_policy(TREE, 2)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    logp, beta = token_logp(theta, TREE), logp_beta.exp()
+    expected_loss = expectation(beta, lambda row: obj.sft_loss(logp[row], TREE.mask[row], "sequences"))
+    entropy = -(beta * logp_beta).sum()
+    assert_close(expected_loss, kl(logp_beta, logp_pi) + entropy, "sft_loss: E_β[loss] != KL(β‖π) + H(β)")
+    g = grad(expected_loss, theta)
+    assert_close(g, grad(kl(logp_beta, logp_pi), theta), "sft_loss: E_β[∇loss] != ∇KL(β‖π)")
+    assert_differs(g, grad(kl(logp_pi, logp_beta), theta), "test has no teeth: ∇KL(β‖π) == ∇KL(π‖β) here")
+
+
+# -----------------------------------------------------------------------------
+# Monte Carlo KL against a known expert
+
+def test_kl_mc_estimators_are_unbiased_in_their_own_direction():
+    theta, expert = random_policy(TREE, 3, grad=True), random_policy(TREE, 4)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    fwd = (logp_beta.exp() * obj.forward_kl_mc(logp_beta, logp_pi)).sum()
+    rev = (logp_pi.exp().detach() * obj.reverse_kl_mc(logp_pi, logp_beta)).sum()
+    assert_close(fwd, kl(logp_beta, logp_pi), "forward_kl_mc: E_β[log β − log π] != KL(β‖π)")
+    assert_close(rev, kl(logp_pi, logp_beta), "reverse_kl_mc: E_π[log π − log β] != KL(π‖β)")
+    assert_differs(fwd, rev, "test has no teeth: KL(β‖π) == KL(π‖β) here")
+    assert_close(grad(rev, theta), torch.zeros_like(theta),
+                 "reverse_kl_mc's docstring: its gradient on policy samples should be 0 in expectation")
+
+
+# -----------------------------------------------------------------------------
+# policy optimisation
+
+def test_leave_one_out_advantages_hand_example():
+    r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
+    assert_close(obj.leave_one_out_advantages(r, 3), torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]),
+                 "leave_one_out_advantages: A_i != r_i − mean of the other group members")
+
+
+def test_rewards_to_go_hand_example():
+    r = torch.tensor([[9.0, 1.0, 2.0, 3.0, 9.0]])
+    mask = torch.tensor([[False, True, True, True, False]])
+    assert_close(obj.rewards_to_go(r, mask), torch.tensor([[0.0, 6.0, 5.0, 3.0, 0.0]]),
+                 "rewards_to_go: R_t != Σ_{t'≥t} r_t' over the response, 0 elsewhere")
+
+
+def test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient():
+    tree, group = make_tree(2), 3   # 7 responses; all 7³ groups of 3 samples enumerated
+    theta, expert = random_policy(tree, 5, grad=True), random_policy(tree, 6)
+    logp_pi, logp_beta = seq_logp(theta, tree), seq_logp(expert, tree)
+    logp, p = token_logp(theta, tree), logp_pi.exp().detach()
+    expected = 0.0
+    for idx in itertools.product(range(len(tree.steps)), repeat=group):
+        idx = list(idx)
+        loss = obj.reverse_kl_reinforce_loss(logp[idx], tree.mask[idx], logp_beta[idx], group)
+        expected = expected + p[idx].prod() * loss
+    g = grad(expected, theta)
+    assert_close(g, grad(kl(logp_pi, logp_beta), theta),
+                 "reverse_kl_reinforce_loss: E[∇surrogate] != ∇KL(π‖β)")
+    assert_differs(g, grad(kl(logp_beta, logp_pi), theta), "test has no teeth: ∇KL(π‖β) == ∇KL(β‖π) here")
+
+
+def test_ppo_clip_loss_hand_example():
+    delta = torch.tensor([[0.5, 0.5, -0.5, -0.5, 0.1, 7.0]])   # log ρ per token; the last is masked out
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, 5.0]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    logp = delta.clone().requires_grad_(True)
+    loss = obj.ppo_clip_loss(logp, torch.zeros_like(delta), adv, mask, clip_eps=0.2)
+    e = math.exp
+    # min(ρA, clip(ρ)A): clipped (1.2), unclipped (−ρ), unclipped (ρ), clipped (−0.8), inside the range (ρ)
+    assert_close(loss, torch.tensor(-(1.2 - e(0.5) + e(-0.5) - 0.8 + e(0.1))), "ppo_clip_loss: value")
+    assert_close(grad(loss, logp), torch.tensor([[0.0, e(0.5), -e(-0.5), 0.0, -e(0.1), 0.0]]),
+                 "ppo_clip_loss: gradient should vanish exactly where the clip binds, and off the mask")
+
+
+def test_ppo_clip_loss_on_policy_equals_policy_gradient():
+    theta = random_policy(TREE, 7, grad=True)
+    logp = token_logp(theta, TREE)
+    adv = torch.randn(N, generator=torch.Generator().manual_seed(0))
+    g_ppo = grad(obj.ppo_clip_loss(logp, logp.detach(), adv, TREE.mask), theta)
+    g_pg = grad(obj.policy_gradient_loss(logp, TREE.mask, adv), theta)
+    assert_close(g_ppo, g_pg, "ppo_clip_loss at π = π_old: gradient != policy_gradient_loss's")
+
+
+def test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative():
+    theta, ref = random_policy(TREE, 8, grad=True), random_policy(TREE, 9)
+    logp, ref_logp = token_logp(theta, TREE), token_logp(ref, TREE)
+    kl_true = kl(seq_logp(theta, TREE), seq_logp(ref, TREE))
+    p = seq_logp(theta, TREE).exp().detach()
+    k1, k3 = obj.kl_k1(logp, ref_logp), obj.kl_k3(logp, ref_logp)
+    assert_close((p[:, None] * k1).sum(), kl_true, "kl_k1: E_π[Σ_t k1] != KL(π‖π_ref)")
+    assert_close((p[:, None] * k3).sum(), kl_true, "kl_k3: E_π[Σ_t k3] != KL(π‖π_ref)")
+    u = torch.linspace(-30, 30, 2001)
+    assert (obj.kl_k3(torch.zeros_like(u), u) >= 0).all() and (k3 >= 0).all(), "kl_k3: a negative value"
+    assert (k1 < 0).any(), "test has no teeth: no negative k1 term to contrast with k3"
+    # k1 in the reward: the policy gradient with reward −Σ_t k1 carries ∇KL(π‖π_ref)
+    g = expected_pg_grad(theta, TREE, -obj.sequence_logprob(k1, TREE.mask))
+    assert_close(g, grad(kl_true, theta), "kl_k1 as a reward: E[∇PG loss] != ∇KL(π‖π_ref)")
+
+
+def test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference():
+    theta, ref = random_policy(TREE, 10, grad=True), random_policy(TREE, 11)
+    logp, ref_logp = token_logp(theta, TREE), token_logp(ref, TREE)
+    p = seq_logp(theta, TREE).exp().detach()
+    g_k3 = grad((p[:, None] * obj.kl_k3(logp, ref_logp)).sum(), theta)
+    reach = torch.einsum("y,ysa->s", p, TREE.visits)   # P_π(reach s)
+    logpi, logref = F.log_softmax(theta, -1), F.log_softmax(ref, -1)
+    per_state_fwd = (logref.exp() * (logref - logpi)).sum(-1)   # KL(π_ref(·|s) ‖ π(·|s))
+    assert_close(g_k3, grad((reach * per_state_fwd).sum(), theta),
+                 "kl_k3's docstring: E_π[∇Σ_t k3] != Σ_s P_π(s) ∇KL(π_ref(·|s) ‖ π(·|s))")
+    assert_differs(g_k3, grad(kl(seq_logp(theta, TREE), seq_logp(ref, TREE)), theta),
+                   "test has no teeth: k3's loss gradient equals ∇KL(π‖π_ref) here")
+    g_k1 = grad((p[:, None] * obj.kl_k1(logp, ref_logp)).sum(), theta)
+    assert_close(g_k1, torch.zeros_like(theta), "kl_k1's docstring: k1 differentiated directly should average 0")
+
+
+# -----------------------------------------------------------------------------
+# discriminators and their rewards
+
+def sequence_discriminator(logp_beta, logp_pi):
+    """One logit per response, trained on the exact expected BCE (class weights = exact probabilities)."""
+    w_beta, w_pi = logp_beta.exp().detach(), logp_pi.exp().detach()
+    return fit_logits(lambda h: obj.discriminator_loss(h, h, w_beta, w_pi), logp_beta.shape)
+
+
+def test_sequence_discriminator_recovers_log_ratio():
+    theta, expert = random_policy(TREE, 12), random_policy(TREE, 13)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    h = sequence_discriminator(logp_beta, logp_pi)
+    assert_close(obj.airl_reward(h), logp_beta - logp_pi, atol=1e-6, rtol=0,
+                 msg="discriminator_loss → airl_reward: at convergence h != log β − log π")
+    w_beta, w_pi = logp_beta.exp(), logp_pi.exp()
+    assert_close(obj.discriminator_loss(h, h, w_beta, w_pi), math.log(4) - 2 * js(logp_beta, logp_pi),
+                 "discriminator_loss: L(D*) != log 4 − 2·JS(β, π)")
+
+
+def test_discriminator_rewards_policy_gradients_follow_their_divergences():
+    theta, expert = random_policy(TREE, 14, grad=True), random_policy(TREE, 15)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    h = sequence_discriminator(logp_beta, logp_pi)
+    g_airl = expected_pg_grad(theta, TREE, obj.airl_reward(h))
+    assert_close(g_airl, grad(kl(logp_pi, logp_beta), theta), atol=1e-6, rtol=0,
+                 msg="airl_reward: E_π[∇PG loss] != ∇KL(π‖β)")
+    assert_differs(g_airl, grad(kl(logp_beta, logp_pi), theta), "test has no teeth: ∇KL(π‖β) == ∇KL(β‖π)")
+    assert_close(expected_pg_grad(theta, TREE, obj.gail_reward(h)), grad(2 * js(logp_beta, logp_pi), theta),
+                 atol=1e-6, rtol=0,
+                 msg="gail_reward: E_π[∇PG loss] != ∇ 2·JS(β, π)")
+    fairl = obj.fairl_reward(h)
+    assert_close(-(logp_pi.exp() * fairl).sum(), kl(logp_beta, logp_pi), atol=1e-6, rtol=0,
+                 msg="fairl_reward: −E_π[−h e^h] != KL(β‖π) at D*")
+    assert_differs(expected_pg_grad(theta, TREE, fairl), grad(kl(logp_beta, logp_pi), theta),
+                   "fairl_reward's docstring: its policy gradient is not ∇KL(β‖π), yet here it is")
+
+
+def per_token(table):
+    """A tabular token-level discriminator: one logit per (state, token), laid out as (responses, positions)."""
+    return table[TREE.state, TREE.action]
+
+
+def test_token_discriminator_recovers_occupancy_log_ratio():
+    theta, expert = random_policy(TREE, 16, grad=True), random_policy(TREE, 17)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    w_pi, w_beta = logp_pi.exp().detach(), logp_beta.exp()
+    h = fit_logits(lambda t: obj.discriminator_loss(per_token(t), per_token(t), w_beta[:, None] * TREE.mask,
+                                                    w_pi[:, None] * TREE.mask), (TREE.n_states, VOCAB))
+    rho_pi = torch.einsum("y,ysa->sa", logp_pi.exp(), TREE.visits)   # occupancy ρ(s, a), by enumeration
+    rho_beta = torch.einsum("y,ysa->sa", w_beta, TREE.visits)
+    norm_pi, norm_beta = rho_pi / rho_pi.sum(), rho_beta / rho_beta.sum()   # ρ.sum() = E|y|
+    assert_close(h, (norm_beta.log() - norm_pi.log()).detach(), atol=1e-6, rtol=0,
+                 msg="discriminator_loss (token level): h*(s,a) != log ρ̄^β(s,a) − log ρ̄^π(s,a)")
+    g = expected_pg_grad(theta, TREE, obj.rewards_to_go(obj.airl_reward(per_token(h)), TREE.mask))
+    occupancy_kl = rho_pi.sum() * (norm_pi * (norm_pi.log() - norm_beta.log())).sum()
+    assert_close(g, grad(occupancy_kl, theta), atol=1e-6, rtol=0,
+                 msg="airl_reward (token level, reward-to-go): E_π[∇PG loss] != ∇[E_π|y|·KL(ρ̄^π‖ρ̄^β)]")
+    assert_differs(g, grad(kl(logp_pi, logp_beta), theta),
+                   "airl_reward's docstring: token-level AIRL should not follow the trajectory KL(π‖β)")
+
+
+# -----------------------------------------------------------------------------
+# reward models and extrapolation
+
+def test_init_sft_classifier_recovers_closed_form_logratio():
+    init, sft = random_policy(TREE, 18), random_policy(TREE, 19)
+    logp_init, logp_sft = seq_logp(init, TREE), seq_logp(sft, TREE)
+    h = fit_logits(lambda s: obj.classifier_reward_loss(s, s, logp_sft.exp(), logp_init.exp()), (N,))
+    assert_close(h, obj.init_sft_logratio(logp_sft, logp_init), atol=1e-6, rtol=0,
+                 msg="classifier_reward_loss: optimal Init-SFT logit != log π_SFT − log π_init")
+
+
+def test_bradley_terry_loss_hand_example():
+    loss = obj.bradley_terry_loss(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+    expected = (-math.log(0.5) - math.log(1 / (1 + math.exp(-2.0)))) / 2
+    assert_close(loss, torch.tensor(expected), "bradley_terry_loss != mean −log σ(s_c − s_r)")
+
+
+def test_best_of_n_distribution_by_enumeration_and_kl_bound():
+    p = torch.tensor([0.1, 0.4, 0.2, 0.3])          # base policy over four responses
+    reward = torch.tensor([0.3, -1.0, 2.0, 0.7])    # distinct: no ties
+    n = 3
+    draws = torch.tensor(list(itertools.product(range(4), repeat=n)))   # all 4^n draws of n candidates
+    best = draws[torch.arange(len(draws)), obj.best_of_n(reward[draws])]
+    p_bon = torch.zeros(4).index_add_(0, best, p[draws].prod(-1))
+    order = reward.argsort()
+    cdf = p[order].cumsum(0)
+    closed = torch.empty(4)
+    closed[order] = cdf ** n - torch.cat([torch.zeros(1), cdf[:-1]]) ** n   # P(best = y) = F(y)^n − F(y⁻)^n
+    assert_close(p_bon, closed, "best_of_n: enumerated Best-of-N distribution != F(y)^n − F(y⁻)^n")
+    assert kl(p_bon.log(), p.log()) < obj.best_of_n_kl(n), \
+        "best_of_n_kl: log n − (n−1)/n should bound the KL of a base policy with atoms"
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 16])
+def test_best_of_n_kl_matches_enumeration_without_atoms(n):
+    k = 10_000   # uniform over k responses with distinct rewards: no single one has appreciable mass
+    cdf = torch.arange(k + 1) / k
+    p_bon = cdf[1:] ** n - cdf[:-1] ** n
+    exact = (p_bon * torch.log(p_bon * k)).sum().item()
+    assert abs(exact - obj.best_of_n_kl(n)) < 1e-6, \
+        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)}, enumeration gives {exact}"
+
+
+# -----------------------------------------------------------------------------
+# generalised Jensen–Shannon
+
+G = torch.Generator().manual_seed(0)
+LOGITS_P, LOGITS_Q = (torch.randn(2, 3, 5, generator=G, dtype=torch.float64) for _ in range(2))
+
+
+def test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order():
+    log_p, log_q = F.log_softmax(LOGITS_P, -1), F.log_softmax(LOGITS_Q, -1)
+    # F.kl_div(input, target) computes KL(target ‖ input)
+    kl_pq = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    kl_qp = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+    assert_differs(kl_pq, kl_qp, "test has no teeth: KL(p‖q) == KL(q‖p) here")
+    assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), kl_pq, "generalized_jsd(β=0) != KL(p‖q)")
+    assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), kl_qp, "generalized_jsd(β=1) != KL(q‖p)")
+
+
+def test_generalized_jsd_zero_on_identical_inputs_and_symmetric():
+    for beta in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_P, beta), torch.zeros(2, 3),
+                     f"generalized_jsd(p, p, {beta}) != 0")
+    log_p, log_q = F.log_softmax(LOGITS_P, -1), F.log_softmax(LOGITS_Q, -1)
+    log_m = torch.log((log_p.exp() + log_q.exp()) / 2)
+    js_pq = (F.kl_div(log_m, log_p, log_target=True, reduction="none").sum(-1)
+             + F.kl_div(log_m, log_q, log_target=True, reduction="none").sum(-1)) / 2
+    assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.5), js_pq, "generalized_jsd(β=0.5) != JS(p, q)")
+    assert_close(obj.generalized_jsd(LOGITS_Q, LOGITS_P, 0.5), js_pq, "generalized_jsd(β=0.5) not symmetric")
+    assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.3), obj.generalized_jsd(LOGITS_Q, LOGITS_P, 0.7),
+                 "generalized_jsd: JSD_β(p‖q) != JSD_{1−β}(q‖p)")
+
+
+def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
+    eps = 1e-5
+    near_0, near_1 = (obj.generalized_jsd(LOGITS_P, LOGITS_Q, b) for b in (eps, 1 - eps))
+    assert (near_0 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0)).all(), "JSD_β should → 0 as β → 0"
+    assert (near_1 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0)).all(), "JSD_β should → 0 as β → 1"
+    scale = eps * (1 - eps)
+    assert_close(near_0 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), rtol=1e-3, atol=0,
+                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
+    assert_close(near_1 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), rtol=1e-3, atol=0,
+                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
