@@ -5,7 +5,7 @@
     data = world.make_datasets(seed=0)              # base corpus, demonstrations, preference pairs, eval prompts
     world.expert_logprob(prompt, response_tokens)   # exact log π_β(y|x)
 
-`python -m data` prints samples of each kind; `python -m data.tokenizer` retrains the tokenizer.
+`python -m data` prints samples of each kind; `python -m data.train_tokenizer` retrains the tokenizer.
 """
 
 from data.tokenizer import EOR, load_tokenizer
