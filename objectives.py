@@ -120,8 +120,8 @@ def rewards_to_go(token_rewards, mask):
 def policy_gradient_loss(logp, mask, advantages):
     """REINFORCE surrogate on samples y ~ π:  L = −(1/B) Σ_b Σ_t A_b(,t) log π(y_{b,t} | s_{b,t}).
 
-    Score-function identity: ∇ E_{y~π}[R(y)] = E_π[R(y) ∇log π(y|x)], so with A held constant −∇L is an
-    unbiased estimate of the ascent direction of the expected return (of the advantage's reward).
+    Score-function identity: ∇ E_{y~π}[R(y)] = E_π[R(y) ∇log π(y|x)], so with A = R − baseline held constant,
+    −∇L is an unbiased estimate of ∇ E_π[R] (a baseline independent of y changes only the variance).
     advantages: (B,), one per response, multiplying every token; or (B, T), per token (rewards_to_go).
     Summed over tokens (a trajectory's log-prob), averaged over responses.
     """
@@ -153,7 +153,7 @@ def reverse_kl_reinforce_loss(logp, mask, expert_logp_seq, group_size):
         ∇ KL(π ‖ β) = ∇ Σ_y π(y) (log π(y) − log β(y))
                     = Σ_y ∇π(y) (log π(y) − log β(y)) + Σ_y π(y) ∇log π(y)   (last sum: ∇Σ_y π = 0)
                     = −E_{y~π}[r(y) ∇log π(y|x)],   r(y) = log β(y|x) − log π(y|x).
-    So the policy gradient with reward r, held constant (its own gradient is the vanishing sum), has expected
+    So policy_gradient_loss with reward r, held constant (its own gradient is the vanishing sum), has expected
     gradient ∇ KL(π ‖ β). Rows: group_size consecutive samples of each prompt, leave-one-out baseline.
     expert_logp_seq: log β(y|x) of the policy's samples, (B,).
     """
@@ -168,7 +168,7 @@ def kl_k1(logp, ref_logp):
     response, E_π[Σ_t k1] = KL(π ‖ π_ref) of trajectories. Single terms can be negative, and when π ≈ π_ref
     the terms are large relative to their mean (they cancel only on average): high variance.
     Where it enters: the REWARD, r ← r − λ Σ_t k1 (λ the KL coefficient, detached). By the identity in
-    reverse_kl_reinforce_loss, the policy gradient then carries exactly −λ ∇KL(π ‖ π_ref).
+    reverse_kl_reinforce_loss, the policy-gradient loss's expected gradient then gains exactly λ ∇KL(π ‖ π_ref).
     """
     return logp - ref_logp
 
