@@ -90,7 +90,7 @@ def _aggregate(values):
         n = min(len(v) for v in values)  # curves of different lengths: their common prefix
         a = np.array([v[:n] for v in values], dtype=float)
         return a.mean(axis=0).tolist(), _std(a).tolist()
-    return values[0], None  # text, flags, empty lists: the first run's value, no spread
+    return copy.deepcopy(values[0]), None  # text, flags, empty lists: the first run's value
 
 def aggregate(runs):
     """
@@ -116,7 +116,7 @@ def _get(tree, *keys):
 def _fmt(x, s=None):
     if x is None:
         return "n/a"
-    text = f"{x:.3g}"
+    text = f"{x + 0.0:.3g}"  # + 0.0 turns −0.0 into 0
     return text if s is None else f"{text} ± {s:.2g}"
 
 def _effect(name, holds, detail):
@@ -291,9 +291,13 @@ def _policy_label(p):
         return f"Best-of-{n}, {RM_LABELS.get(rm, rm)} RM"
     return p
 
-def _policy_color(p):
-    return {"expert": "black", "init": "0.5", "sft": "C0", "rl_init_sft": "C2"}.get(
-        p, "C3" if p in MODE_SEEKING else "C4")
+POLICY_STYLE = {  # (colour, marker), the same in every figure
+    "expert": ("black", "*"), "init": ("0.55", "o"), "sft": ("C0", "o"), "rkl_seq": ("C3", "s"),
+    "rkl_tok": ("C1", "^"), "js": ("C4", "D"), "rkl_oracle": ("C5", "v"), "rl_init_sft": ("C2", "P"),
+}
+
+def _policy_style(p, i=0):
+    return POLICY_STYLE.get(p, (["C9", "C8", "C6", "C7"][i % 4], "X"))
 
 def fig_modes(path, mean, std):
     pol = mean["policies"]
@@ -322,14 +326,15 @@ def fig_modes(path, mean, std):
 
 def fig_divergence_plane(path, mean, std, linthresh=0.1):
     pol = mean["policies"]
-    fig = Figure(layout="constrained", figsize=(7, 5.5))
+    fig = Figure(layout="constrained", figsize=(9, 5.5))
     ax = fig.subplots()
     hi = 1.0
-    for p in _policy_order(pol):
+    for i, p in enumerate(_policy_order(pol)):
         x, y = pol[p]["forward_kl"], pol[p]["reverse_kl"]
         xe, ye = _get(std, "policies", p, "forward_kl"), _get(std, "policies", p, "reverse_kl")
-        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color=_policy_color(p), capsize=3, ms=7)
-        ax.annotate(_policy_label(p), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+        color, marker = _policy_style(p, i)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=marker, color=color, capsize=3,
+                    ms=11 if marker == "*" else 8, alpha=0.85, label=_policy_label(p))
         hi = max(hi, x, y)
     # symlog: logarithmic above linthresh, linear (and squeezed) around 0, where the expert's
     # own Monte Carlo estimates land, possibly slightly negative
@@ -344,6 +349,7 @@ def fig_divergence_plane(path, mean, std, linthresh=0.1):
             va="top", color="C0", fontsize=10)
     ax.text(0.97, 0.03, "mode-seeking\n(low reverse KL)", transform=ax.transAxes,
             ha="right", va="bottom", color="C3", fontsize=10)
+    fig.legend(loc="outside right center", fontsize=8, frameon=False)
     _save(fig, path)
 
 def _bon_panel(ax, bon, bon_std, demo, demo_std, sft_gold=None, rl_point=None, title=""):
@@ -388,7 +394,12 @@ def fig_bon(path, mean, std):
                    _get(std, "control", "demonstrations", "gold_reward"),
                    title="control: signature switched off")
         axes[1].tick_params(labelleft=True)
-    axes[0].legend(fontsize=8, loc="best")
+    handles = {}  # one legend entry per label, whichever panel drew it
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=5, fontsize=8,
+               frameon=False)
     fig.suptitle("Best-of-N on π_SFT samples, ranked by each reward model", fontsize=12)
     _save(fig, path)
 
@@ -399,12 +410,12 @@ def fig_calibration(path, mean, std, points):
     for ax, m in zip(axes, methods):
         x, y = np.asarray(points[m]["true"]), np.asarray(points[m]["logit"])
         ax.scatter(x, y, s=8, alpha=0.5, color="C3", lw=0)
-        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
-        ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, ls="--", label="y = x (perfect)")
+        # axline does not stretch the axes: the points fill the panel even when far from y = x
+        ax.axline((0, 0), slope=1, color="0.3", lw=1, ls="--", label="y = x (perfect)")
         r, rs = _get(mean, "calibration", m), _get(std, "calibration", m)
         ax.set_title(f"{_policy_label(m)}\nPearson r = {_fmt(r, rs)}", fontsize=10)
         ax.set(xlabel="exact log β(y) − log π(y)  (nats)", ylabel="discriminator logit  (nats)")
-        ax.legend(fontsize=8, loc="upper left", frameon=False)
+        ax.legend(fontsize=8, loc="best", frameon=False)
     fig.suptitle("Does the discriminator's logit estimate log β − log π? (first seed's samples)",
                  fontsize=11)
     _save(fig, path)
@@ -424,7 +435,7 @@ def fig_curves(path, mean, std):
     adv, adv_std = curves.get("adversarial", {}), cstd.get("adversarial") or {}
     methods = [m for m in [*MODE_SEEKING, "rl_init_sft"] if m in adv] + \
               sorted(m for m in adv if m not in MODE_SEEKING + ["rl_init_sft"])
-    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    colors = {m: _policy_style(m, i)[0] for i, m in enumerate(methods)}
     fig = Figure(layout="constrained", figsize=(13, 7))
     axes = fig.subplots(2, 3)
     for ax, key, title in [(axes[0, 0], "pretrain_loss", "pretraining loss"),
@@ -448,7 +459,8 @@ def fig_curves(path, mean, std):
     handles, labels = axes[1, 0].get_legend_handles_labels()
     axes[1, 2].axis("off")
     axes[1, 2].legend(handles, labels, loc="center", frameon=False, title="adversarial / RL run")
-    fig.suptitle("Training curves (mean over seeds, band = ± std)", fontsize=12)
+    fig.suptitle("Training curves" + (" (mean over seeds, band = ± std)" if std else ""),
+                 fontsize=12)
     _save(fig, path)
 
 def _save(fig, path):
@@ -459,21 +471,22 @@ def _save(fig, path):
 # -----------------------------------------------------------------------------
 # report.md
 
-CAPTIONS = {
-    "fig_intuition.png": "a toy 1-D world: the forward-KL fit (SFT) spreads over both modes and "
-        "puts mass between them; the reverse-KL fit (adversarial imitation) sits on one mode.",
-    "fig_modes.png": "π_SFT spreads over the expert's modes and leaks off-support (hatched); the "
-        "reverse-KL policies concentrate on fewer modes with almost nothing off-support.",
-    "fig_divergence_plane.png": "π_SFT sits upper left (low forward KL), the reverse-KL policies "
-        "lower right (low reverse KL); symlog axes, linear within ±0.1 nats, so the expert's own "
-        "≈ 0 (possibly slightly negative) Monte Carlo estimates sit at the origin.",
-    "fig_bon.png": "Init-SFT keeps rising past the demonstrations (orange band) as N grows, while "
-        "the reward models trained against demonstrations gain less; the control panel shows "
-        "whether that gap comes from the demonstrator's signature.",
-    "fig_calibration.png": "points on the dashed y = x line mean the discriminator logit recovers "
-        "log β − log π exactly; the title gives the correlation over seeds.",
-    "fig_curves.png": "a discriminator near 0.5 accuracy is being fooled; the reward rises while "
-        "the KL to the reference stays bounded.",
+CAPTIONS = {  # what to look for; the effect checks above say whether this run shows it
+    "fig_intuition.png": "a toy 1-D world: the forward-KL fit (what SFT does) spreads over both "
+        "modes and puts mass between them; the reverse-KL fit (adversarial imitation) sits on one.",
+    "fig_modes.png": "expected: π_SFT spreads over the expert's modes and leaks off-support "
+        "(hatched); the reverse-KL policies concentrate on fewer modes, with less off-support.",
+    "fig_divergence_plane.png": "expected: π_SFT upper left (low forward KL), the reverse-KL "
+        "policies lower right (low reverse KL). Symlog axes, linear within ±0.1 nats, so the "
+        "expert's own ≈ 0 (possibly slightly negative) Monte Carlo estimates sit at the origin.",
+    "fig_bon.png": "expected: Init-SFT keeps rising past the demonstrations (orange line) as N "
+        "grows, the reward models trained against demonstrations gain less, and in the control "
+        "panel (no signature) that gap shrinks.",
+    "fig_calibration.png": "points on the dashed y = x line mean the discriminator's logit is "
+        "the exact log β − log π; the axes are not to the same scale, the title gives the "
+        "correlation (over seeds).",
+    "fig_curves.png": "a discriminator near 0.5 accuracy is being fooled; the policy's reward "
+        "should rise while its KL to π_SFT stays bounded.",
 }
 
 def _table(header, rows):
@@ -495,9 +508,11 @@ def _bon_table(world, world_std, title):
     return lines + _table(["N", "KL (nats)"] + [RM_LABELS.get(r, r) for r in rms], rows) + [""]
 
 def _config_lines(config, width=100):
-    """The resolved configuration as wrapped --key=value flags."""
+    """The resolved configuration as wrapped --key=value flags (empty values left out)."""
     lines, line = [], "python afd_mini.py"
     for key, value in config.items():
+        if value is None or value == "":
+            continue
         flag = f"--{key}={value}"
         if len(line) + len(flag) + 3 > width:
             lines.append(line + " \\")

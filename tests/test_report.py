@@ -54,10 +54,11 @@ def fake_run(seed, control=True):
                        "disc_acc_policy": (0.9 - 0.008 * np.arange(40) + e()).tolist(),
                        "reward": (-3 + 0.07 * np.arange(40) + e()).tolist(),
                        "kl_ref": (0.1 * np.sqrt(np.arange(40)) + e()).tolist()}
-                   for m in ["rkl_seq", "rkl_tok", "js", "rl_init_sft"]}
-    adversarial["rkl_oracle"] = {"disc_acc_expert": [], "disc_acc_policy": [],
-                                 "reward": (-5 + 0.1 * np.arange(40)).tolist(),
-                                 "kl_ref": (0.2 * np.sqrt(np.arange(40))).tolist()}
+                   for m in ["rkl_seq", "rkl_tok", "js"]}
+    for m in ["rkl_oracle", "rl_init_sft"]:  # no discriminator: empty accuracy curves
+        adversarial[m] = {"disc_acc_expert": [], "disc_acc_policy": [],
+                          "reward": (-5 + 0.1 * np.arange(40)).tolist(),
+                          "kl_ref": (0.2 * np.sqrt(np.arange(40))).tolist()}
     true = rng.normal(-2, 3, size=200)
     run = {
         "seed": seed,
