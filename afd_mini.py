@@ -1,0 +1,770 @@
+"""
+afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
+
+    python afd_mini.py                      # the default run (about 5 minutes on 2 CPU cores)
+    python afd_mini.py --quick              # every stage, small: a first contact in under a minute
+    python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
+    python afd_mini.py --seeds=3            # three seeds, mean ± std in the report
+    python afd_mini.py --help               # every option with its default
+
+It reads top to bottom as the papers' story, in a world whose expert density is known exactly:
+
+    world          data/: prompts, the expert π_β (exact log-likelihood), base corpus, demonstrations
+    pretrain       π_init  = next-token prediction on the base corpus
+    sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
+    rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
+    rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
+    js             GAIL: reward −log(1 − D), Jensen–Shannon
+    rkl_oracle     the same policy-gradient loop with the exact log β: the upper bound the discriminators approximate
+    reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry
+    best_of_n      Best-of-N over π_SFT samples for every reward model (and the closed form, and the gold reward)
+    rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
+    evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
+
+Every stage saves its result under <out_dir>/seed_<s>/; a rerun skips finished stages (--redo=STAGE recomputes
+one and everything after it). All the maths lives in objectives.py; the model in model.py; the world in data/.
+"""
+import dataclasses
+import difflib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import objectives as obj
+from data import World, WorldConfig, load_tokenizer
+from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, maybe_compile, sample,
+                   save_checkpoint, sequence_scores, token_logprobs, token_scores)
+
+# -----------------------------------------------------------------------------------------------------------
+# Configuration: plain defaults, overridden by a preset, an optional JSON config file, then --key=value.
+
+
+@dataclass
+class Config:
+    # run
+    out_dir: str = "out"
+    seed: int = 0
+    seeds: int = 1                # run seeds seed, seed+1, ..., and report mean ± std over them
+    device: str = "auto"          # auto | cpu | cuda | mps
+    compile: bool = False         # torch.compile the models (worth it on a GPU)
+    preset: str = "default"       # default | quick | gpu
+    quick: bool = False           # shorthand for --preset=quick
+    redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
+    stop_after: str = ""          # stop after this stage (the rerun resumes from there)
+    progress: bool = True         # tqdm bars
+    # the world (data/world.py documents each knob)
+    q: float = 0.7                # expert's probability of a right answer
+    q_base: float = 0.3           # base corpus' probability of a right answer
+    signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
+    eps: float = 1e-3             # smoothing floor of the expert likelihood
+    n_base: int = 20000           # base corpus size (pretraining)
+    n_demo: int = 1000            # demonstrations
+    n_pref: int = 2000            # gold preference pairs
+    n_eval: int = 256             # held-out evaluation prompts
+    max_new_tokens: int = 48      # longest response, end token included
+    # the model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 64
+    # π_init: pretraining on the base corpus
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+    # π_SFT: forward KL on the demonstrations
+    sft_steps: int = 300
+    sft_batch: int = 32
+    sft_lr: float = 1e-3
+    # reverse KL: adversarial imitation and the oracle (and RL on the reward model)
+    rl_iters: int = 30            # sample → discriminator step(s) → policy step(s), per method
+    rl_prompts: int = 16          # prompts per iteration
+    group_size: int = 4           # samples per prompt (leave-one-out baseline)
+    ppo_epochs: int = 2           # policy steps per batch of samples (ratio clipping makes >1 safe)
+    clip_eps: float = 0.2
+    pg_lr: float = 3e-4
+    kl_coef: float = 0.05         # weight of KL(π ‖ π_SFT) in the reward
+    disc_steps: int = 2           # discriminator steps per iteration
+    disc_lr: float = 3e-4
+    # reward extrapolation
+    rm_samples: int = 512         # samples of π_init and of π_SFT to train the classifiers on
+    rm_steps: int = 150
+    rm_batch: int = 64
+    rm_lr: float = 3e-4
+    bon_prompts: int = 64         # held-out prompts for Best-of-N
+    bon_max_n: int = 64           # N = 1, 2, 4, ..., bon_max_n
+    # evaluation
+    eval_samples: int = 2         # samples per evaluation prompt for every policy
+
+    def world_config(self):
+        return WorldConfig(q=self.q, q_base=self.q_base, signature_p=self.signature_p, eps=self.eps,
+                           max_response_tokens=self.max_new_tokens)
+
+
+PRESETS = {
+    "default": {},
+    "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
+                  pretrain_batch=32, sft_steps=40, rl_iters=3, rl_prompts=8, group_size=4, ppo_epochs=1,
+                  disc_steps=1, rm_samples=64, rm_steps=10, rm_batch=32, bon_prompts=8, bon_max_n=8,
+                  eval_samples=2),
+    "gpu": dict(n_base=200000, n_demo=4000, n_pref=10000, n_eval=1024, n_layer=6, n_head=8, n_embd=256,
+                pretrain_steps=6000, pretrain_batch=256, pretrain_lr=1e-3, sft_steps=1500, sft_batch=128,
+                rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
+                bon_prompts=512, bon_max_n=256, eval_samples=4, compile=True),
+}
+STAGES = ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "reward_models", "best_of_n",
+          "rl_init_sft", "evaluate"]
+ADVERSARIAL = {  # method -> (discriminator level, reward transform of its logit h)
+    "rkl_seq": ("seq", obj.airl_reward),   # reverse KL, trajectory-level D
+    "rkl_tok": ("tok", obj.airl_reward),   # reverse KL, state-action (occupancy) D
+    "js": ("seq", obj.gail_reward),        # Jensen–Shannon (GAIL)
+}
+# Options that change no number: a run with other values of these can resume the same output directory.
+RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset"}
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, before anything is written."""
+
+
+def parse_value(key, text, default):
+    kind = type(default)
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--{key}={text}: expected a boolean (true/false)")
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"--{key}={text}: expected {kind.__name__}, e.g. --{key}={default}") from None
+
+
+def parse_args(argv):
+    """defaults → preset → --config=FILE (JSON) → --key=value; every value type-checked, every key known."""
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    given, config_file = {}, None
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__.split("\n\n")[1] + "\nOptions (default):")
+            for k, v in fields.items():
+                print(f"  --{k}={v}")
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: options look like --key=value (see --help)")
+        key, eq, text = arg[2:].partition("=")
+        if key == "config":
+            config_file = text
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields) + ["config"], n=3)
+            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help"
+            raise UsageError(f"unknown option --{key}{hint}")
+        if not eq and type(fields[key]) is not bool:
+            raise UsageError(f"--{key} needs a value: --{key}=...")
+        given[key] = parse_value(key, text if eq else "true", fields[key])   # a bare --flag means true
+    preset = "quick" if given.get("quick") else given.get("preset", "default")
+    if preset not in PRESETS:
+        raise UsageError(f"--preset={preset}: allowed presets are {', '.join(PRESETS)}")
+    values = {**fields, **PRESETS[preset], "preset": preset}
+    if config_file is not None:
+        try:
+            with open(config_file) as f:
+                from_file = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--config={config_file}: cannot read a JSON object from it ({e})") from None
+        for key, value in from_file.items():
+            if key not in fields:
+                raise UsageError(f"unknown option {key!r} in {config_file}; see --help")
+            values[key] = parse_value(key, str(value), fields[key])
+    values.update(given)
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and f.name != "seed" and not v > 0 \
+                and f.name not in ("q", "q_base", "signature_p", "kl_coef"):
+            raise UsageError(f"--{f.name}={v}: must be positive")
+    if cfg.device not in ("auto", "cpu", "cuda", "mps"):
+        raise UsageError(f"--device={cfg.device}: allowed devices are auto, cpu, cuda, mps")
+    if cfg.kl_coef < 0:
+        raise UsageError(f"--kl_coef={cfg.kl_coef}: must be ≥ 0")
+    for name in filter(None, cfg.redo.split(",")):
+        if name not in STAGES + ["all"]:
+            raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(STAGES)}")
+    if cfg.stop_after and cfg.stop_after not in STAGES:
+        raise UsageError(f"--stop_after={cfg.stop_after}: stages are {', '.join(STAGES)}")
+    if cfg.bon_max_n & (cfg.bon_max_n - 1):
+        raise UsageError(f"--bon_max_n={cfg.bon_max_n}: must be a power of two (N = 1, 2, 4, ...)")
+    try:
+        cfg.world_config()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        get_device(cfg.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Small helpers: batches of (prompt, response) token lists ↔ right-padded tensors, the format model.py uses.
+
+class StageError(Exception):
+    pass
+
+
+def to_batch(prompts, responses, pad_id, device):
+    """Lists of prompt and response token lists → tokens (B,T) right-padded, response_mask (B,T)."""
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    tokens = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, len(p):len(p) + len(r)] = True
+    return tokens.to(device), mask.to(device)
+
+
+def responses_of(rollout):
+    """The sampled response token lists of a Rollout (end token included when produced)."""
+    tokens, mask = rollout.tokens.cpu(), rollout.response_mask.cpu()
+    return [row[m].tolist() for row, m in zip(tokens, mask)]
+
+
+def check_finite(loss, stage, step):
+    if not torch.isfinite(loss):
+        raise StageError(f"stage {stage}: non-finite loss ({loss.item()}) at step {step}; "
+                         f"try a smaller learning rate")
+
+
+def bar(cfg, iterable, stage):
+    return tqdm(iterable, desc=f"{stage:>13}", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+
+
+def new_generator(device, seed):
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+class Run:
+    """Everything one seed's stages share: config, device, world, datasets, output folder."""
+
+    def __init__(self, cfg, seed):
+        self.cfg, self.seed = cfg, seed
+        self.device = get_device(cfg.device)
+        self.dir = os.path.join(cfg.out_dir, f"seed_{seed}")
+        self.times = {}
+        t0 = time.time()
+        self.tok = load_tokenizer()
+        self.world = World(cfg.world_config(), self.tok)
+        self.data = self.world.make_datasets(seed, cfg.n_base, cfg.n_demo, cfg.n_pref, cfg.n_eval)
+        enc = self.world.encode_response
+        self.base = [(p.tokens, enc(r)) for p, r in self.data["base"]]
+        self.demos = [(p.tokens, enc(r)) for p, r in self.data["demos"]]
+        self.demo_prompts = [p for p, _ in self.data["demos"]]
+        self.rng = np.random.default_rng(seed + 1000)       # for minibatches, independent of the world's
+        torch.manual_seed(seed)
+        self.times["world"] = time.time() - t0
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def gpt_config(self):
+        c = self.cfg
+        return GPTConfig(block_size=max(len(p) for p, _ in self.base + self.demos) + c.max_new_tokens,
+                         vocab_size=self.world.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
+
+    def load(self, name):
+        model, extra = load_checkpoint(self.path(name + ".pt"), device=self.device)
+        return model, extra
+
+    def rollout(self, model, prompts, seed):
+        """Sample one response per prompt (token lists) at temperature 1, in chunks to bound memory."""
+        return sample(model, prompts, self.cfg.max_new_tokens, self.world.eos_id,
+                      generator=new_generator(self.device, seed))
+
+    def sample_responses(self, model, prompts, seed, chunk=512):
+        out = []
+        for i in range(0, len(prompts), chunk):
+            out += responses_of(self.rollout(model, prompts[i:i + chunk], seed + i))
+        return out
+
+    def batch(self, pairs, idx):
+        return to_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], self.world.eos_id, self.device)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 2: π_init, a small GPT pretrained on the base corpus (next-token prediction on whole sequences).
+
+def stage_pretrain(run):
+    cfg = run.cfg
+    model = GPT(run.gpt_config()).to(run.device)
+    opt = model.configure_optimizer(0.1, cfg.pretrain_lr, device_type=run.device.type)
+    fwd = maybe_compile(model, cfg.compile)
+    losses = []
+    for step in (pbar := bar(cfg, range(cfg.pretrain_steps), "pretrain")):
+        lr_schedule(opt, cfg.pretrain_lr, step, cfg.pretrain_steps)
+        idx = run.rng.integers(len(run.base), size=cfg.pretrain_batch)
+        # the whole sequence is a target (no prompt mask): the base model learns prompts and responses alike
+        tokens, real = to_batch([[]] * len(idx), [run.base[i][0] + run.base[i][1] for i in idx],
+                                run.world.eos_id, run.device)
+        targets = tokens[:, 1:].masked_fill(~real[:, 1:], -1)
+        with autocast(run.device):
+            _, loss = fwd(tokens[:, :-1], targets)
+        check_finite(loss, "pretrain", step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        pbar.set_postfix(loss=f"{loss.item():.3f}")
+    return model, {"curve": losses}
+
+
+def lr_schedule(opt, peak, step, total, warmup=20):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    w = min(warmup, total // 10 + 1)
+    lr = peak * (step + 1) / w if step < w else \
+        peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 3: π_SFT = argmin_π KL(β ‖ π), i.e. maximum likelihood on the demonstrations' response tokens.
+
+def stage_sft(run):
+    cfg = run.cfg
+    model, _ = run.load("pretrain")
+    opt = model.configure_optimizer(0.0, cfg.sft_lr, device_type=run.device.type)
+    losses = []
+    for step in (pbar := bar(cfg, range(cfg.sft_steps), "sft")):
+        lr_schedule(opt, cfg.sft_lr, step, cfg.sft_steps)
+        tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
+        with autocast(run.device):
+            loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
+        check_finite(loss, "sft", step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        pbar.set_postfix(nll=f"{loss.item():.3f}")
+    return model, {"curve": losses}
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Stages 4 and 7: one policy-gradient loop for every reward: a discriminator's (AIRL, GAIL; sequence- or
+# token-level), the exact expert's (the oracle), or a reward model's (RL on the Init-SFT RM).
+#   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]      (k1 penalty to the reference, in the reward)
+#   advantage = leave-one-out over the group_size samples of each prompt, then PPO-clipped policy steps.
+
+def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
+    cfg = run.cfg
+    policy, _ = run.load("sft")
+    ref, _ = run.load("sft")
+    ref.requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.pg_lr, weight_decay=0.0)
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
+    curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": []}
+    for it in (pbar := bar(cfg, range(cfg.rl_iters), stage)):
+        idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
+        prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
+        roll = run.rollout(policy, [p.tokens for p in prompts], seed=run.seed * 100003 + it)
+        tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
+        if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
+            demo_tokens, demo_mask = run.batch(run.demos, idx)
+            for _ in range(cfg.disc_steps):
+                h_demo, h_pol = disc_logits(disc, disc_level, demo_tokens, demo_mask, tokens, mask)
+                loss = obj.discriminator_loss(h_demo, h_pol) if disc_level == "seq" else \
+                    obj.discriminator_loss(h_demo, h_pol, demo_mask, mask)
+                check_finite(loss, stage, it)
+                disc_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                disc_opt.step()
+            curve["disc_acc_expert"].append(((h_demo[demo_mask] if disc_level == "tok" else h_demo) > 0)
+                                            .float().mean().item())
+            curve["disc_acc_policy"].append(((h_pol[mask] if disc_level == "tok" else h_pol) < 0)
+                                            .float().mean().item())
+        with torch.no_grad():
+            reward = reward_fn(prompts, roll)                               # (B,) or (B,T) token rewards
+            ref_logp = token_logprobs(ref, tokens, mask)
+            k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
+            if reward.dim() == 1:    # sequence reward: KL penalty summed over the response
+                shaped = reward - cfg.kl_coef * k1.sum(-1)
+                adv = obj.leave_one_out_advantages(shaped, cfg.group_size)
+            else:                    # token rewards: penalty per token, reward-to-go, LOO baseline on returns
+                shaped = (reward - cfg.kl_coef * k1) * mask
+                returns = shaped.sum(-1)
+                adv = (obj.rewards_to_go(shaped, mask) - loo_mean(returns, cfg.group_size)[:, None]) * mask
+            adv = adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
+        for _ in range(cfg.ppo_epochs):
+            logp = token_logprobs(policy, tokens, mask)
+            loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
+            check_finite(loss, stage, it)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+        mean_reward = (reward.sum(-1) if reward.dim() == 2 else reward).mean().item()
+        curve["reward"].append(mean_reward)
+        curve["kl_ref"].append(k1.sum(-1).mean().item())
+        pbar.set_postfix(reward=f"{mean_reward:.2f}", kl=f"{curve['kl_ref'][-1]:.2f}")
+    return policy, {"curve": curve}
+
+
+def loo_mean(x, group_size):
+    """Mean of the other members of each sample's group: x_i − LOO advantage_i."""
+    return x - obj.leave_one_out_advantages(x, group_size)
+
+
+def disc_logits(disc, level, demo_tokens, demo_mask, pol_tokens, pol_mask):
+    if level == "seq":
+        return sequence_scores(disc, demo_tokens, demo_mask), sequence_scores(disc, pol_tokens, pol_mask)
+    return token_scores(disc, demo_tokens, demo_mask), token_scores(disc, pol_tokens, pol_mask)
+
+
+def stage_adversarial(run, method):
+    level, transform = ADVERSARIAL[method]
+    sft, _ = run.load("sft")
+    disc = ScalarGPT.from_lm(sft).to(run.device)     # D starts from π_SFT's features
+
+    def reward_fn(prompts, roll):
+        with torch.no_grad():
+            if level == "seq":
+                return transform(sequence_scores(disc, roll.tokens, roll.response_mask))
+            return transform(token_scores(disc, roll.tokens, roll.response_mask)) * roll.response_mask
+
+    policy, extra = policy_optimisation(run, method, reward_fn, disc, level)
+    save_checkpoint(run.path(method + "_disc.pt"), disc)
+    return policy, extra
+
+
+def stage_oracle(run):
+    """Exact reverse KL: the reward log β(y|x) − log π(y|x) needs the expert's density, which only our world has."""
+    def reward_fn(prompts, roll):
+        expert = torch.tensor(run.world.expert_logprobs(prompts, responses_of(roll)), dtype=torch.float32,
+                              device=roll.tokens.device)
+        return -obj.reverse_kl_mc(roll.logprobs.sum(-1), expert)
+    return policy_optimisation(run, "rkl_oracle", reward_fn)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 5: reward extrapolation. Reward models are binary classifiers on π_init's backbone, reward = logit.
+#   Init-SFT (the paper's): negatives π_init samples, positives π_SFT samples  → learns the SFT direction
+#   Init-Demo, SFT-Demo (ablations): positives are the demonstrations → also learn the demonstrator's style
+#   pairwise_bt: Bradley–Terry on the gold preference pairs (the usual RLHF reward model)
+REWARD_MODELS = ["init_sft", "init_demo", "sft_demo", "pairwise_bt"]
+
+
+def train_reward_model(run, name, pos, neg, pairwise=False):
+    cfg = run.cfg
+    init, _ = run.load("pretrain")
+    rm = ScalarGPT.from_lm(init).to(run.device)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
+    losses = []
+    for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
+        i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
+        i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
+        s_pos = sequence_scores(rm, *run.batch(pos, i_pos))
+        s_neg = sequence_scores(rm, *run.batch(neg, i_neg))
+        loss = obj.bradley_terry_loss(s_pos, s_neg) if pairwise else obj.classifier_reward_loss(s_pos, s_neg)
+        check_finite(loss, f"reward_models ({name})", step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        pbar.set_postfix(loss=f"{loss.item():.3f}")
+    save_checkpoint(run.path(f"rm_{name}.pt"), rm)
+    return losses
+
+
+def stage_reward_models(run):
+    cfg = run.cfg
+    init, _ = run.load("pretrain")
+    sft, _ = run.load("sft")
+    idx = run.rng.permutation(len(run.demos))[:cfg.rm_samples]
+    prompts = [run.demos[i][0] for i in idx]
+    init_samples = list(zip(prompts, run.sample_responses(init, prompts, seed=run.seed * 7 + 1)))
+    sft_samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 2)))
+    enc = run.world.encode_response
+    pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
+    curves = {
+        "init_sft": train_reward_model(run, "init_sft", pos=sft_samples, neg=init_samples),
+        "init_demo": train_reward_model(run, "init_demo", pos=run.demos, neg=init_samples),
+        "sft_demo": train_reward_model(run, "sft_demo", pos=run.demos, neg=sft_samples),
+        "pairwise_bt": train_reward_model(run, "pairwise_bt", pos=[c for c, _ in pref], neg=[r for _, r in pref],
+                                          pairwise=True),
+    }
+    return None, {"curves": curves}
+
+
+@torch.no_grad()
+def score(run, model, pairs, fn, chunk=512):
+    """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
+    out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs))))) for i in range(0, len(pairs), chunk)]
+    return torch.cat(out).float().cpu()
+
+
+def seq_logprob(model, tokens, mask):
+    return obj.sequence_logprob(token_logprobs(model, tokens, mask), mask)
+
+
+def stage_best_of_n(run):
+    """Best-of-N over π_SFT: N samples per prompt, keep the one the reward model ranks highest."""
+    cfg = run.cfg
+    init, _ = run.load("pretrain")
+    sft, _ = run.load("sft")
+    prompts = run.data["eval_prompts"][:cfg.bon_prompts]
+    M, N = len(prompts), cfg.bon_max_n
+    flat = [p for p in prompts for _ in range(N)]
+    pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
+    rewards = {name: score(run, run.load(f"rm_{name}")[0], pairs, sequence_scores) for name in REWARD_MODELS}
+    rewards["closed_form"] = obj.init_sft_logratio(score(run, sft, pairs, seq_logprob),
+                                                   score(run, init, pairs, seq_logprob))
+    gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
+    rewards["gold"] = gold
+    off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
+    bon = {}
+    for name, r in rewards.items():
+        res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
+        n = 1
+        while n <= N:   # N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them
+            pick = obj.best_of_n(r.view(-1, n))
+            res["n"].append(n)
+            res["kl"].append(obj.best_of_n_kl(n))
+            res["gold_reward"].append(gold.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
+            res["off_support"].append(off.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
+            n *= 2
+        bon[name] = res
+    corr = pearson(rewards["init_sft"], rewards["closed_form"])
+    return None, {"bon": bon, "init_sft_vs_closed_form_corr": corr}
+
+
+def pearson(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def stage_rl_init_sft(run):
+    """Beyond the paper: optimise π_SFT on the Init-SFT reward model with a KL penalty to π_SFT (not just Best-of-N)."""
+    rm, _ = run.load("rm_init_sft")
+    return policy_optimisation(run, "rl_init_sft",
+                               lambda prompts, roll: sequence_scores(rm, roll.tokens, roll.response_mask))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 6: evaluate every policy on held-out prompts, exactly: the world knows log β for any response.
+POLICIES = ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]
+
+
+def stage_evaluate(run):
+    cfg, world = run.cfg, run.world
+    prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
+    rng = np.random.default_rng(run.seed + 2000)
+    expert = list(zip([p.tokens for p in prompts],
+                      [world.encode_response(world.expert_response(p, rng)) for p in prompts]))
+    expert_on_expert = torch.tensor(world.expert_logprobs(prompts, [r for _, r in expert]), dtype=torch.float32)
+    sft, _ = run.load("sft")
+    policies, calibration, points = {}, {}, {}
+    for name in POLICIES:
+        if name == "expert":
+            own, logp_own, logp_expert = expert, expert_on_expert, expert_on_expert
+        else:
+            model, _ = run.load("pretrain" if name == "init" else name)
+            own = list(zip([p.tokens for p in prompts],
+                           run.sample_responses(model, [p.tokens for p in prompts], seed=run.seed + 3000)))
+            logp_own = score(run, model, own, seq_logprob)
+            logp_expert = score(run, model, expert, seq_logprob)   # the policy's log-prob of expert samples
+        responses = [r for _, r in own]
+        beta_own = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
+        stats = describe(run, prompts, responses)
+        stats["forward_kl"] = obj.forward_kl_mc(expert_on_expert, logp_expert).mean().item()   # KL(β ‖ π)
+        stats["reverse_kl"] = obj.reverse_kl_mc(logp_own, beta_own).mean().item()            # KL(π ‖ β)
+        if name != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
+            stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
+        policies[name] = stats
+        if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
+            disc, _ = run.load(name + "_disc")
+            level = ADVERSARIAL[name][0]
+            logit = score(run, disc, own, sequence_scores if level == "seq" else
+                          lambda m, t, k: token_scores(m, t, k).sum(-1))
+            true = beta_own - logp_own
+            calibration[name] = pearson(logit, true)
+            keep = np.random.default_rng(0).permutation(len(own))[:300]
+            points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
+    return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
+
+
+def describe(run, prompts, responses):
+    """Mode frequencies, off-support rate, mode entropy, diversity, gold reward and length of a sample."""
+    world = run.world
+    modes = [world.mode(p, r) for p, r in zip(prompts, responses)]
+    freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
+    on = np.array([freq[m] for m in world.mode_names])
+    on = on[on > 0] / on.sum() if on.sum() > 0 else np.ones(1)
+    per_prompt = {}
+    for p, r in zip(prompts, responses):
+        per_prompt.setdefault(p.text, []).append(tuple(r))
+    return {
+        "off_support": modes.count("off") / len(modes),
+        "mode_freq": freq,
+        "mode_entropy": float(-(on * np.log(on)).sum()),   # among on-support responses, in nats
+        "distinct": float(np.mean([len(set(v)) / len(v) for v in per_prompt.values()])),
+        "gold_reward": float(np.mean([world.gold_reward(p, r) for p, r in zip(prompts, responses)])),
+        "length": float(np.mean([len(r) for r in responses])),
+    }
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Running the stages: skip what is finished, save atomically, assemble metrics.json.
+
+STAGE_FNS = {
+    "pretrain": stage_pretrain, "sft": stage_sft,
+    "rkl_seq": lambda run: stage_adversarial(run, "rkl_seq"),
+    "rkl_tok": lambda run: stage_adversarial(run, "rkl_tok"),
+    "js": lambda run: stage_adversarial(run, "js"),
+    "rkl_oracle": stage_oracle, "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
+    "rl_init_sft": stage_rl_init_sft, "evaluate": stage_evaluate,
+}
+
+
+def write_json(path, obj_):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj_, f, indent=1)
+    os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
+
+
+def result_config(cfg):
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "compile", "seed"}}
+
+
+def check_out_dir(cfg, seeds):
+    """Refuse to mix results of two configurations in one output directory (before writing anything)."""
+    if "all" in cfg.redo.split(","):
+        return
+    for seed in seeds:
+        path = os.path.join(cfg.out_dir, f"seed_{seed}", "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            diff = sorted(k for k, v in result_config(cfg).items() if old.get(k) != v)
+            if diff:
+                raise UsageError(f"{cfg.out_dir} holds a run with other values of {', '.join(diff)}; "
+                                 f"use another --out_dir, or --redo=all to overwrite it")
+
+
+def run_seed(cfg, seed, log):
+    run = Run(cfg, seed)
+    os.makedirs(run.dir, exist_ok=True)
+    write_json(run.path("config.json"), result_config(cfg))
+    redo = cfg.redo.split(",")
+    first_redo = 0 if "all" in redo else min([STAGES.index(s) for s in redo if s in STAGES], default=len(STAGES))
+    dirty = False
+    for i, stage in enumerate(STAGES):
+        done = run.path(stage + ".json")
+        if os.path.exists(done) and not dirty and i < first_redo:
+            log(f"seed {seed} · {stage}: done earlier, skipped")
+        else:
+            dirty = True   # every stage after a recomputed one is recomputed too
+            t0 = time.time()
+            model, extra = STAGE_FNS[stage](run)
+            if model is not None:
+                save_checkpoint(run.path(stage + ".pt"), model)
+            extra["seconds"] = time.time() - t0
+            write_json(done, extra)
+            log(f"seed {seed} · {stage}: {extra['seconds']:.1f} s")
+        if stage == cfg.stop_after:
+            log(f"stopped after {stage} (--stop_after); rerun without it to resume")
+            return None
+    metrics = assemble(run)
+    write_json(run.path("metrics.json"), metrics)
+    return metrics
+
+
+def assemble(run):
+    def stage(name):
+        with open(run.path(name + ".json")) as f:
+            return json.load(f)
+    ev, bon, rm = stage("evaluate"), stage("best_of_n"), stage("reward_models")
+    demos = run.data["demos"]
+    adversarial = {m: stage(m)["curve"] for m in ["rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]}
+    return {
+        "seed": run.seed,
+        "policies": ev["policies"],
+        "demonstrations": {"gold_reward": float(np.mean([run.world.gold_reward(p, run.world.encode_response(r))
+                                                         for p, r in demos]))},
+        "bon": bon["bon"],
+        "reward_models": {"init_sft_vs_closed_form_corr": bon["init_sft_vs_closed_form_corr"],
+                          "final_loss": {k: v[-1] for k, v in rm["curves"].items()}},
+        "calibration": ev["calibration"],
+        "calibration_points": ev["calibration_points"],
+        "curves": {"pretrain_loss": stage("pretrain")["curve"], "sft_loss": stage("sft")["curve"],
+                   "adversarial": adversarial},
+        "stage_seconds": {"world": run.times["world"], **{s: stage(s)["seconds"] for s in STAGES}},
+        "config": dataclasses.asdict(run.cfg),
+    }
+
+
+def summary(metrics, out_dir):
+    lines = [f"{'policy':<12} {'KL(β‖π)':>9} {'KL(π‖β)':>9} {'off-supp':>9} {'gold':>6} {'length':>7}"]
+    for name, p in metrics["policies"].items():
+        lines.append(f"{name:<12} {p['forward_kl']:9.2f} {p['reverse_kl']:9.2f} {p['off_support']:9.2f} "
+                     f"{p['gold_reward']:6.3f} {p['length']:7.1f}")
+    lines.append(f"demonstrations' gold reward {metrics['demonstrations']['gold_reward']:.3f}; Best-of-N gold "
+                 "reward at N = " + ", ".join(str(n) for n in metrics["bon"]["init_sft"]["n"]) + ":")
+    for name, b in metrics["bon"].items():
+        lines.append(f"  {name:<12} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
+    lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    stage = "start-up"
+    try:
+        cfg = parse_args(argv)
+        seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+        check_out_dir(cfg, seeds)
+        log = lambda s: tqdm.write(s, file=sys.stderr)   # one line per stage, bars or not
+        runs = []
+        for seed in seeds:
+            stage = f"seed {seed}"
+            metrics = run_seed(cfg, seed, log)
+            if metrics is None:
+                return 0
+            runs.append(metrics)
+        import report   # matplotlib is only needed from here on
+        mean, std = report.aggregate(runs)
+        write_json(os.path.join(cfg.out_dir, "metrics.json"), {**mean, "std": std, "seeds": seeds})
+        report.write_report(cfg.out_dir, runs)
+        print(summary(mean, cfg.out_dir))
+        return 0
+    except UsageError as e:
+        print(f"afd_mini: error: {e}", file=sys.stderr)
+        return 2
+    except StageError as e:
+        print(f"afd_mini: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nafd_mini: interrupted ({stage}); finished stages are saved: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""End-to-end tests of afd_mini.py: the --quick run, resuming, several seeds, and bad input.
+
+The quick run is shared by the tests of this module (one pipeline run, then a resume), so the whole file
+costs about two quick runs."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLICY_KEYS = ["forward_kl", "reverse_kl", "off_support", "mode_freq", "distinct", "gold_reward", "length"]
+
+
+def afd(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """--quick, stopped after SFT, then rerun to the end: (out_dir, mtimes after the first call, second call)."""
+    out = str(tmp_path_factory.mktemp("quick"))
+    first = afd("--quick", f"--out_dir={out}", "--stop_after=sft", "--progress=false")
+    assert first.returncode == 0, first.stderr
+    seed_dir = os.path.join(out, "seed_0")
+    mtimes = {f: os.stat(os.path.join(seed_dir, f)).st_mtime_ns for f in os.listdir(seed_dir)}
+    second = afd("--quick", f"--out_dir={out}", "--progress=false")
+    assert second.returncode == 0, second.stderr
+    return out, mtimes, second
+
+
+def finite_leaves(tree, path="metrics"):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from finite_leaves(v, f"{path}.{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from finite_leaves(v, f"{path}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_quick_run_writes_the_metrics_contract(quick_run):
+    out, _, _ = quick_run
+    with open(os.path.join(out, "metrics.json")) as f:
+        m = json.load(f)
+    for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]:
+        assert name in m["policies"], f"policy {name} missing"
+        for key in POLICY_KEYS:
+            assert key in m["policies"][name], f"policies.{name}.{key} missing"
+        assert 0.0 <= m["policies"][name]["off_support"] <= 1.0
+    for rm in ["init_sft", "init_demo", "sft_demo", "pairwise_bt", "closed_form", "gold"]:
+        assert set(m["bon"][rm]) >= {"n", "kl", "gold_reward"}, f"bon.{rm} incomplete"
+    assert set(m["calibration"]) >= {"rkl_seq", "rkl_tok", "js"}
+    for key in ["demonstrations", "stage_seconds", "config", "seed"]:
+        assert key in m
+    for path, value in finite_leaves(m):
+        assert math.isfinite(value), f"{path} = {value} is not finite"
+
+
+def test_the_expert_is_at_kl_zero_from_itself(quick_run):
+    out, _, _ = quick_run
+    with open(os.path.join(out, "metrics.json")) as f:
+        expert = json.load(f)["policies"]["expert"]
+    assert abs(expert["forward_kl"]) < 1e-6 and abs(expert["reverse_kl"]) < 1e-6
+
+
+def test_best_of_n_by_gold_reward_never_decreases(quick_run):
+    out, _, _ = quick_run
+    with open(os.path.join(out, "metrics.json")) as f:
+        gold = json.load(f)["bon"]["gold"]
+    assert gold["n"][0] == 1 and len(gold["n"]) >= 3
+    assert all(b >= a - 1e-12 for a, b in zip(gold["gold_reward"], gold["gold_reward"][1:])), gold
+
+
+def test_resume_skips_finished_stages(quick_run):
+    out, mtimes, second = quick_run
+    seed_dir = os.path.join(out, "seed_0")
+    for f in ["pretrain.pt", "pretrain.json", "sft.pt", "sft.json"]:
+        assert os.stat(os.path.join(seed_dir, f)).st_mtime_ns == mtimes[f], f"{f} was recomputed"
+    assert "pretrain: done earlier, skipped" in second.stderr
+    assert "sft: done earlier, skipped" in second.stderr
+    assert "rkl_seq.json" not in mtimes and os.path.exists(os.path.join(seed_dir, "rkl_seq.json"))
+
+
+def test_report_and_figures(quick_run):
+    out, _, _ = quick_run
+    report = open(os.path.join(out, "report.md")).read()
+    import re
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) >= 6, "report.md should embed every figure"
+    for link in links:
+        path = os.path.join(out, link)
+        assert os.path.exists(path) and os.path.getsize(path) > 1000, f"figure {link} missing or empty"
+
+
+def test_two_seeds_aggregate(quick_run):
+    out, _, _ = quick_run
+    res = afd("--quick", f"--out_dir={out}", "--seeds=2", "--progress=false")   # seed 0 resumes, seed 1 runs
+    assert res.returncode == 0, res.stderr
+    runs = [json.load(open(os.path.join(out, f"seed_{s}", "metrics.json"))) for s in (0, 1)]
+    top = json.load(open(os.path.join(out, "metrics.json")))
+    assert top["seeds"] == [0, 1]
+    for name in ["sft", "rkl_oracle"]:
+        for key in ["forward_kl", "reverse_kl", "gold_reward"]:
+            values = [r["policies"][name][key] for r in runs]
+            assert top["policies"][name][key] == pytest.approx(np.mean(values), abs=1e-9)
+            assert top["std"]["policies"][name][key] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+    assert runs[0]["policies"]["sft"]["reverse_kl"] != runs[1]["policies"]["sft"]["reverse_kl"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--pretrain_stesp=3"], ["--pretrain_stesp", "did you mean", "--pretrain_steps"]),
+    (["--pretrain_steps=many"], ["--pretrain_steps=many", "int"]),
+    (["--device=tpu"], ["--device=tpu", "auto, cpu, cuda, mps"]),
+    (["--q=1.5"], ["1.5"]),
+    (["--redo=sfft"], ["sfft", "stages"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
+    out = tmp_path / "out"
+    res = afd(*args, f"--out_dir={out}")
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    assert not out.exists(), "bad input must not create the output directory"
