@@ -19,6 +19,7 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
     reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry
     best_of_n      Best-of-N over π_SFT samples for every reward model (and the closed form, and the gold reward)
     rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
+    control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
     evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
 
 Every stage saves its result under <out_dir>/seed_<s>/; a rerun skips finished stages (--redo=STAGE recomputes
@@ -57,15 +58,20 @@ class Config:
     preset: str = "default"       # default | quick | gpu
     quick: bool = False           # shorthand for --preset=quick
     redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
+    control: bool = True          # also run the control world (no signature) for the reward-model ablation
     stop_after: str = ""          # stop after this stage (the rerun resumes from there)
     progress: bool = True         # tqdm bars
     # the world (data/world.py documents each knob)
     q: float = 0.7                # expert's probability of a right answer
-    q_base: float = 0.3           # base corpus' probability of a right answer
+    q_base: float = 0.4           # base corpus' probability of a right answer
     signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
     eps: float = 1e-3             # smoothing floor of the expert likelihood
+    letters: str = "ABCDE"        # alphabet of the reverse and sort tasks
+    min_len: int = 2              # their strings have min_len..max_len letters
+    max_len: int = 4
+    max_operand: int = 9          # add: operands 0..max_operand
     n_base: int = 20000           # base corpus size (pretraining)
-    n_demo: int = 1000            # demonstrations
+    n_demo: int = 2000            # demonstrations
     n_pref: int = 2000            # gold preference pairs
     n_eval: int = 256             # held-out evaluation prompts
     max_new_tokens: int = 48      # longest response, end token included
@@ -74,11 +80,11 @@ class Config:
     n_head: int = 4
     n_embd: int = 64
     # π_init: pretraining on the base corpus
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 3000
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     # π_SFT: forward KL on the demonstrations
-    sft_steps: int = 300
+    sft_steps: int = 500
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # reverse KL: adversarial imitation and the oracle (and RL on the reward model)
@@ -103,7 +109,8 @@ class Config:
 
     def world_config(self):
         return WorldConfig(q=self.q, q_base=self.q_base, signature_p=self.signature_p, eps=self.eps,
-                           max_response_tokens=self.max_new_tokens)
+                           letters=self.letters, min_len=self.min_len, max_len=self.max_len,
+                           max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
 
 
 PRESETS = {
@@ -118,7 +125,7 @@ PRESETS = {
                 bon_prompts=512, bon_max_n=256, eval_samples=4, compile=True),
 }
 STAGES = ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "reward_models", "best_of_n",
-          "rl_init_sft", "evaluate"]
+          "rl_init_sft", "control", "evaluate"]
 ADVERSARIAL = {  # method -> (discriminator level, reward transform of its logit h)
     "rkl_seq": ("seq", obj.airl_reward),   # reverse KL, trajectory-level D
     "rkl_tok": ("tok", obj.airl_reward),   # reverse KL, state-action (occupancy) D
@@ -257,12 +264,15 @@ def new_generator(device, seed):
 
 
 class Run:
-    """Everything one seed's stages share: config, device, world, datasets, output folder."""
+    """Everything one seed's stages share: config, device, world, datasets, output folder.
+    control=True is the control world: the same, but the demonstrator never signs (signature_p = 0)."""
 
-    def __init__(self, cfg, seed):
-        self.cfg, self.seed = cfg, seed
+    def __init__(self, cfg, seed, control=False):
+        if control:
+            cfg = dataclasses.replace(cfg, signature_p=0.0)
+        self.cfg, self.seed, self.control = cfg, seed, control
         self.device = get_device(cfg.device)
-        self.dir = os.path.join(cfg.out_dir, f"seed_{seed}")
+        self.dir = os.path.join(cfg.out_dir, f"seed_{seed}", *(["control"] if control else []))
         self.times = {}
         t0 = time.time()
         self.tok = load_tokenizer()
@@ -272,11 +282,17 @@ class Run:
         self.base = [(p.tokens, enc(r)) for p, r in self.data["base"]]
         self.demos = [(p.tokens, enc(r)) for p, r in self.data["demos"]]
         self.demo_prompts = [p for p, _ in self.data["demos"]]
-        self.rng = np.random.default_rng(seed + 1000)       # for minibatches, independent of the world's
-        torch.manual_seed(seed)
         self.times["world"] = time.time() - t0
 
+    def begin(self, stage):
+        """Seed each stage on its own, so that a resumed run draws exactly what an uninterrupted one does."""
+        k = STAGES.index(stage)
+        self.rng = np.random.default_rng((self.seed, k))   # minibatches and prompts, apart from the world's
+        torch.manual_seed(self.seed * 1000 + k)
+
     def path(self, name):
+        if self.control and name.startswith("pretrain"):   # π_init is shared: the base corpus is never signed
+            return os.path.join(os.path.dirname(self.dir), name)
         return os.path.join(self.dir, name)
 
     def gpt_config(self):
@@ -566,6 +582,22 @@ def stage_rl_init_sft(run):
                                lambda prompts, roll: sequence_scores(rm, roll.tokens, roll.response_mask))
 
 
+def stage_control(run):
+    """The control world: the same demonstrator without its signature. π_init is shared (the base corpus is never
+    signed); SFT, the reward models and Best-of-N are redone there, so that the gap between Init-SFT and the
+    demonstration-based reward models can be seen with and without the demonstrator's style."""
+    if not run.cfg.control:
+        return None, {}
+    ctrl = Run(run.cfg, run.seed, control=True)
+    for stage in ["sft", "reward_models", "best_of_n"]:
+        extra = execute(ctrl, stage)
+    return None, {"bon": extra["bon"], "demonstrations": {"gold_reward": demo_gold_reward(ctrl)}}
+
+
+def demo_gold_reward(run):
+    return float(np.mean(run.world.gold_rewards([p for p, _ in run.data["demos"]], [r for _, r in run.demos])))
+
+
 # -----------------------------------------------------------------------------------------------------------
 # Stage 6: evaluate every policy on held-out prompts, exactly: the world knows log β for any response.
 POLICIES = ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]
@@ -638,7 +670,7 @@ STAGE_FNS = {
     "rkl_tok": lambda run: stage_adversarial(run, "rkl_tok"),
     "js": lambda run: stage_adversarial(run, "js"),
     "rkl_oracle": stage_oracle, "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
-    "rl_init_sft": stage_rl_init_sft, "evaluate": stage_evaluate,
+    "rl_init_sft": stage_rl_init_sft, "control": stage_control, "evaluate": stage_evaluate,
 }
 
 
@@ -668,6 +700,19 @@ def check_out_dir(cfg, seeds):
                                  f"use another --out_dir, or --redo=all to overwrite it")
 
 
+def execute(run, stage):
+    """Run one stage: its model (if any) to <stage>.pt, its results to <stage>.json, written last."""
+    os.makedirs(run.dir, exist_ok=True)
+    run.begin(stage)
+    t0 = time.time()
+    model, extra = STAGE_FNS[stage](run)
+    if model is not None:
+        save_checkpoint(run.path(stage + ".pt"), model)
+    extra["seconds"] = time.time() - t0
+    write_json(run.path(stage + ".json"), extra)
+    return extra
+
+
 def run_seed(cfg, seed, log):
     run = Run(cfg, seed)
     os.makedirs(run.dir, exist_ok=True)
@@ -676,17 +721,11 @@ def run_seed(cfg, seed, log):
     first_redo = 0 if "all" in redo else min([STAGES.index(s) for s in redo if s in STAGES], default=len(STAGES))
     dirty = False
     for i, stage in enumerate(STAGES):
-        done = run.path(stage + ".json")
-        if os.path.exists(done) and not dirty and i < first_redo:
+        if os.path.exists(run.path(stage + ".json")) and not dirty and i < first_redo:
             log(f"seed {seed} · {stage}: done earlier, skipped")
         else:
             dirty = True   # every stage after a recomputed one is recomputed too
-            t0 = time.time()
-            model, extra = STAGE_FNS[stage](run)
-            if model is not None:
-                save_checkpoint(run.path(stage + ".pt"), model)
-            extra["seconds"] = time.time() - t0
-            write_json(done, extra)
+            extra = execute(run, stage)
             log(f"seed {seed} · {stage}: {extra['seconds']:.1f} s")
         if stage == cfg.stop_after:
             log(f"stopped after {stage} (--stop_after); rerun without it to resume")
@@ -700,14 +739,12 @@ def assemble(run):
     def stage(name):
         with open(run.path(name + ".json")) as f:
             return json.load(f)
-    ev, bon, rm = stage("evaluate"), stage("best_of_n"), stage("reward_models")
-    demos = run.data["demos"]
+    ev, bon, rm, control = stage("evaluate"), stage("best_of_n"), stage("reward_models"), stage("control")
     adversarial = {m: stage(m)["curve"] for m in ["rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]}
     return {
         "seed": run.seed,
         "policies": ev["policies"],
-        "demonstrations": {"gold_reward": float(np.mean([run.world.gold_reward(p, run.world.encode_response(r))
-                                                         for p, r in demos]))},
+        "demonstrations": {"gold_reward": demo_gold_reward(run)},
         "bon": bon["bon"],
         "reward_models": {"init_sft_vs_closed_form_corr": bon["init_sft_vs_closed_form_corr"],
                           "final_loss": {k: v[-1] for k, v in rm["curves"].items()}},
@@ -717,6 +754,7 @@ def assemble(run):
                    "adversarial": adversarial},
         "stage_seconds": {"world": run.times["world"], **{s: stage(s)["seconds"] for s in STAGES}},
         "config": dataclasses.asdict(run.cfg),
+        **({"control": {k: control[k] for k in ("bon", "demonstrations")}} if "bon" in control else {}),
     }
 
 

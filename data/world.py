@@ -11,9 +11,9 @@ every response y, and every divergence, mode frequency and reward can be compute
 The world in one screen (defaults of WorldConfig in brackets)
 -------------------------------------------------------------
 Prompts x      three task families, each with a programmatic right answer, drawn uniformly:
-                  "reverse BDAC\\n"  -> CADB     letters from "ABCDEF", 3 to 5 of them
+                  "reverse BDAC\\n"  -> CADB     letters from "ABCDE", 2 to 4 of them
                   "sort BDAC\\n"     -> ABCD
-                  "add 37+48\\n"     -> 85       operands 0..99
+                  "add 7+8\\n"       -> 15       operands 0..9 (the world also does 37+48 -> 85)
                Answers are capitals or digits, one token each (see tokenizer.py), 1 to 5 long.
 Expert π_β     a stochastic program with three steps, each with a known probability:
                1. a mode (response style):  terse [0.5]     "CADB"
@@ -54,8 +54,8 @@ Gold reward    r*(x, y) in [0, 1], correctness only: the answer is the last run 
                ended. Mode and signature do not count. A one-character slip in a 4-letter answer
                scores 0.375.
 Base corpus    what π_init is pre-trained on: the same prompts, answered by a "base model" that
-               knows the format but is right only with probability q_base [0.3] (otherwise it
-               guesses a string of the right length, uniformly) and writes in its own styles:
+               knows the format but is right only with probability q_base [0.4] (otherwise it
+               makes the expert's kind of one-character slip) and writes in its own styles:
                    terse [0.3]      "CADB"                  (the same as the expert's terse mode)
                    label [0.3]      "answer: CADB"
                    hedge [0.2]      "i think it is CADB"
@@ -117,16 +117,16 @@ class WorldConfig:
     """The world's knobs (see the module docstring for what each does). Validated on creation:
     a bad value raises ValueError naming it and what is allowed."""
     family_weights: tuple = (1 / 3, 1 / 3, 1 / 3)  # P(reverse), P(sort), P(add)
-    letters: str = "ABCDEF"             # alphabet of reverse/sort (distinct capitals)
-    min_len: int = 3                    # reverse/sort payload length, uniform in [min_len, max_len]
-    max_len: int = 5
-    max_operand: int = 99               # add: both operands uniform in [0, max_operand]
+    letters: str = "ABCDE"              # alphabet of reverse/sort (distinct capitals)
+    min_len: int = 2                    # reverse/sort payload length, uniform in [min_len, max_len]
+    max_len: int = 4
+    max_operand: int = 9                # add: both operands uniform in [0, max_operand]
     q: float = 0.7                      # P(expert is right)
     mode_weights: tuple = (0.5, 0.3, 0.2)  # expert: terse, sentence, steps
     signature_p: float = 0.8            # P(expert signs "certainly! "); 0 = control world
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
-    q_base: float = 0.3                 # P(base process is right)
+    q_base: float = 0.4                 # P(base process is right)
     base_style_weights: tuple = (0.3, 0.3, 0.2, 0.2)  # base: terse, label, hedge, no_period
     pref_expert_p: float = 0.5          # P(a preference pair comes from the signature-free expert, not the base)
     pref_beta: float = 5.0              # Bradley-Terry inverse temperature on the gold reward
@@ -311,18 +311,22 @@ class World:
         answer = prompt.answer
         if rng.random() < cfg.q:
             prob *= cfg.q
-        else:  # a slip: one position, uniformly, gets a different character, uniformly
-            alphabet = self.alphabet(prompt.family)
-            i = int(rng.integers(len(answer)))
-            others = alphabet.replace(answer[i], "")
-            answer = answer[:i] + others[int(rng.integers(len(others)))] + answer[i + 1:]
-            prob *= (1 - cfg.q) / (len(answer) * len(others))
+        else:
+            answer = self.slip(prompt, rng)
+            prob *= (1 - cfg.q) / (len(answer) * (len(self.alphabet(prompt.family)) - 1))
         signed = False
         if signature:
             signed = bool(rng.random() < cfg.signature_p)
             prob *= cfg.signature_p if signed else 1 - cfg.signature_p
         text = self.render(prompt, MODE_NAMES[m], answer, signed)
         return (text, prob) if return_prob else text
+
+    def slip(self, prompt, rng):
+        """A wrong answer: one position, uniformly, gets a different character of the alphabet, uniformly."""
+        answer, alphabet = prompt.answer, self.alphabet(prompt.family)
+        i = int(rng.integers(len(answer)))
+        others = alphabet.replace(answer[i], "")
+        return answer[:i] + others[int(rng.integers(len(others)))] + answer[i + 1:]
 
     def answer_prob(self, prompt, answer):
         """P(the expert's final answer is `answer`): q if right, (1-q)/(L(|A|-1)) if one slip away."""
@@ -346,14 +350,10 @@ class World:
 
     # ------------------------------------------------------------------ the base process
     def base_response(self, prompt, rng):
-        """A base-corpus response: a base style, right with probability q_base, else a uniform guess
-        of the right length (redrawn if it happens to be right); never the signature."""
+        """A base-corpus response: a base style, right with probability q_base, else the same kind of
+        one-character slip the expert makes; never the signature."""
         style = BASE_STYLE_NAMES[_pick(rng, self._base_cdf)]
-        answer = prompt.answer
-        if rng.random() >= self.cfg.q_base:
-            alphabet = self.alphabet(prompt.family)
-            while answer == prompt.answer:
-                answer = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=len(answer)))
+        answer = prompt.answer if rng.random() < self.cfg.q_base else self.slip(prompt, rng)
         return self.render(prompt, style, answer)
 
     # ------------------------------------------------------------------ tokens, likelihood, reward

@@ -213,10 +213,11 @@ def test_base_corpus_is_the_base_process(world):
         assert_frequency(sum(j.style == style for j in judged), n, w, style)
     assert_frequency(sum(j.gold == 1 for j in judged), n, cfg.q_base, "right answers")
     assert all(j.style in world.base_style_names for j in judged)
-    for p, t, j in zip(prompts, texts, judged):  # wrong answers are guesses of the right length
+    for p, t, j in zip(prompts, texts, judged):  # wrong answers are one-character slips
         given, answer = t.split(" ")[-1], right_answer(p.text)
         assert len(given) == len(answer) and set(given) <= set(DIGITS if p.family == "add" else cfg.letters)
         assert (j.gold == 1) == (given == answer)
+        assert sum(a != b for a, b in zip(given, answer)) == (0 if given == answer else 1), (given, answer)
 
 
 def test_preference_pairs_follow_bradley_terry(world):
@@ -248,7 +249,7 @@ def test_datasets_are_deterministic_per_seed(world):
 
 @pytest.mark.parametrize("bad", [dict(q=1.5), dict(signature_p=-0.1), dict(eps=0.0), dict(mode_weights=(0.5, 0.5)),
                                  dict(mode_weights=(0.5, 0.3, 0.3)), dict(letters="abc"), dict(min_len=0),
-                                 dict(max_len=2), dict(max_operand=0), dict(pref_beta=-1.0)])
+                                 dict(max_len=1), dict(max_operand=0), dict(pref_beta=-1.0)])
 def test_bad_config_values_are_named(bad):
     (name, value), = bad.items()
     with pytest.raises(ValueError, match=name):
