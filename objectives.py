@@ -63,12 +63,14 @@ def sft_loss(logp, mask, normalize="tokens"):
     1/|y_b|, which changes the objective and its minimiser: tokens of short responses count more, so the
     policy learns to end early.
     """
+    # ---- exercise 1 (sft_loss): begin solution
     nll = -_response(logp, mask).sum()
     if normalize == "tokens":
         return nll / mask.sum()
     if normalize == "sequences":
         return nll / logp.shape[0]
     raise ValueError(f"normalize must be 'tokens' or 'sequences', not {normalize!r}")
+    # ---- exercise 1: end solution
 
 
 # -----------------------------------------------------------------------------
@@ -79,7 +81,9 @@ def forward_kl_mc(expert_logp_seq, policy_logp_seq):
         KL(β ‖ π) = E_{y~β}[log β(y|x) − log π(y|x)],   estimate: the mean of the returned (B,).
     Single terms can be negative; the mean is unbiased. Its gradient, E_β[−∇log π], is SFT's.
     """
+    # ---- exercise 2 (kl_estimators): begin solution
     return expert_logp_seq - policy_logp_seq
+    # ---- exercise 2: end solution
 
 
 def reverse_kl_mc(policy_logp_seq, expert_logp_seq):
@@ -88,7 +92,9 @@ def reverse_kl_mc(policy_logp_seq, expert_logp_seq):
     A number to log, not a loss: the samples themselves depend on π, and the gradient of this mean,
     E_π[∇log π] = 0, is zero in expectation. To minimise KL(π ‖ β) use reverse_kl_reinforce_loss.
     """
+    # ---- exercise 2 (kl_estimators): begin solution
     return policy_logp_seq - expert_logp_seq
+    # ---- exercise 2: end solution
 
 
 # -----------------------------------------------------------------------------
@@ -102,9 +108,11 @@ def leave_one_out_advantages(rewards, group_size):
     Equivalently A_i = G/(G−1)·(r_i − group mean). rewards (B,) → (B,), detached.
     """
     assert group_size >= 2, "a leave-one-out baseline needs at least two samples per prompt"
+    # ---- exercise 6 (reverse_kl_reinforce): begin solution
     r = rewards.detach().view(-1, group_size)
     mean_of_others = (r.sum(-1, keepdim=True) - r) / (group_size - 1)
     return (r - mean_of_others).view(-1)
+    # ---- exercise 6: end solution
 
 
 def rewards_to_go(token_rewards, mask):
@@ -113,8 +121,10 @@ def rewards_to_go(token_rewards, mask):
     Token y_t cannot change the rewards already received before it, so only R_t multiplies ∇log π(y_t|s_t):
     the same expected gradient as the whole return Σ_t r_t, with less variance.
     """
+    # ---- exercise 5 (rewards_to_go): begin solution
     r = _response(token_rewards.detach(), mask)
     return _response(r.flip(-1).cumsum(-1).flip(-1), mask)
+    # ---- exercise 5: end solution
 
 
 def policy_gradient_loss(logp, mask, advantages):
@@ -157,8 +167,10 @@ def reverse_kl_reinforce_loss(logp, mask, expert_logp_seq, group_size):
     gradient ∇ KL(π ‖ β). Rows: group_size consecutive samples of each prompt, leave-one-out baseline.
     expert_logp_seq: log β(y|x) of the policy's samples, (B,).
     """
+    # ---- exercise 6 (reverse_kl_reinforce): begin solution
     reward = -reverse_kl_mc(sequence_logprob(logp, mask), expert_logp_seq)
     return policy_gradient_loss(logp, mask, leave_one_out_advantages(reward, group_size))
+    # ---- exercise 6: end solution
 
 
 def kl_k1(logp, ref_logp):
@@ -170,7 +182,9 @@ def kl_k1(logp, ref_logp):
     Where it enters: the REWARD, r ← r − λ Σ_t k1 (λ the KL coefficient, detached). By the identity in
     reverse_kl_reinforce_loss, the policy-gradient loss's expected gradient then gains exactly λ ∇KL(π ‖ π_ref).
     """
+    # ---- exercise 7 (kl_k1_k3): begin solution
     return logp - ref_logp
+    # ---- exercise 7: end solution
 
 
 def kl_k3(logp, ref_logp):
@@ -185,8 +199,10 @@ def kl_k3(logp, ref_logp):
     the FORWARD KL to the reference, mass-covering, at the states π visits (their distribution is not
     differentiated); not ∇KL(π ‖ π_ref). (k1 differentiated directly averages to zero.)
     """
+    # ---- exercise 7 (kl_k1_k3): begin solution
     log_ratio = ref_logp - logp
     return torch.exp(log_ratio) - 1 - log_ratio
+    # ---- exercise 7: end solution
 
 
 # -----------------------------------------------------------------------------
@@ -210,7 +226,9 @@ def discriminator_loss(logits_expert, logits_policy, mask_expert=None, mask_poli
     not the token log-ratio alone. A float mask acts as weights (the tests pass exact probabilities).
     Log each class's accuracy, (h > 0) on demonstrations and (h < 0) on samples, to see who is winning.
     """
+    # ---- exercise 9 (discriminator): begin solution
     return _mean(F.softplus(-logits_expert), mask_expert) + _mean(F.softplus(logits_policy), mask_policy)
+    # ---- exercise 9: end solution
 
 
 def airl_reward(logits):
@@ -222,7 +240,9 @@ def airl_reward(logits):
     reverse KL between normalised occupancies; for responses of one fixed length T this is
     Σ_{t≤T} KL(π(y_≤t) ‖ β(y_≤t)), a sum over prefixes. Not the trajectory KL(π ‖ β), but also minimised at π = β.
     """
+    # ---- exercise 9 (discriminator): begin solution
     return logits.detach()
+    # ---- exercise 9: end solution
 
 
 def gail_reward(logits):
@@ -232,7 +252,9 @@ def gail_reward(logits):
     r = log((β + π)/π), and with r held fixed E_π[r ∇log π] = −∇ 2·JS(β, π): the terms from D*'s own
     dependence on π sum to zero. r > 0 always: at token level every extra token earns reward (a length bonus).
     """
+    # ---- exercise 9 (discriminator): begin solution
     return F.softplus(logits.detach())
+    # ---- exercise 9: end solution
 
 
 def fairl_reward(logits):
@@ -266,7 +288,9 @@ def bradley_terry_loss(score_chosen, score_rejected):
     Only score differences are learned (a per-prompt constant is free), where the classifier above fixes the
     logit's level: 0 where positives and negatives are equally likely.
     """
+    # ---- exercise 4 (bradley_terry): begin solution
     return F.softplus(score_rejected - score_chosen).mean()
+    # ---- exercise 4: end solution
 
 
 def best_of_n(rewards):
@@ -282,7 +306,9 @@ def best_of_n_kl(n):
     response has appreciable probability; for a π with atoms the exact KL, Σ_y P_y log(P_y/π(y)) with
     P_y = F(y)^n − F(y⁻)^n, is smaller and the formula is an upper bound (Beirami et al. 2024).
     """
+    # ---- exercise 11 (best_of_n_kl): begin solution
     return math.log(n) - (n - 1) / n
+    # ---- exercise 11: end solution
 
 
 def init_sft_logratio(logp_sft_seq, logp_init_seq):
@@ -310,6 +336,7 @@ def generalized_jsd(logits_p, logits_q, beta):
     They are not the formula's limits: as β → 0, m → q and JSD_β ≈ β KL(p ‖ q) → 0; as β → 1,
     JSD_β ≈ (1 − β) KL(q ‖ p) → 0. It is JSD_β / (β(1 − β)) that tends to the two KLs.
     """
+    # ---- exercise 13 (generalized_jsd): begin solution
     log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
     if beta == 0:
         return _kl(log_p, log_q)
@@ -317,3 +344,4 @@ def generalized_jsd(logits_p, logits_q, beta):
         return _kl(log_q, log_p)
     log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
     return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+    # ---- exercise 13: end solution

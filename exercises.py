@@ -1,0 +1,362 @@
+"""
+exercises.py: self-checking classroom exercises for afd-mini. EXERCISES.md has the questions and the hints.
+
+A coding exercise is a solution region of the real code (all in objectives.py), between two marker lines:
+
+    # ---- exercise 1 (sft_loss): begin solution
+    ...the solution...
+    # ---- exercise 1: end solution
+
+and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise. An
+experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
+
+    python exercises.py list                  # the exercises, easy to hard, and which are left in this copy
+    python exercises.py student DIR [N ...]   # a copy of the project in DIR with exercises N... (default: all)
+                                              # blanked: each region becomes one raise NotImplementedError line
+    python exercises.py check [N ...]         # run exercise N's tests (default: every coding exercise);
+                                              # prints PASS, or the equation that broke
+
+Run list and check inside the copy you work in: they look at the files next to this one. afd_mini.py calls
+first_unfinished() at start-up, so that in a student copy it stops with a pointer to the first blanked
+exercise instead of a traceback from deep inside the pipeline. Standard library only at import time: the
+pipeline pays nothing for it; pytest is imported by check alone.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["objectives.py"]               # the files with solution regions
+ANSWER_KEY = "tests/test_objectives.py"   # the tests the coding exercises name
+
+
+@dataclass(frozen=True)
+class Exercise:
+    number: int
+    name: str           # the name in the markers (coding) or of the experiment
+    level: str          # easy, medium, hard
+    task: str           # one line: what to write, or what to predict
+    tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it
+    command: str = ""   # experiment: the run to compare with the default one
+
+    @property
+    def coding(self):
+        return bool(self.tests)
+
+
+EXERCISES = [
+    Exercise(1, "sft_loss", "easy",
+             "the demonstrations' token NLL on response tokens only, per token or per sequence",
+             ("test_sft_loss_ignores_masked_positions_exactly", "test_sft_loss_is_forward_kl")),
+    Exercise(2, "kl_estimators", "easy",
+             "one-sample Monte Carlo estimates of KL(β‖π) on expert samples and of KL(π‖β) on policy samples",
+             ("test_kl_mc_estimators_are_unbiased_in_their_own_direction",)),
+    Exercise(3, "lower_q", "easy",
+             "predict SFT's gold reward when the demonstrator is right less often",
+             command="python afd_mini.py --q=0.5 --out_dir=out_q05"),
+    Exercise(4, "bradley_terry", "easy",
+             "the preference loss, the mean of −log σ(s_chosen − s_rejected), without overflow",
+             ("test_bradley_terry_loss_hand_example",)),
+    Exercise(5, "rewards_to_go", "medium",
+             "R_t = Σ_{t'≥t} r_t' over response tokens and 0 elsewhere, without a Python loop",
+             ("test_rewards_to_go_hand_example",)),
+    Exercise(6, "reverse_kl_reinforce", "medium",
+             "leave-one-out advantages, and the REINFORCE surrogate whose expected gradient is ∇KL(π‖β)",
+             ("test_leave_one_out_advantages_hand_example",
+              "test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient")),
+    Exercise(7, "kl_k1_k3", "medium",
+             "the per-token estimators k1 and k3 of KL(π‖π_ref) on samples of π",
+             ("test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative",
+              "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference")),
+    Exercise(8, "kl_coef", "medium",
+             "predict where the RL policies move on the divergence plane when the KL penalty grows",
+             command="python afd_mini.py --kl_coef=0.5 --out_dir=out_kl05"),
+    Exercise(9, "discriminator", "hard",
+             "the discriminator's class-balanced BCE, and the AIRL and GAIL rewards of its logit",
+             ("test_sequence_discriminator_recovers_log_ratio",
+              "test_discriminator_rewards_policy_gradients_follow_their_divergences",
+              "test_token_discriminator_recovers_occupancy_log_ratio",
+              "test_init_sft_classifier_recovers_closed_form_logratio")),
+    Exercise(10, "small_model", "hard",
+             "predict the mode frequencies of SFT and of the reverse-KL policies when the model is tiny",
+             command="python afd_mini.py --n_layer=1 --n_embd=16 --out_dir=out_tiny"),
+    Exercise(11, "best_of_n_kl", "hard",
+             "KL(π_BoN‖π) of Best-of-n, in closed form: derive it before you write it",
+             ("test_best_of_n_distribution_by_enumeration_and_kl_bound",
+              "test_best_of_n_kl_matches_enumeration_without_atoms")),
+    Exercise(12, "no_signature", "hard",
+             "predict Best-of-N with the Init-Demo and Init-SFT reward models when the demonstrator never signs",
+             command="python afd_mini.py --signature_p=0 --out_dir=out_nosig"),
+    Exercise(13, "generalized_jsd", "hard",
+             "JSD_β(p‖q) per position, stable, with KL(p‖q) at β = 0 and KL(q‖p) at β = 1",
+             ("test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order",
+              "test_generalized_jsd_zero_on_identical_inputs_and_symmetric",
+              "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls")),
+]
+BY_NUMBER = {e.number: e for e in EXERCISES}
+
+BEGIN = re.compile(r"^(\s*)# ---- exercise (\d+) \((\w+)\): begin solution$")
+END = re.compile(r"^\s*# ---- exercise (\d+): end solution$")
+SENTINEL = re.compile(r'raise NotImplementedError\("Exercise (\d+) \((\w+)\): ')   # in a source line
+RAISED = re.compile(r"NotImplementedError: Exercise (\d+) \((\w+)\): ")                # in a failure message
+
+
+def sentinel(ex):
+    """The line a blanked region holds: it names the exercise and what to write."""
+    message = f"Exercise {ex.number} ({ex.name}): {ex.task}; see EXERCISES.md"
+    return f"raise NotImplementedError({json.dumps(message, ensure_ascii=False)})"   # a valid Python literal
+
+
+# -----------------------------------------------------------------------------
+# Regions: find them, blank them.
+
+@dataclass(frozen=True)
+class Region:
+    number: int
+    path: str     # relative to the project root
+    begin: int    # line numbers (1-based) of the two markers
+    end: int
+
+
+def regions(root=ROOT):
+    """Every solution region of SOURCES, in file order. A malformed marker is an error, not a skip."""
+    found = []
+    for path in SOURCES:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        current = None   # (number, line) of the open region
+        for i, line in enumerate(lines, 1):
+            begin, end = BEGIN.match(line), END.match(line)
+            if begin:
+                n, name = int(begin[2]), begin[3]
+                if current:
+                    raise ValueError(f"{path}:{i}: exercise {n} begins inside exercise {current[0]}")
+                if n not in BY_NUMBER or BY_NUMBER[n].name != name or not BY_NUMBER[n].coding:
+                    raise ValueError(f"{path}:{i}: exercises.py has no coding exercise {n} ({name})")
+                current = (n, i)
+            elif end:
+                if not current or int(end[1]) != current[0]:
+                    raise ValueError(f"{path}:{i}: the end of exercise {end[1]} without its begin")
+                found.append(Region(current[0], path, current[1], i))
+                current = None
+            elif "# ---- exercise" in line:
+                raise ValueError(f"{path}:{i}: not a marker in the format of exercises.py: {line.strip()}")
+        if current:
+            raise ValueError(f"{path}:{current[1]}: exercise {current[0]} never ends")
+    return found
+
+
+def sentinels(root=ROOT):
+    """[(exercise number, path, line)] of every sentinel left in SOURCES: the exercises still to do."""
+    found = []
+    for path in SOURCES:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            found += [(int(m[1]), path, i) for i, line in enumerate(f, 1) if (m := SENTINEL.search(line))]
+    return found
+
+
+def blank(text, numbers):
+    """text with the regions of exercises `numbers` replaced by their sentinel; the markers stay, so the
+    student sees where to write, and the sentinel is indented like the marker, so the file still parses."""
+    out, skipping = [], False
+    for line in text.split("\n"):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin and int(begin[2]) in numbers:
+            out += [line, begin[1] + sentinel(BY_NUMBER[int(begin[2])])]
+            skipping = True
+        elif end and skipping:
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "\n".join(out)
+
+
+def project_files(root):
+    """The project's files, relative to root: what git tracks plus new files it does not ignore; outside a
+    git checkout (a student copy) every file but caches and run outputs."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                                cwd=root, capture_output=True, text=True, check=True).stdout.split("\0")
+        files = [f for f in listed if f and os.path.isfile(os.path.join(root, f))]   # not deleted ones
+        if files:   # none: root is a folder git ignores, such as a student copy inside the project
+            return files
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    files = []
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in (".git", "__pycache__", ".pytest_cache") and not x.startswith("out")]
+        files += [os.path.relpath(os.path.join(d, x), root) for x in names if not x.endswith((".pyc", ".pt"))]
+    return files
+
+
+def make_student_copy(dst, numbers=None, root=ROOT):
+    """Copy the project into dst (new or empty) with the regions of exercises `numbers` (all) blanked."""
+    numbers = set(numbers or [e.number for e in EXERCISES if e.coding])
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise ValueError(f"{dst} exists and is not empty: give a new directory")
+    missing = numbers - {r.number for r in regions(root)}   # and regions() refuses broken markers
+    if missing:
+        raise ValueError(f"no solution region for exercise {', '.join(map(str, sorted(missing)))} in {root}")
+    for rel in project_files(root):
+        target = os.path.join(dst, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if rel in SOURCES:
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                text = blank(f.read(), numbers)
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(text)
+            shutil.copymode(os.path.join(root, rel), target)
+        else:
+            shutil.copy2(os.path.join(root, rel), target)
+
+
+def first_unfinished(root=None):
+    """A one-line pointer to the lowest-numbered exercise still blanked in the project at root (this file's
+    folder), or None when none is. afd_mini.py stops with it at start-up."""
+    todo = sorted(sentinels(root or ROOT))
+    if not todo:
+        return None
+    n, path, line = todo[0]
+    return (f"exercise {n} ({BY_NUMBER[n].name}) is not written yet: {path}:{line} still raises "
+            f"NotImplementedError; see EXERCISES.md, then run: python exercises.py check {n}")
+
+
+# -----------------------------------------------------------------------------
+# Checking: run an exercise's tests, say what broke in one line per test.
+
+def failure(report):
+    """(first line, file:line) of a failure: pytest's crash message, which for test_objectives.py's
+    assertions names the equation, and where it was raised; not the traceback."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is None:   # a collection error (an import failed): the last line says what, the last frame where
+        text = str(report.longrepr)
+        what = text.strip().split("\n")[-1].removeprefix("E").strip()
+        frames = re.findall(r'File "([^"]+)", line (\d+)|^(\S+\.py):(\d+): in ', text, re.M)
+        if frames:
+            a, b, c, d = frames[-1]
+            what += f" ({os.path.relpath(a or c, ROOT)}:{b or d})"
+        return what, ""
+    where = f"{os.path.relpath(crash.path, ROOT)}:{crash.lineno}"
+    return crash.message.strip().split("\n")[0].removeprefix("AssertionError: "), where
+
+
+def run_tests(names):
+    """Run tests of ANSWER_KEY by function name, in this process. Returns {name: None if it passed, else
+    failure(its first failed report)} (a test that did not run is missing), and the collection error or None."""
+    import pytest
+
+    outcome, errors = {}, []
+
+    class Collect:
+        def pytest_runtest_logreport(self, report):
+            name = report.nodeid.split("::")[-1].split("[")[0]   # parametrised cases count as one test
+            if report.failed and outcome.get(name) is None:
+                outcome[name] = failure(report)
+            elif report.when == "call":
+                outcome.setdefault(name, None)
+
+        def pytest_collectreport(self, report):
+            if report.failed:
+                errors.append(failure(report)[0])
+
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"   # the answer key needs no plugins, and loading them is slow
+    path = os.path.join(ROOT, ANSWER_KEY)
+    args = [f"{path}::{n}" for n in names] + ["-q", "-p", "no:cacheprovider", "--rootdir", ROOT]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # its report:
+        pytest.main(args, plugins=[Collect()])                                                    # ours is shorter
+    return outcome, (errors[0] if errors else None)
+
+
+def check(numbers):
+    """Print a verdict per exercise, PASS, or FAIL and a line per failing test; return 0 if all pass."""
+    exercises = [BY_NUMBER[n] for n in numbers]
+    outcome, error = run_tests([t for ex in exercises for t in ex.tests])
+    all_pass = True
+    for ex in exercises:
+        failing = [t for t in ex.tests if outcome.get(t, ("did not run", "")) is not None]
+        ok = not (error or failing)
+        all_pass = all_pass and ok
+        n_tests = f"{len(ex.tests)} test" + "s" * (len(ex.tests) > 1)
+        print(f"exercise {ex.number} ({ex.name}): " + (f"PASS ({n_tests})" if ok else "FAIL"))
+        if error:
+            print(f"  {ANSWER_KEY} does not import: {error}")
+            continue
+        lines = [explain(ex, t, outcome) for t in failing]
+        for line in dict.fromkeys(lines):   # a blanked region fails its tests the same way: say it once
+            print(f"  {line}")
+        broken = [t for t in failing if t in outcome and not RAISED.search(outcome[t][0])]
+        if broken:
+            print(f"  the whole traceback: python -m pytest {ANSWER_KEY}::{broken[0]}")
+    return 0 if all_pass else 1
+
+
+def explain(ex, test, outcome):
+    """One line for a failing test: the equation its assertion names, or the blanked exercise it ran into."""
+    if test not in outcome:
+        return f"{test}: did not run; is it in {ANSWER_KEY}?"
+    message, where = outcome[test]
+    blanked = RAISED.search(message)
+    if not blanked:
+        return f"{test}: {message}"
+    n = int(blanked[1])
+    if n == ex.number:
+        return f"not written yet: {where} raises NotImplementedError"
+    return f"{test} uses exercise {n} ({BY_NUMBER[n].name}), not written yet ({where}): do exercise {n} first"
+
+
+# -----------------------------------------------------------------------------
+
+def list_exercises():
+    todo = {n for n, _, _ in sentinels()}
+    where = {}
+    for r in regions():
+        where.setdefault(r.number, f"{r.path}:{r.begin}")
+    for ex in EXERCISES:
+        status = ("to do" if ex.number in todo else "written") if ex.coding else "experiment"
+        place = where.get(ex.number, "no region!") if ex.coding else ex.command
+        print(f"{ex.number:>2}  {ex.level:<6}  {ex.name:<20}  {status:<10}  {place}")
+        print(f"    {ex.task}")
+
+
+def coding_numbers(args):
+    """Exercise numbers from the command line (default: every coding exercise)."""
+    numbers = []
+    for a in args:
+        if not a.isdigit() or int(a) not in BY_NUMBER:
+            raise ValueError(f"{a!r} is not an exercise number (python exercises.py list)")
+        if not BY_NUMBER[int(a)].coding:
+            raise ValueError(f"exercise {a} is an experiment, nothing to check or blank: see EXERCISES.md")
+        numbers.append(int(a))
+    return numbers or [e.number for e in EXERCISES if e.coding]
+
+
+def main(argv):
+    usage = "usage: python exercises.py list | student DIR [N ...] | check [N ...]"
+    try:
+        if argv[:1] == ["list"] and len(argv) == 1:
+            list_exercises()
+            return 0
+        if argv[:1] == ["student"] and len(argv) >= 2:
+            make_student_copy(argv[1], coding_numbers(argv[2:]))
+            blanked = sorted({n for n, _, _ in sentinels(argv[1])})
+            print(f"student copy in {argv[1]}, exercises {', '.join(map(str, blanked))} to do: "
+                  f"start with EXERCISES.md")
+            return 0
+        if argv[:1] == ["check"]:
+            return check(coding_numbers(argv[1:]))
+    except ValueError as e:
+        print(f"exercises: error: {e}", file=sys.stderr)
+        return 2
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
