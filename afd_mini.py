@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import exercises
 import objectives as obj
 from data import World, WorldConfig, load_tokenizer
 from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, maybe_compile, sample,
@@ -773,6 +774,10 @@ def summary(metrics, out_dir):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    unfinished = exercises.first_unfinished()   # in a student copy: point to the exercise, not a traceback
+    if unfinished:
+        print(f"afd_mini: {unfinished}", file=sys.stderr)
+        return 1
     stage = "start-up"
     try:
         cfg = parse_args(argv)

@@ -227,7 +227,6 @@ def test_check_names_the_broken_equation_and_the_missing_exercise(tmp_path):
     assert blocks[11] == ("exercise 11 (best_of_n_kl): PASS (2 tests)", [])
 
 
-@pytest.mark.xfail(strict=False, reason="needs afd_mini pre-flight hook")
 def test_afd_mini_in_the_student_copy_stops_with_a_pointer(student, tmp_path):
     out = str(tmp_path / "out")
     # --pretrain_steps=1 bounds the cost should the pre-flight be missing: SFT then crashes after one step
