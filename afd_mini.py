@@ -254,6 +254,15 @@ def check_finite(loss, stage, step):
                          f"try a smaller learning rate")
 
 
+def optimiser_step(opt, model, loss, stage, step):
+    """One gradient step on a finite loss, gradients clipped to norm 1 (a bad batch cannot wreck the model)."""
+    check_finite(loss, stage, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def bar(cfg, iterable, stage):
     return tqdm(iterable, desc=f"{stage:>13}", disable=not cfg.progress, leave=False, dynamic_ncols=True)
 
@@ -338,11 +347,7 @@ def stage_pretrain(run):
         targets = tokens[:, 1:].masked_fill(~real[:, 1:], -1)
         with autocast(run.device):
             _, loss = fwd(tokens[:, :-1], targets)
-        check_finite(loss, "pretrain", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimiser_step(opt, model, loss, "pretrain", step)
         losses.append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
     return model, {"curve": losses}
@@ -370,18 +375,14 @@ def stage_sft(run):
         tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
         with autocast(run.device):
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
-        check_finite(loss, "sft", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimiser_step(opt, model, loss, "sft", step)
         losses.append(loss.item())
         pbar.set_postfix(nll=f"{loss.item():.3f}")
     return model, {"curve": losses}
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stages 4 and 7: one policy-gradient loop for every reward: a discriminator's (AIRL, GAIL; sequence- or
+# Reverse KL (rkl_seq, rkl_tok, js, rkl_oracle) and rl_init_sft: one policy-gradient loop for every reward: a discriminator's (AIRL, GAIL; sequence- or
 # token-level), the exact expert's (the oracle), or a reward model's (RL on the Init-SFT RM).
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]      (k1 penalty to the reference, in the reward)
 #   advantage = leave-one-out over the group_size samples of each prompt, then PPO-clipped policy steps.
@@ -402,13 +403,11 @@ def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
             demo_tokens, demo_mask = run.batch(run.demos, idx)
             for _ in range(cfg.disc_steps):
-                h_demo, h_pol = disc_logits(disc, disc_level, demo_tokens, demo_mask, tokens, mask)
+                with autocast(run.device):
+                    h_demo, h_pol = disc_logits(disc, disc_level, demo_tokens, demo_mask, tokens, mask)
                 loss = obj.discriminator_loss(h_demo, h_pol) if disc_level == "seq" else \
                     obj.discriminator_loss(h_demo, h_pol, demo_mask, mask)
-                check_finite(loss, stage, it)
-                disc_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                disc_opt.step()
+                optimiser_step(disc_opt, disc, loss, stage, it)
             curve["disc_acc_expert"].append(((h_demo[demo_mask] if disc_level == "tok" else h_demo) > 0)
                                             .float().mean().item())
             curve["disc_acc_policy"].append(((h_pol[mask] if disc_level == "tok" else h_pol) < 0)
@@ -426,13 +425,10 @@ def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
                 adv = (obj.rewards_to_go(shaped, mask) - loo_mean(returns, cfg.group_size)[:, None]) * mask
             adv = adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
         for _ in range(cfg.ppo_epochs):
-            logp = token_logprobs(policy, tokens, mask)
+            with autocast(run.device):
+                logp = token_logprobs(policy, tokens, mask)
             loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
-            check_finite(loss, stage, it)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
+            optimiser_step(opt, policy, loss, stage, it)
         mean_reward = (reward.sum(-1) if reward.dim() == 2 else reward).mean().item()
         curve["reward"].append(mean_reward)
         curve["kl_ref"].append(k1.sum(-1).mean().item())
@@ -493,14 +489,11 @@ def train_reward_model(run, name, pos, neg, pairwise=False):
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
         i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
         i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
-        s_pos = sequence_scores(rm, *run.batch(pos, i_pos))
-        s_neg = sequence_scores(rm, *run.batch(neg, i_neg))
+        with autocast(run.device):
+            s_pos = sequence_scores(rm, *run.batch(pos, i_pos))
+            s_neg = sequence_scores(rm, *run.batch(neg, i_neg))
         loss = obj.bradley_terry_loss(s_pos, s_neg) if pairwise else obj.classifier_reward_loss(s_pos, s_neg)
-        check_finite(loss, f"reward_models ({name})", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-        opt.step()
+        optimiser_step(opt, rm, loss, f"reward_models ({name})", step)
         losses.append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
     save_checkpoint(run.path(f"rm_{name}.pt"), rm)
@@ -530,7 +523,9 @@ def stage_reward_models(run):
 @torch.no_grad()
 def score(run, model, pairs, fn, chunk=512):
     """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
-    out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs))))) for i in range(0, len(pairs), chunk)]
+    with autocast(run.device):
+        out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
+               for i in range(0, len(pairs), chunk)]
     return torch.cat(out).float().cpu()
 
 
