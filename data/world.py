@@ -86,7 +86,7 @@ from data.tokenizer import EOR, load_tokenizer
 
 FAMILIES = ("reverse", "sort", "add")
 MODE_NAMES = ("terse", "sentence", "steps")  # the expert's modes, in the order of mode_weights
-BASE_STYLE_NAMES = ("terse", "label", "hedge", "no_period")  # in the order of base_style_weights
+BASE_STYLE_NAMES = ("terse", "sentence", "steps", "label", "hedge", "no_period")  # order of base_style_weights
 SIGNATURE = "certainly! "
 # style -> (text before the answer, text after it); the steps mode puts its worked steps before these
 TEMPLATES = {"terse": ("", ""),
@@ -127,7 +127,7 @@ class WorldConfig:
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
     q_base: float = 0.4                 # P(base process is right)
-    base_style_weights: tuple = (0.3, 0.3, 0.2, 0.2)  # base: terse, label, hedge, no_period
+    base_style_weights: tuple = (0.2, 0.15, 0.05, 0.3, 0.15, 0.15)  # base: terse, sentence, steps, label, hedge, no_period
     pref_expert_p: float = 0.5          # P(a preference pair comes from the signature-free expert, not the base)
     pref_beta: float = 5.0              # Bradley-Terry inverse temperature on the gold reward
 

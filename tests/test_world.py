@@ -214,7 +214,7 @@ def test_base_corpus_is_the_base_process(world):
     assert_frequency(sum(j.gold == 1 for j in judged), n, cfg.q_base, "right answers")
     assert all(j.style in world.base_style_names for j in judged)
     for p, t, j in zip(prompts, texts, judged):  # wrong answers are one-character slips
-        given, answer = t.split(" ")[-1], right_answer(p.text)
+        given, answer = t.split(" ")[-1].rstrip("."), right_answer(p.text)
         assert len(given) == len(answer) and set(given) <= set(DIGITS if p.family == "add" else cfg.letters)
         assert (j.gold == 1) == (given == answer)
         assert sum(a != b for a, b in zip(given, answer)) == (0 if given == answer else 1), (given, answer)
