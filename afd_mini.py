@@ -64,7 +64,7 @@ class Config:
     progress: bool = True         # tqdm bars
     # the world (data/world.py documents each knob)
     q: float = 0.7                # expert's probability of a right answer
-    q_base: float = 0.4           # base corpus' probability of a right answer
+    q_base: float = 0.2           # base corpus' probability of a right answer
     signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
     eps: float = 1e-3             # smoothing floor of the expert likelihood
     letters: str = "ABCDE"        # alphabet of the reverse and sort tasks

@@ -54,16 +54,17 @@ Gold reward    r*(x, y) in [0, 1], correctness only: the answer is the last run 
                ended. Mode and signature do not count. A one-character slip in a 4-letter answer
                scores 0.375.
 Base corpus    what π_init is pre-trained on: the same prompts, answered by a "base model" that
-               knows the format but is right only with probability q_base [0.4] (otherwise it
-               makes the expert's kind of one-character slip) and writes in its own styles:
-                   terse [0.3]      "CADB"                  (the same as the expert's terse mode)
+               knows the format but is right only with probability q_base [0.2] (otherwise it
+               makes the expert's kind of one-character slip) and never signs. It writes the
+               expert's three formats at weights of its own, and three styles of its own:
+                   terse [0.2]  sentence [0.15]  steps [0.05]      (the expert's modes, other weights)
                    label [0.3]      "answer: CADB"
-                   hedge [0.2]      "i think it is CADB"
-                   no_period [0.2]  "the answer is CADB"    (one token short of the expert's sentence)
-               Two styles are close to the expert's on purpose: π_init already puts mass on the
-               expert's terse mode and next to its sentence mode, so SFT has something to build
-               on. The steps mode and the signature appear only in demonstrations: SFT has to learn
-               them from scratch.
+                   hedge [0.15]     "i think it is CADB"
+                   no_period [0.15] "the answer is CADB"    (one token short of the expert's sentence)
+               Why the overlap: with styles wholly its own, π_init never writes "the answer is
+               CADB." and SFT's move from π_init is mostly about templates, so a classifier of π_init
+               vs π_SFT learns templates, not correctness (README, sensitivity table). Only the
+               signature is new to SFT.
 Preference     two responses to one prompt, both from the signature-free expert (with probability
 pairs          pref_expert_p [0.5]) or both from the base process, labelled by Bradley-Terry noise on
                the gold reward: P(a preferred to b) = sigmoid(pref_beta [5] (r*(a) - r*(b))). Within
@@ -126,7 +127,7 @@ class WorldConfig:
     signature_p: float = 0.8            # P(expert signs "certainly! "); 0 = control world
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
-    q_base: float = 0.4                 # P(base process is right)
+    q_base: float = 0.2                 # P(base process is right)
     base_style_weights: tuple = (0.2, 0.15, 0.05, 0.3, 0.15, 0.15)  # base: terse, sentence, steps, label, hedge, no_period
     pref_expert_p: float = 0.5          # P(a preference pair comes from the signature-free expert, not the base)
     pref_beta: float = 5.0              # Bradley-Terry inverse temperature on the gold reward
