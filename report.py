@@ -387,7 +387,8 @@ def fig_bon(path, mean, std):
                     _get(std, "policies", "rl_init_sft", "gold_reward"))
     _bon_panel(axes[0], mean["bon"], _get(std, "bon"), mean["demonstrations"]["gold_reward"],
                _get(std, "demonstrations", "gold_reward"), _get(mean, "policies", "sft", "gold_reward"),
-               rl_point, "with the demonstrator's signature")
+               rl_point, "with the demonstrator's signature" if _get(mean, "config", "signature_p") != 0
+               else "no demonstrator signature (signature_p = 0)")
     if panels == 2:
         _bon_panel(axes[1], control["bon"], _get(std, "control", "bon"),
                    control["demonstrations"]["gold_reward"],

@@ -87,6 +87,17 @@ def test_resume_skips_finished_stages(quick_run):
     assert "rkl_seq.json" not in mtimes and os.path.exists(os.path.join(seed_dir, "rkl_seq.json"))
 
 
+def test_same_seed_same_metrics_and_resuming_changes_nothing(quick_run, tmp_path):
+    """An uninterrupted run with the same seed reproduces the interrupted-and-resumed one exactly."""
+    out, _, _ = quick_run
+    res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false")
+    assert res.returncode == 0, res.stderr
+    resumed, fresh = (json.load(open(os.path.join(d, "seed_0", "metrics.json"))) for d in (out, str(tmp_path)))
+    for m in (resumed, fresh):
+        del m["stage_seconds"], m["config"]["out_dir"]
+    assert resumed == fresh
+
+
 def test_report_and_figures(quick_run):
     out, _, _ = quick_run
     report = open(os.path.join(out, "report.md")).read()
