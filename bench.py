@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig, autocast, get_device, sample
 
 TRAIN_BATCH = 32  # sequences of block_size tokens per training step
-SAMPLE_BATCH = 32  # prompts per sampling call
+SAMPLE_BATCH = 256  # prompts per sampling call (the pipeline samples up to 512 at once)
 PROMPT_LENS = (10, 20)  # prompt lengths drawn from this range, as in the pipeline
 MAX_NEW_TOKENS = 64
 ROUNDS = 3

@@ -35,7 +35,7 @@ class GPTConfig:
     vocab_size: int = 512  # the pipeline overrides this with the tokenizer's n_vocab
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 128
+    n_embd: int = 64  # the pipeline's default CPU model (afd_mini.Config)
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
 
