@@ -542,7 +542,8 @@ def stage_best_of_n(run):
     M, N = len(prompts), cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
     pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
-    rewards = {name: score(run, run.load(f"rm_{name}")[0], pairs, sequence_scores) for name in REWARD_MODELS}
+    rewards = {name: score(run, run.load(f"rm_{name}")[0], pairs, sequence_scores)
+               for name in bar(cfg, REWARD_MODELS, "best_of_n")}
     rewards["closed_form"] = obj.init_sft_logratio(score(run, sft, pairs, seq_logprob),
                                                    score(run, init, pairs, seq_logprob))
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
@@ -608,7 +609,7 @@ def stage_evaluate(run):
     expert_on_expert = torch.tensor(world.expert_logprobs(prompts, [r for _, r in expert]), dtype=torch.float32)
     sft, _ = run.load("sft")
     policies, calibration, points = {}, {}, {}
-    for name in POLICIES:
+    for name in (pbar := bar(cfg, POLICIES, "evaluate")):
         if name == "expert":
             own, logp_own, logp_expert = expert, expert_on_expert, expert_on_expert
         else:
@@ -625,6 +626,7 @@ def stage_evaluate(run):
         if name != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
         policies[name] = stats
+        pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
         if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
             disc, _ = run.load(name + "_disc")
             level = ADVERSARIAL[name][0]
@@ -696,8 +698,12 @@ def check_out_dir(cfg, seeds):
                                  f"use another --out_dir, or --redo=all to overwrite it")
 
 
+NOW = {"stage": "start-up"}   # what is running, for the message on Ctrl-C
+
+
 def execute(run, stage):
     """Run one stage: its model (if any) to <stage>.pt, its results to <stage>.json, written last."""
+    NOW["stage"] = f"seed {run.seed}, stage {stage}" + (" (control world)" if run.control else "")
     os.makedirs(run.dir, exist_ok=True)
     run.begin(stage)
     t0 = time.time()
@@ -773,7 +779,6 @@ def main(argv=None):
     if unfinished:
         print(f"afd_mini: {unfinished}", file=sys.stderr)
         return 1
-    stage = "start-up"
     try:
         cfg = parse_args(argv)
         seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
@@ -781,7 +786,6 @@ def main(argv=None):
         log = lambda s: tqdm.write(s, file=sys.stderr)   # one line per stage, bars or not
         runs = []
         for seed in seeds:
-            stage = f"seed {seed}"
             metrics = run_seed(cfg, seed, log)
             if metrics is None:
                 return 0
@@ -799,7 +803,8 @@ def main(argv=None):
         print(f"afd_mini: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nafd_mini: interrupted ({stage}); finished stages are saved: rerun the same command to resume",
+        print(f"\nafd_mini: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
+              "resume",
               file=sys.stderr)
         return 130
 
