@@ -98,6 +98,7 @@ class Config:
     kl_coef: float = 0.05         # weight of KL(π ‖ π_SFT) in the reward
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
+    disc_warmup: int = 0          # discriminator steps on demonstrations vs π_SFT samples before the policy moves
     # reward extrapolation
     rm_samples: int = 512         # samples of π_init and of π_SFT to train the classifiers on
     rm_steps: int = 150
@@ -108,12 +109,13 @@ class Config:
     # evaluation
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
-    def world_config(self):
+    def world_config(self):   # WorldConfig validates these (WORLD_KNOBS) itself
         return WorldConfig(q=self.q, q_base=self.q_base, signature_p=self.signature_p, eps=self.eps,
                            letters=self.letters, min_len=self.min_len, max_len=self.max_len,
                            max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
 
 
+WORLD_KNOBS = {"q", "q_base", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand", "max_new_tokens"}
 PRESETS = {
     "default": {},
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
@@ -197,16 +199,18 @@ def parse_args(argv):
     return cfg
 
 
+ZERO_ALLOWED = {"seed", "kl_coef", "disc_warmup"}   # numbers that may be 0; the world checks its own (q, ...)
+
+
 def validate(cfg):
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and f.name != "seed" and not v > 0 \
-                and f.name not in ("q", "q_base", "signature_p", "kl_coef"):
-            raise UsageError(f"--{f.name}={v}: must be positive")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or f.name in WORLD_KNOBS:
+            continue
+        if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
+            raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
     if cfg.device not in ("auto", "cpu", "cuda", "mps"):
         raise UsageError(f"--device={cfg.device}: allowed devices are auto, cpu, cuda, mps")
-    if cfg.kl_coef < 0:
-        raise UsageError(f"--kl_coef={cfg.kl_coef}: must be ≥ 0")
     for name in filter(None, cfg.redo.split(",")):
         if name not in STAGES + ["all"]:
             raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(STAGES)}")
@@ -215,9 +219,10 @@ def validate(cfg):
     if cfg.bon_max_n & (cfg.bon_max_n - 1):
         raise UsageError(f"--bon_max_n={cfg.bon_max_n}: must be a power of two (N = 1, 2, 4, ...)")
     try:
-        cfg.world_config()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+        World(cfg.world_config(), load_tokenizer())   # some limits need the world itself (the longest response)
+    except ValueError as e:   # name the option the user typed, not the world's field
+        raise UsageError(str(e).replace("WorldConfig.max_response_tokens", "--max_new_tokens")
+                         .replace("WorldConfig.", "--")) from None
     try:
         get_device(cfg.device)
     except ValueError as e:
@@ -403,15 +408,10 @@ def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
             demo_tokens, demo_mask = run.batch(run.demos, idx)
             for _ in range(cfg.disc_steps):
-                with autocast(run.device):
-                    h_demo, h_pol = disc_logits(disc, disc_level, demo_tokens, demo_mask, tokens, mask)
-                loss = obj.discriminator_loss(h_demo, h_pol) if disc_level == "seq" else \
-                    obj.discriminator_loss(h_demo, h_pol, demo_mask, mask)
-                optimiser_step(disc_opt, disc, loss, stage, it)
-            curve["disc_acc_expert"].append(((h_demo[demo_mask] if disc_level == "tok" else h_demo) > 0)
-                                            .float().mean().item())
-            curve["disc_acc_policy"].append(((h_pol[mask] if disc_level == "tok" else h_pol) < 0)
-                                            .float().mean().item())
+                acc_demo, acc_pol = disc_step(run, disc, disc_level, disc_opt, (demo_tokens, demo_mask),
+                                              (tokens, mask), stage, it)
+            curve["disc_acc_expert"].append(acc_demo)
+            curve["disc_acc_policy"].append(acc_pol)
         with torch.no_grad():
             reward = reward_fn(prompts, roll)                               # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
@@ -441,16 +441,34 @@ def loo_mean(x, group_size):
     return x - obj.leave_one_out_advantages(x, group_size)
 
 
-def disc_logits(disc, level, demo_tokens, demo_mask, pol_tokens, pol_mask):
-    if level == "seq":
-        return sequence_scores(disc, demo_tokens, demo_mask), sequence_scores(disc, pol_tokens, pol_mask)
-    return token_scores(disc, demo_tokens, demo_mask), token_scores(disc, pol_tokens, pol_mask)
+def disc_step(run, disc, level, opt, demo, pol, stage, step):
+    """One discriminator step on (tokens, mask) batches of demonstrations (label 1) and policy samples (label 0);
+    returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on samples."""
+    with autocast(run.device):
+        if level == "seq":   # one logit per response: the trajectory distribution
+            h_demo, h_pol = sequence_scores(disc, *demo), sequence_scores(disc, *pol)
+            loss = obj.discriminator_loss(h_demo, h_pol)
+        else:                # one logit per (state, token): the occupancy measure
+            h_demo, h_pol = token_scores(disc, *demo), token_scores(disc, *pol)
+            loss = obj.discriminator_loss(h_demo, h_pol, demo[1], pol[1])
+            h_demo, h_pol = h_demo[demo[1]], h_pol[pol[1]]
+    optimiser_step(opt, disc, loss, stage, step)
+    return (h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item()
 
 
 def stage_adversarial(run, method):
     level, transform = ADVERSARIAL[method]
+    cfg = run.cfg
     sft, _ = run.load("sft")
     disc = ScalarGPT.from_lm(sft).to(run.device)     # D starts from π_SFT's features
+    if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples, so that the first rewards mean something
+        opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
+        prompts = [p for p, _ in run.demos[:cfg.rm_samples]]
+        samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 3)))
+        for step in bar(cfg, range(cfg.disc_warmup), f"{method} D"):
+            b = cfg.rl_prompts * cfg.group_size // 2
+            disc_step(run, disc, level, opt, run.batch(run.demos, run.rng.integers(len(run.demos), size=b)),
+                      run.batch(samples, run.rng.integers(len(samples), size=b)), method, step)
 
     def reward_fn(prompts, roll):
         with torch.no_grad():
@@ -726,7 +744,11 @@ def run_seed(cfg, seed, log):
         if os.path.exists(run.path(stage + ".json")) and not dirty and i < first_redo:
             log(f"seed {seed} · {stage}: done earlier, skipped")
         else:
-            dirty = True   # every stage after a recomputed one is recomputed too
+            if not dirty:   # every stage after a recomputed one is stale: forget it before anything else
+                for later in STAGES[i + 1:]:
+                    if os.path.exists(run.path(later + ".json")):
+                        os.remove(run.path(later + ".json"))
+            dirty = True
             extra = execute(run, stage)
             log(f"seed {seed} · {stage}: {extra['seconds']:.1f} s")
         if stage == cfg.stop_after:

@@ -98,6 +98,16 @@ def test_same_seed_same_metrics_and_resuming_changes_nothing(quick_run, tmp_path
     assert resumed == fresh
 
 
+def test_recomputing_a_stage_forgets_the_stages_after_it(tmp_path):
+    first = afd("--quick", f"--out_dir={tmp_path}", "--stop_after=pretrain", "--progress=false")
+    assert first.returncode == 0, first.stderr
+    stale = tmp_path / "seed_0" / "rkl_seq.json"   # a result computed from the π_SFT about to be replaced
+    stale.write_text("{}")
+    again = afd("--quick", f"--out_dir={tmp_path}", "--redo=pretrain", "--stop_after=pretrain", "--progress=false")
+    assert again.returncode == 0, again.stderr
+    assert not stale.exists(), "a stage after a recomputed one must not be taken as done"
+
+
 def test_report_and_figures(quick_run):
     out, _, _ = quick_run
     report = open(os.path.join(out, "report.md")).read()
@@ -128,7 +138,8 @@ def test_two_seeds_aggregate(quick_run):
     (["--pretrain_stesp=3"], ["--pretrain_stesp", "did you mean", "--pretrain_steps"]),
     (["--pretrain_steps=many"], ["--pretrain_steps=many", "int"]),
     (["--device=tpu"], ["--device=tpu", "auto, cpu, cuda, mps"]),
-    (["--q=1.5"], ["1.5"]),
+    (["--q=1.5"], ["--q=1.5", "probability"]),
+    (["--max_new_tokens=5"], ["--max_new_tokens=5", "26 tokens"]),
     (["--redo=sfft"], ["sfft", "stages"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
