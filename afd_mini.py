@@ -289,7 +289,7 @@ class Run:
         self.device = get_device(cfg.device)
         self.dir = os.path.join(cfg.out_dir, f"seed_{seed}", *(["control"] if control else []))
         self.times = {}
-        t0 = time.time()
+        t0 = time.time()   # stage 1, the world: deterministic and cheap, so rebuilt on every run rather than saved
         self.tok = load_tokenizer()
         self.world = World(cfg.world_config(), self.tok)
         self.data = self.world.make_datasets(seed, cfg.n_base, cfg.n_demo, cfg.n_pref, cfg.n_eval)
@@ -316,15 +316,15 @@ class Run:
                          vocab_size=self.world.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
 
     def load(self, name):
-        model, extra = load_checkpoint(self.path(name + ".pt"), device=self.device)
-        return model, extra
+        return load_checkpoint(self.path(name + ".pt"), device=self.device)   # (model, extra)
 
     def rollout(self, model, prompts, seed):
-        """Sample one response per prompt (token lists) at temperature 1, in chunks to bound memory."""
+        """Sample one response per prompt (token lists) at temperature 1: a Rollout, log-probs included."""
         return sample(model, prompts, self.cfg.max_new_tokens, self.world.eos_id,
                       generator=new_generator(self.device, seed))
 
     def sample_responses(self, model, prompts, seed, chunk=512):
+        """Response token lists for many prompts, sampled in chunks to bound memory."""
         out = []
         for i in range(0, len(prompts), chunk):
             out += responses_of(self.rollout(model, prompts[i:i + chunk], seed + i))
@@ -387,10 +387,11 @@ def stage_sft(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Reverse KL (rkl_seq, rkl_tok, js, rkl_oracle) and rl_init_sft: one policy-gradient loop for every reward: a discriminator's (AIRL, GAIL; sequence- or
-# token-level), the exact expert's (the oracle), or a reward model's (RL on the Init-SFT RM).
-#   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]      (k1 penalty to the reference, in the reward)
-#   advantage = leave-one-out over the group_size samples of each prompt, then PPO-clipped policy steps.
+# Stage 4: reverse KL (rkl_seq, rkl_tok, js, rkl_oracle), and stage 5's rl_init_sft. One policy-gradient loop
+# for every reward: a discriminator's (AIRL, GAIL; sequence- or token-level), the exact expert's (the oracle),
+# or a reward model's (RL on the Init-SFT RM).
+#   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
+#   advantage = leave-one-out over the group_size samples of each prompt, whitened, then PPO-clipped steps.
 
 def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
     cfg = run.cfg
@@ -461,7 +462,7 @@ def stage_adversarial(run, method):
     cfg = run.cfg
     sft, _ = run.load("sft")
     disc = ScalarGPT.from_lm(sft).to(run.device)     # D starts from π_SFT's features
-    if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples, so that the first rewards mean something
+    if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples: the first rewards mean something
         opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
         prompts = [p for p, _ in run.demos[:cfg.rm_samples]]
         samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 3)))
@@ -591,7 +592,7 @@ def pearson(a, b):
 
 
 def stage_rl_init_sft(run):
-    """Beyond the paper: optimise π_SFT on the Init-SFT reward model with a KL penalty to π_SFT (not just Best-of-N)."""
+    """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N)."""
     rm, _ = run.load("rm_init_sft")
     return policy_optimisation(run, "rl_init_sft",
                                lambda prompts, roll: sequence_scores(rm, roll.tokens, roll.response_mask))
