@@ -189,6 +189,8 @@ def parse_args(argv):
                 from_file = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--config={config_file}: cannot read a JSON object from it ({e})") from None
+        if not isinstance(from_file, dict):
+            raise UsageError(f"--config={config_file}: expected a JSON object of options, got {type(from_file).__name__}")
         for key, value in from_file.items():
             if key not in fields:
                 raise UsageError(f"unknown option {key!r} in {config_file}; see --help")
@@ -499,10 +501,9 @@ def stage_oracle(run):
 REWARD_MODELS = ["init_sft", "init_demo", "sft_demo", "pairwise_bt"]
 
 
-def train_reward_model(run, name, pos, neg, pairwise=False):
+def train_reward_model(run, name, init, pos, neg, pairwise=False):
     cfg = run.cfg
-    init, _ = run.load("pretrain")
-    rm = ScalarGPT.from_lm(init).to(run.device)
+    rm = ScalarGPT.from_lm(init).to(run.device)   # a copy: every reward model starts from π_init's weights
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
     losses = []
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
@@ -530,11 +531,11 @@ def stage_reward_models(run):
     enc = run.world.encode_response
     pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
     curves = {
-        "init_sft": train_reward_model(run, "init_sft", pos=sft_samples, neg=init_samples),
-        "init_demo": train_reward_model(run, "init_demo", pos=run.demos, neg=init_samples),
-        "sft_demo": train_reward_model(run, "sft_demo", pos=run.demos, neg=sft_samples),
-        "pairwise_bt": train_reward_model(run, "pairwise_bt", pos=[c for c, _ in pref], neg=[r for _, r in pref],
-                                          pairwise=True),
+        "init_sft": train_reward_model(run, "init_sft", init, pos=sft_samples, neg=init_samples),
+        "init_demo": train_reward_model(run, "init_demo", init, pos=run.demos, neg=init_samples),
+        "sft_demo": train_reward_model(run, "sft_demo", init, pos=run.demos, neg=sft_samples),
+        "pairwise_bt": train_reward_model(run, "pairwise_bt", init, pos=[c for c, _ in pref],
+                                          neg=[r for _, r in pref], pairwise=True),
     }
     return None, {"curves": curves}
 

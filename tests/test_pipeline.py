@@ -134,6 +134,17 @@ def test_two_seeds_aggregate(quick_run):
     assert runs[0]["policies"]["sft"]["reverse_kl"] != runs[1]["policies"]["sft"]["reverse_kl"]
 
 
+def test_a_config_file_must_be_an_object_of_known_options(tmp_path):
+    for text, words in [("[1, 2]", ["JSON object", "list"]), ('{"pretrain_stesp": 3}', ["pretrain_stesp"])]:
+        path = tmp_path / "config.json"
+        path.write_text(text)
+        res = afd(f"--config={path}", f"--out_dir={tmp_path / 'out'}")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1, res.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+        assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, words", [
     (["--pretrain_stesp=3"], ["--pretrain_stesp", "did you mean", "--pretrain_steps"]),
     (["--pretrain_steps=many"], ["--pretrain_steps=many", "int"]),
