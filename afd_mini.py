@@ -120,7 +120,7 @@ PRESETS = {
     "default": {},
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
                   pretrain_batch=32, sft_steps=40, rl_iters=3, rl_prompts=8, group_size=4, ppo_epochs=1,
-                  disc_steps=1, rm_samples=64, rm_steps=10, rm_batch=32, bon_prompts=8, bon_max_n=8,
+                  disc_steps=1, rm_samples=64, rm_steps=10, rm_batch=32, bon_prompts=8, bon_max_n=16,
                   eval_samples=2),
     "gpu": dict(n_base=200000, n_demo=4000, n_pref=10000, n_eval=1024, n_layer=6, n_head=8, n_embd=256,
                 pretrain_steps=6000, pretrain_batch=256, pretrain_lr=1e-3, sft_steps=1500, sft_batch=128,
@@ -793,6 +793,12 @@ def summary(metrics, out_dir):
                  "reward at N = " + ", ".join(str(n) for n in metrics["bon"]["init_sft"]["n"]) + ":")
     for name, b in metrics["bon"].items():
         lines.append(f"  {name:<12} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
+    final = {e["effect"]: e for e in metrics["effects"]}   # an effect's combined row comes last
+    k = len(metrics["seeds"])
+    lines.append(f"expected effects over {k} seed{'s' * (k > 1)}"
+                 + (" (paired 95% intervals):" if k >= 3 else " (indicative only; run --seeds=5):"))
+    for e in final.values():
+        lines.append(f"  {e['verdict']:<14} {e['effect']} ({e['seeds_holding']}/{e['seeds']} seeds)")
     lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
     return "\n".join(lines)
 
@@ -816,9 +822,10 @@ def main(argv=None):
             runs.append(metrics)
         import report   # matplotlib is only needed from here on
         mean, std = report.aggregate(runs)
-        write_json(os.path.join(cfg.out_dir, "metrics.json"), {**mean, "std": std, "seeds": seeds})
+        top = {**mean, "std": std, "seeds": seeds, "effects": report.effects(runs)}
+        write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
         report.write_report(cfg.out_dir, runs)
-        print(summary(mean, cfg.out_dir))
+        print(summary(top, cfg.out_dir))
         return 0
     except UsageError as e:
         print(f"afd_mini: error: {e}", file=sys.stderr)

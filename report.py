@@ -4,7 +4,8 @@ The report: turns the per-seed metrics of afd_mini.py into report.md and six fig
 afd_mini.py runs K seeds, writes <out_dir>/seed_<s>/metrics.json for each and then calls
 write_report(out_dir, runs). This file
   1. aggregates the seeds (mean and sample standard deviation of every number),
-  2. checks the effects the two papers predict, from the numbers, and says whether each holds,
+  2. judges the effects the two papers predict on paired differences over seeds (a 95% interval
+     of the mean difference: holds, does not hold, or inconclusive),
   3. draws the figures and writes report.md beside them.
 Rebuild a report from saved metrics with: python report.py OUT_DIR
 
@@ -104,7 +105,13 @@ def aggregate(runs):
     return _aggregate(list(runs))
 
 # -----------------------------------------------------------------------------
-# the expected effects, checked from the numbers
+# the expected effects, judged on paired differences over seeds
+#
+# Every comparison the papers predict is between two policies (or reward models) trained from the
+# same seed's π_init and π_SFT, so it is a paired comparison: for each seed s take the difference
+# d_s that decides it, arranged so that the expected direction is d_s > 0, and judge the K
+# differences, not the two means. Seed-to-seed variation that moves both sides together (a better
+# π_SFT lifts everything) then cancels.
 
 def _get(tree, *keys):
     for k in keys:
@@ -119,109 +126,145 @@ def _fmt(x, s=None):
     text = f"{x + 0.0:.3g}"  # + 0.0 turns −0.0 into 0
     return text if s is None else f"{text} ± {s:.2g}"
 
-def _effect(name, holds, detail):
-    return {"name": name, "holds": holds, "detail": detail}
+PREREGISTERED_N = (4, 16)  # Best-of-N effects are judged at these N, fixed in advance: no best N after looking
 
-def _skipped(name, missing):
-    # holds=None: the inputs were not in the metrics, so nothing was checked
-    return _effect(name, None, f"not checked: {missing} missing from the metrics")
+# Student's t, 97.5% quantile (two-sided 95%), for 1..30 degrees of freedom (any table of t).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042]
 
-def _bon_gain(world, world_std, rm):
-    """gain = max over N of the gold reward − the gold reward at the smallest N (N = 1, i.e. π_SFT).
-    world is the metrics tree (or its "control" part). Returns (gain, detail) or None."""
-    n, g = _get(world, "bon", rm, "n"), _get(world, "bon", rm, "gold_reward")
-    if not n or not g:
+def t_quantile_975(df):
+    """t_{0.975, df}. Past the table, the Cornish–Fisher expansion of t around the normal quantile
+    z = 1.95996 (Abramowitz & Stegun 26.7.5), accurate to 1e-3 for df > 30."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be ≥ 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959964
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+
+def paired_interval(diffs):
+    """95% confidence interval of the mean of K paired differences (Student's t, K − 1 df):
+        d̄ ± t_{0.975, K−1} · s / √K,   s the sample standard deviation (ddof = 1).
+    Returns [lo, hi], or None for K < 3 (two seeds give one degree of freedom: t = 12.7, no interval
+    worth the name)."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 3:
         return None
-    gs = _get(world_std, "bon", rm, "gold_reward") or [None] * len(g)
-    best = int(np.argmax(g))
-    detail = (f"{RM_LABELS.get(rm, rm)}: {_fmt(g[best], gs[best])} at N={n[best]} − "
-              f"{_fmt(g[0], gs[0])} at N={n[0]} = {g[best] - g[0]:+.3g}")
-    return g[best] - g[0], detail
+    half = t_quantile_975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return [float(d.mean() - half), float(d.mean() + half)]
 
-def _gain_checks(world, world_std, prefix):
-    """Init-Demo and SFT-Demo gain less than Init-SFT. Returns (checks, gap), gap = how much more
-    Init-SFT gains than the better of the two demonstration-based reward models."""
-    checks, gains, ref = [], [], _bon_gain(world, world_std, "init_sft")
-    for rm in ["init_demo", "sft_demo"]:
-        name = f"{prefix}: the {RM_LABELS[rm]} reward model gains less than Init-SFT under Best-of-N"
-        other = _bon_gain(world, world_std, rm)
-        if ref is None or other is None:
-            checks.append(_skipped(name, f"bon.init_sft or bon.{rm}"))
-            continue
-        gains.append(other[0])
-        checks.append(_effect(name, bool(other[0] < ref[0]), f"{other[1]}; {ref[1]}"))
-    gap = ref[0] - max(gains) if len(gains) == 2 else None
-    return checks, gap
+def judge(diffs):
+    """The verdict on K paired differences whose expected sign is positive."""
+    ci = paired_interval(diffs)
+    if ci is None:
+        return "indicative"
+    return "holds" if ci[0] > 0 else "does not hold" if ci[1] < 0 else "inconclusive"
 
-def check_effects(mean, std=None):
-    """
-    The effects the papers predict, each judged on the mean over seeds. Returns a list of
-    {name, holds, detail}: holds is True / False, or None when its inputs are missing;
-    detail prints the numbers used (mean ± std when std is given).
-    """
-    pol = mean.get("policies", {})
-    s = (lambda *k: _get(std, *k)) if std is not None else (lambda *k: None)
-    effects = []
+class _Missing(Exception):
+    pass
 
-    # forward KL is mass-covering: SFT, its minimiser, has the lowest KL(β ‖ π)
-    for p in MODE_SEEKING:
-        name = f"mass-covering: π_SFT has lower forward KL than {p}"
-        if "sft" not in pol or p not in pol:
-            effects.append(_skipped(name, f"policies.sft or policies.{p}"))
-            continue
-        a, b = pol["sft"]["forward_kl"], pol[p]["forward_kl"]
-        effects.append(_effect(name, bool(a < b),
-            f"KL(β‖π): sft {_fmt(a, s('policies', 'sft', 'forward_kl'))} vs "
-            f"{p} {_fmt(b, s('policies', p, 'forward_kl'))} nats"))
+def _need(run, *keys):
+    value = _get(run, *keys)
+    if value is None:
+        raise _Missing(".".join(map(str, keys)))
+    return value
 
-    # reverse KL is mode-seeking: less KL(π ‖ β), fewer responses off the expert's support,
-    # and the mass concentrated on fewer modes (lower mode entropy) than SFT
-    props = [("reverse_kl", "KL(π‖β)", " nats"), ("off_support", "off-support", ""),
-             ("mode_entropy", "mode entropy", " nats")]
-    for p in MODE_SEEKING:
-        name = f"mode-seeking: {p} has lower reverse KL, off-support rate and mode entropy than π_SFT"
-        if "sft" not in pol or p not in pol:
-            effects.append(_skipped(name, f"policies.sft or policies.{p}"))
-            continue
-        parts, holds = [], True
-        for key, label, unit in props:
-            a, b = pol[p][key], pol["sft"][key]
-            holds = holds and a < b
-            parts.append(f"{label} {_fmt(a, s('policies', p, key))} vs "
-                         f"{_fmt(b, s('policies', 'sft', key))}{unit} ({'yes' if a < b else 'no'})")
-        effects.append(_effect(name, bool(holds), "; ".join(parts)))
+def _bon_at(world, rm, n):
+    ns = _need(world, "bon", rm, "n")
+    if n not in ns:
+        raise _Missing(f"bon.{rm} at N = {n}")
+    return _need(world, "bon", rm, "gold_reward")[ns.index(n)]
 
-    # extrapolation: Best-of-N (N ≥ 2; N = 1 is π_SFT itself) on the Init-SFT reward model goes
-    # past the demonstrator
-    name = "extrapolation: Best-of-N with the Init-SFT reward model beats the demonstrations"
-    n, g = _get(mean, "bon", "init_sft", "n"), _get(mean, "bon", "init_sft", "gold_reward")
-    demo = _get(mean, "demonstrations", "gold_reward")
-    if not n or not g or demo is None:
-        effects.append(_skipped(name, "bon.init_sft or demonstrations.gold_reward"))
-    else:
-        gs = s("bon", "init_sft", "gold_reward") or [None] * len(g)
-        best = max((i for i in range(len(n)) if n[i] > 1), key=lambda i: g[i], default=0)
-        above = [nn for nn, gg in zip(n, g) if nn > 1 and gg > demo]
-        detail = (f"gold reward {_fmt(g[best], gs[best])} at N={n[best]} (its best) vs "
-                  f"demonstrations {_fmt(demo, s('demonstrations', 'gold_reward'))}: "
-                  f"{g[best] - demo:+.3g}")
-        detail += f"; above them from N={above[0]}" if above else "; never above them for N ≥ 2"
-        effects.append(_effect(name, bool(above), detail))
+def _rm_gap(world, n):
+    """How much more gold reward Best-of-n gets with Init-SFT than with the better of the two
+    demonstration-based reward models."""
+    return _bon_at(world, "init_sft", n) - max(_bon_at(world, "init_demo", n), _bon_at(world, "sft_demo", n))
 
-    # heterogeneity: reward models trained against the demonstrations learn their signature
-    checks, gap = _gain_checks(mean, std, "heterogeneity")
-    effects += checks
-    if "control" in mean:
-        checks, control_gap = _gain_checks(mean["control"], _get(std, "control"), "control world")
-        effects += checks
-        name = "the Init-SFT advantage shrinks without the demonstrator's signature"
-        if gap is None or control_gap is None:
-            effects.append(_skipped(name, "a Best-of-N gain"))
+def effect_conditions(has_control=True):
+    """The papers' predictions as (effect, condition, difference, d(run)): d(run) is the per-seed
+    difference, expected > 0; `difference` says it in words. An effect with several conditions holds
+    only if every one of them does."""
+    pol = lambda r, p, k: _need(r, "policies", p, k)
+    out = []
+    for p in MODE_SEEKING:   # forward KL is mass-covering: its minimiser, SFT, has the lowest KL(β ‖ π)
+        out.append((f"mass-covering: π_SFT has lower forward KL than {p}", "forward KL",
+                    f"forward_kl[{p}] − forward_kl[sft]",
+                    lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "sft", "forward_kl")))
+    for p in MODE_SEEKING:   # reverse KL is mode-seeking: less KL(π ‖ β), less off-support, fewer modes
+        effect = f"mode-seeking: {p} has lower reverse KL, off-support rate and mode entropy than π_SFT"
+        for key, label in [("reverse_kl", "reverse KL"), ("off_support", "off-support rate"),
+                           ("mode_entropy", "mode entropy")]:
+            out.append((effect, label, f"{key}[sft] − {key}[{p}]",
+                        lambda r, p=p, key=key: pol(r, "sft", key) - pol(r, p, key)))
+    for n in PREREGISTERED_N:   # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
+        out.append((f"extrapolation: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
+                    f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
+                    lambda r, n=n: _bon_at(r, "init_sft", n) - _need(r, "demonstrations", "gold_reward")))
+    out.append(("RL on the Init-SFT reward model ends above π_SFT's gold reward", "gold reward",
+                "gold_reward[rl_init_sft] − gold_reward[sft]",
+                lambda r: pol(r, "rl_init_sft", "gold_reward") - pol(r, "sft", "gold_reward")))
+    worlds = [("heterogeneity", lambda r: r)] + ([("control world", lambda r: _need(r, "control"))]
+                                                 if has_control else [])
+    for prefix, world in worlds:   # reward models trained against demonstrations learn their fingerprint
+        for rm in ["init_demo", "sft_demo"]:
+            for n in PREREGISTERED_N:
+                out.append((f"{prefix}: Best-of-N with the {RM_LABELS[rm]} reward model gains less than "
+                            "with Init-SFT", f"N = {n}", f"bon.init_sft[N={n}] − bon.{rm}[N={n}]",
+                            lambda r, world=world, rm=rm, n=n:
+                            _bon_at(world(r), "init_sft", n) - _bon_at(world(r), rm, n)))
+    if has_control:
+        for n in PREREGISTERED_N:
+            out.append(("the Init-SFT advantage shrinks without the demonstrator's signature", f"N = {n}",
+                        f"gap − control gap, gap = bon.init_sft[N={n}] − max(bon.init_demo, bon.sft_demo)",
+                        lambda r, n=n: _rm_gap(r, n) - _rm_gap(_need(r, "control"), n)))
+    return out
+
+def _combine(verdicts):
+    if "not checked" in verdicts:
+        return "not checked"
+    if "indicative" in verdicts:
+        return "indicative"
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "inconclusive"
+
+def effects(runs):
+    """The expected effects judged over the K seeds in runs: a list of
+        {effect, condition, difference, verdict, seeds_holding, seeds, diff_mean, ci95, diffs}
+    one per condition, then one with condition "all conditions" for each effect that has several
+    (its verdict holds only if every condition holds; seeds_holding counts the seeds on which all
+    differences are positive). verdict is holds / does not hold / inconclusive (the 95% interval
+    excludes 0 above / below / contains it), indicative (K < 3: no interval), or not checked (an
+    input is missing). This is the one place effects are computed: metrics.json, report.md and the
+    README's table all take them from here."""
+    runs = list(runs)
+    rows, by_effect = [], {}
+    for effect, condition, difference, d in effect_conditions(all("control" in r for r in runs)):
+        row = {"effect": effect, "condition": condition, "difference": difference, "seeds": len(runs)}
+        try:
+            diffs = [float(d(r)) for r in runs]
+        except _Missing as e:
+            row.update(verdict="not checked", seeds_holding=0, diff_mean=None, ci95=None, diffs=None,
+                       missing=str(e))
         else:
-            effects.append(_effect(name, bool(control_gap < gap),
-                f"Init-SFT's gain − the better demonstration-based gain: {gap:+.3g} with the "
-                f"signature, {control_gap:+.3g} without"))
-    return effects
+            row.update(verdict=judge(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
+                       diff_mean=float(np.mean(diffs)), ci95=paired_interval(diffs), diffs=diffs)
+        rows.append(row)
+        by_effect.setdefault(effect, []).append(row)
+    for effect, conds in by_effect.items():
+        if len(conds) > 1:
+            all_pos = [all(c["diffs"][s] > 0 for c in conds) for s in range(len(runs))] \
+                if all(c["diffs"] is not None for c in conds) else [False]
+            rows.append({"effect": effect, "condition": "all conditions", "difference": None,
+                         "verdict": _combine([c["verdict"] for c in conds]),
+                         "seeds_holding": int(sum(all_pos)), "seeds": len(runs), "diff_mean": None,
+                         "ci95": None, "diffs": None})
+    order = list(by_effect)   # each effect's conditions together, its combined row last
+    return sorted(rows, key=lambda r: order.index(r["effect"]))
 
 # -----------------------------------------------------------------------------
 # figure 1: forward vs reverse KL on a toy 1-D problem (needs no metrics)
@@ -277,7 +320,7 @@ def fig_intuition(path):
     _save(fig, path)
 
 # -----------------------------------------------------------------------------
-# figures 2-6: from the aggregated metrics
+# figures 2-6: from the aggregated metrics. err is the tree of error-bar half-widths (error_bars)
 
 def _policy_order(policies):
     known = [p for p in ["expert", "init", "sft", *MODE_SEEKING, "rl_init_sft"] if p in policies]
@@ -299,7 +342,7 @@ POLICY_STYLE = {  # (colour, marker), the same in every figure
 def _policy_style(p, i=0):
     return POLICY_STYLE.get(p, (["C9", "C8", "C6", "C7"][i % 4], "X"))
 
-def fig_modes(path, mean, std):
+def fig_modes(path, mean, err):
     pol = mean["policies"]
     names = _policy_order(pol)[::-1]  # barh draws bottom-up; the expert goes on top
     modes = list(pol.get("expert", pol[names[-1]])["mode_freq"])
@@ -315,7 +358,7 @@ def fig_modes(path, mean, std):
     off = np.array([pol[p]["off_support"] for p in names])
     ax.barh(y, off, left=left, color="white", edgecolor="0.3", hatch="///", label="off-support")
     for i, p in enumerate(names):
-        h, hs = pol[p]["mode_entropy"], _get(std, "policies", p, "mode_entropy")
+        h, hs = pol[p]["mode_entropy"], _get(err, "policies", p, "mode_entropy")
         ax.text(1.02, i, f"H = {_fmt(h, hs)}", va="center", fontsize=8)
     ax.set_yticks(y, [_policy_label(p) for p in names])
     ax.set(xlim=(0, 1), xlabel="fraction of sampled responses",
@@ -324,14 +367,14 @@ def fig_modes(path, mean, std):
               title_fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     _save(fig, path)
 
-def fig_divergence_plane(path, mean, std, linthresh=0.1):
+def fig_divergence_plane(path, mean, err, linthresh=0.1):
     pol = mean["policies"]
     fig = Figure(layout="constrained", figsize=(9, 5.5))
     ax = fig.subplots()
     hi = 1.0
     for i, p in enumerate(_policy_order(pol)):
         x, y = pol[p]["forward_kl"], pol[p]["reverse_kl"]
-        xe, ye = _get(std, "policies", p, "forward_kl"), _get(std, "policies", p, "reverse_kl")
+        xe, ye = _get(err, "policies", p, "forward_kl"), _get(err, "policies", p, "reverse_kl")
         color, marker = _policy_style(p, i)
         ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=marker, color=color, capsize=3,
                     ms=11 if marker == "*" else 8, alpha=0.85, label=_policy_label(p))
@@ -352,15 +395,15 @@ def fig_divergence_plane(path, mean, std, linthresh=0.1):
     fig.legend(loc="outside right center", fontsize=8, frameon=False)
     _save(fig, path)
 
-def _bon_panel(ax, bon, bon_std, demo, demo_std, sft_gold=None, rl_point=None, title=""):
+def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, title=""):
     for rm in [r for r in REWARD_MODELS if r in bon] + [r for r in bon if r not in REWARD_MODELS]:
-        err = _get(bon_std, rm, "gold_reward")
+        err = _get(bon_err, rm, "gold_reward")
         ax.errorbar(bon[rm]["kl"], bon[rm]["gold_reward"], yerr=err, capsize=2, ms=5,
                     label=RM_LABELS.get(rm, rm), **RM_STYLE.get(rm, {}))
     ax.axhline(demo, color="C1", ls="--", lw=1,
-               label="demonstrations (mean ± std)" if demo_std else "demonstrations (mean)")
-    if demo_std:
-        ax.axhspan(demo - demo_std, demo + demo_std, color="C1", alpha=0.12, lw=0)
+               label="demonstrations (mean, band = error bar)" if demo_err else "demonstrations (mean)")
+    if demo_err:
+        ax.axhspan(demo - demo_err, demo + demo_err, color="C1", alpha=0.12, lw=0)
     if sft_gold is not None:
         ax.axhline(sft_gold, color="C0", ls=":", lw=1, label="π_SFT (mean)")
     if rl_point is not None:
@@ -375,7 +418,7 @@ def _bon_panel(ax, bon, bon_std, demo, demo_std, sft_gold=None, rl_point=None, t
     ax.set(xlabel="KL(Best-of-N ‖ π_SFT)  (nats, analytic)", ylabel="gold reward (mean)")
     ax.set_title(title, fontsize=10)
 
-def fig_bon(path, mean, std):
+def fig_bon(path, mean, err):
     control = mean.get("control")
     panels = 2 if control and "bon" in control else 1
     fig = Figure(layout="constrained", figsize=(6.5 * panels, 5))
@@ -383,16 +426,16 @@ def fig_bon(path, mean, std):
     rl = _get(mean, "policies", "rl_init_sft")
     rl_point = None
     if rl and rl.get("kl_sft") is not None:
-        rl_point = (rl["kl_sft"], rl["gold_reward"], _get(std, "policies", "rl_init_sft", "kl_sft"),
-                    _get(std, "policies", "rl_init_sft", "gold_reward"))
-    _bon_panel(axes[0], mean["bon"], _get(std, "bon"), mean["demonstrations"]["gold_reward"],
-               _get(std, "demonstrations", "gold_reward"), _get(mean, "policies", "sft", "gold_reward"),
+        rl_point = (rl["kl_sft"], rl["gold_reward"], _get(err, "policies", "rl_init_sft", "kl_sft"),
+                    _get(err, "policies", "rl_init_sft", "gold_reward"))
+    _bon_panel(axes[0], mean["bon"], _get(err, "bon"), mean["demonstrations"]["gold_reward"],
+               _get(err, "demonstrations", "gold_reward"), _get(mean, "policies", "sft", "gold_reward"),
                rl_point, "with the demonstrator's signature" if _get(mean, "config", "signature_p") != 0
                else "no demonstrator signature (signature_p = 0)")
     if panels == 2:
-        _bon_panel(axes[1], control["bon"], _get(std, "control", "bon"),
+        _bon_panel(axes[1], control["bon"], _get(err, "control", "bon"),
                    control["demonstrations"]["gold_reward"],
-                   _get(std, "control", "demonstrations", "gold_reward"),
+                   _get(err, "control", "demonstrations", "gold_reward"),
                    title="control: signature switched off")
         axes[1].tick_params(labelleft=True)
     handles = {}  # one legend entry per label, whichever panel drew it
@@ -404,7 +447,7 @@ def fig_bon(path, mean, std):
     fig.suptitle("Best-of-N on π_SFT samples, ranked by each reward model", fontsize=12)
     _save(fig, path)
 
-def fig_calibration(path, mean, std, points):
+def fig_calibration(path, mean, err, points):
     methods = [m for m in ADVERSARIAL if m in points and points[m].get("logit")]
     fig = Figure(layout="constrained", figsize=(4.2 * len(methods), 4.2))
     axes = np.atleast_1d(fig.subplots(1, len(methods)))
@@ -413,7 +456,7 @@ def fig_calibration(path, mean, std, points):
         ax.scatter(x, y, s=8, alpha=0.5, color="C3", lw=0)
         # axline does not stretch the axes: the points fill the panel even when far from y = x
         ax.axline((0, 0), slope=1, color="0.3", lw=1, ls="--", label="y = x (perfect)")
-        r, rs = _get(mean, "calibration", m), _get(std, "calibration", m)
+        r, rs = _get(mean, "calibration", m), _get(err, "calibration", m)
         ax.set_title(f"{_policy_label(m)}\nPearson r = {_fmt(r, rs)}", fontsize=10)
         ax.set(xlabel="exact log β(y) − log π(y)  (nats)", ylabel="discriminator logit  (nats)")
         ax.legend(fontsize=8, loc="best", frameon=False)
@@ -431,9 +474,9 @@ def _curve(ax, y, ys, **style):
         ys = np.asarray(ys, dtype=float)
         ax.fill_between(x, y - ys, y + ys, color=style.get("color"), alpha=0.2, lw=0)
 
-def fig_curves(path, mean, std):
-    curves, cstd = mean["curves"], _get(std, "curves") or {}
-    adv, adv_std = curves.get("adversarial", {}), cstd.get("adversarial") or {}
+def fig_curves(path, mean, err, err_label=""):
+    curves, cerr = mean["curves"], _get(err, "curves") or {}
+    adv, adv_err = curves.get("adversarial", {}), cerr.get("adversarial") or {}
     methods = [m for m in [*MODE_SEEKING, "rl_init_sft"] if m in adv] + \
               sorted(m for m in adv if m not in MODE_SEEKING + ["rl_init_sft"])
     colors = {m: _policy_style(m, i)[0] for i, m in enumerate(methods)}
@@ -441,14 +484,14 @@ def fig_curves(path, mean, std):
     axes = fig.subplots(2, 3)
     for ax, key, title in [(axes[0, 0], "pretrain_loss", "pretraining loss"),
                            (axes[0, 1], "sft_loss", "SFT loss (∝ forward KL + const)")]:
-        _curve(ax, curves.get(key, []), cstd.get(key), color="C0")
+        _curve(ax, curves.get(key, []), cerr.get(key), color="C0")
         ax.set(title=title, xlabel="step", ylabel="cross-entropy (nats/token)")
     panels = [(axes[0, 2], "disc_acc_expert", "discriminator accuracy", "accuracy"),
               (axes[1, 0], "reward", "policy's mean reward", "reward per response (nats)"),
               (axes[1, 1], "kl_ref", "KL to the reference π_SFT", "KL(π ‖ π_SFT)  (nats)")]
     for ax, key, title, ylabel in panels:
         for m in methods:
-            s = adv_std.get(m) or {}
+            s = adv_err.get(m) or {}
             _curve(ax, adv[m].get(key, []), s.get(key), color=colors[m], label=_policy_label(m))
             if key == "disc_acc_expert":  # on policy samples: same colour, dashed
                 _curve(ax, adv[m].get("disc_acc_policy", []), s.get("disc_acc_policy"),
@@ -460,7 +503,7 @@ def fig_curves(path, mean, std):
     handles, labels = axes[1, 0].get_legend_handles_labels()
     axes[1, 2].axis("off")
     axes[1, 2].legend(handles, labels, loc="center", frameon=False, title="adversarial / RL run")
-    fig.suptitle("Training curves" + (" (mean over seeds, band = ± std)" if std else ""),
+    fig.suptitle("Training curves" + (f" (mean over seeds, band = {err_label})" if err else ""),
                  fontsize=12)
     _save(fig, path)
 
@@ -521,12 +564,12 @@ def _config_lines(config, width=100):
         line += " " + flag
     return lines + [line]
 
-def _markdown(runs, mean, std, effects, figures, notes):
+def _markdown(runs, mean, std, effects, figures, notes, err_label):
     k = len(runs)
     seeds = ", ".join(str(r.get("seed", "?")) for r in runs)
     lines = ["# afd-mini report", "",
-             f"Seeds {seeds} (K = {k}). " + ("Every value is the mean ± sample standard deviation "
-             "(ddof = 1) over seeds; error bars and bands in the figures are the same std."
+             f"Seeds {seeds} (K = {k}). " + ("Every value in the tables is the mean ± sample standard "
+             f"deviation (ddof = 1) over seeds; error bars and bands in the figures are {err_label}."
              if k > 1 else "One seed: no error bars."), "",
              "The resolved configuration (the first seed's); `python report.py OUT_DIR` rebuilds "
              "this report from the saved metrics.", "",
@@ -546,10 +589,7 @@ def _markdown(runs, mean, std, effects, figures, notes):
                   "distinct responses per prompt; length in tokens.", ""]
         lines += _table(["policy"] + [label for _, label in cols], rows) + [""]
 
-    verdict = {True: "**holds**", False: "**does not hold**", None: "*not checked*"}
-    lines += ["## Expected effects", "", "Each judged on the means; the numbers used follow it.", ""]
-    lines += [f"- {verdict[e['holds']]}: {e['name']}. {e['detail']}." for e in effects] + [""]
-
+    lines += _effects_section(effects, k)
     if mean.get("bon") and mean.get("demonstrations"):
         lines += _bon_table(mean, std, "Best-of-N")
         corr = _get(mean, "reward_models", "init_sft_vs_closed_form_corr")
@@ -562,8 +602,9 @@ def _markdown(runs, mean, std, effects, figures, notes):
                             "Best-of-N, control world (no demonstrator signature)")
 
     lines += ["## Figures", ""]
+    bars = f" Error bars: {err_label}." if k > 1 else ""
     for name in figures:
-        lines += [f"![{name}]({name})", "", f"*What to see:* {CAPTIONS[name]}", ""]
+        lines += [f"![{name}]({name})", "", f"*What to see:* {CAPTIONS[name]}{bars}", ""]
 
     stages = mean.get("stage_seconds", {})
     if stages:
@@ -576,22 +617,70 @@ def _markdown(runs, mean, std, effects, figures, notes):
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
+def _map(tree, fn):
+    if isinstance(tree, dict):
+        return {k: _map(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map(v, fn) for v in tree]
+    return fn(tree) if _is_number(tree) else tree
+
+def error_bars(std, k):
+    """The figures' error bars from the std tree over k seeds, and what they are in words:
+    for k ≥ 3 the half-width of the 95% confidence interval of the mean, t_{0.975, k−1} · std / √k;
+    for k = 2 the standard deviation (one degree of freedom gives no useful interval); none for k = 1."""
+    if k < 2:
+        return None, "none (one seed)"
+    if k == 2:
+        return std, "± one sample standard deviation over 2 seeds"
+    scale = t_quantile_975(k - 1) / math.sqrt(k)
+    return _map(std, lambda s: s * scale), f"95% confidence intervals of the mean over {k} seeds (Student's t)"
+
+def _ci_text(ci):
+    return "—" if ci is None else f"[{ci[0] + 0.0:.3g}, {ci[1] + 0.0:.3g}]"
+
+def _effects_section(effects, k):
+    lines = ["## Expected effects", "",
+             "Each effect is judged on paired differences: for every seed, the difference between the two "
+             "sides trained from that seed's π_SFT, written so that the expected direction is positive. "
+             "**holds** when the 95% confidence interval of the mean difference (Student's t, K − 1 degrees "
+             "of freedom) excludes 0 on the positive side, **does not hold** when it excludes 0 on the "
+             "negative side, *inconclusive* when it contains 0. An effect with several conditions holds only "
+             "if each does. \"seeds\" counts the seeds on which the difference is positive. Best-of-N effects "
+             f"are judged at N = {', '.join(map(str, PREREGISTERED_N))}, fixed in advance.", ""]
+    if k < 3:
+        lines += [f"**{'One seed' if k == 1 else 'Two seeds'}: indicative only; run --seeds=5 for intervals.**", ""]
+    word = {"holds": "**holds**", "does not hold": "**does not hold**", "inconclusive": "*inconclusive*",
+            "indicative": "indicative", "not checked": "*not checked*"}
+    rows = []
+    for e in effects:
+        if e["verdict"] == "not checked":
+            detail = ["—", "—", "—", f"{e.get('missing', 'an input')} missing"]
+        elif e["condition"] == "all conditions":
+            detail = ["", "", "", f"{e['seeds_holding']}/{e['seeds']} seeds (all conditions)"]
+        else:
+            detail = [f"`{e['difference']}`", f"{e['diff_mean'] + 0.0:+.3g}", _ci_text(e["ci95"]),
+                      f"{e['seeds_holding']}/{e['seeds']} seeds"]
+        rows.append([e["effect"], e["condition"], *detail, word[e["verdict"]]])
+    return lines + _table(["effect", "condition", "difference (expected > 0)", "mean", "95% CI", "positive on",
+                           "verdict"], rows) + [""]
+
 def write_report(out_dir, runs):
-    """Aggregate the runs, draw the figures and write out_dir/report.md. Returns its path."""
+    """Aggregate the runs, judge the effects, draw the figures and write out_dir/report.md. Returns its path."""
     runs = sorted(runs, key=lambda r: r.get("seed", 0))
     mean, std = aggregate(runs)
     if len(runs) == 1:
-        std = None  # one seed: no error bars anywhere
+        std = None  # one seed: no spread anywhere
+    err, err_label = error_bars(std, len(runs))
     os.makedirs(out_dir, exist_ok=True)
     figures, notes = [], []
     draw = [("fig_intuition.png", lambda p: fig_intuition(p), []),
-            ("fig_modes.png", lambda p: fig_modes(p, mean, std), ["policies"]),
-            ("fig_divergence_plane.png", lambda p: fig_divergence_plane(p, mean, std), ["policies"]),
-            ("fig_bon.png", lambda p: fig_bon(p, mean, std), ["bon", "demonstrations"]),
+            ("fig_modes.png", lambda p: fig_modes(p, mean, err), ["policies"]),
+            ("fig_divergence_plane.png", lambda p: fig_divergence_plane(p, mean, err), ["policies"]),
+            ("fig_bon.png", lambda p: fig_bon(p, mean, err), ["bon", "demonstrations"]),
             ("fig_calibration.png",
-             lambda p: fig_calibration(p, mean, std, runs[0]["calibration_points"]),
+             lambda p: fig_calibration(p, mean, err, runs[0]["calibration_points"]),
              ["calibration_points"]),
-            ("fig_curves.png", lambda p: fig_curves(p, mean, std), ["curves"])]
+            ("fig_curves.png", lambda p: fig_curves(p, mean, err, err_label), ["curves"])]
     for name, draw_fn, needs in draw:
         missing = [k for k in needs if not mean.get(k)]
         if missing:
@@ -601,10 +690,10 @@ def write_report(out_dir, runs):
         figures.append(name)
     if "control" not in mean:
         notes.append("No control world in the metrics: the signature comparison is not made.")
-    effects = check_effects(mean, std)
+    judged = effects(runs)
     path = os.path.join(out_dir, "report.md")
     with open(path + ".tmp", "w") as f:
-        f.write(_markdown(runs, mean, std, effects, figures, notes))
+        f.write(_markdown(runs, mean, std, judged, figures, notes, err_label))
     os.replace(path + ".tmp", path)
     return path
 

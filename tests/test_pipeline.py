@@ -119,19 +119,34 @@ def test_report_and_figures(quick_run):
         assert os.path.exists(path) and os.path.getsize(path) > 1000, f"figure {link} missing or empty"
 
 
-def test_two_seeds_aggregate(quick_run):
+def test_three_seeds_aggregate_and_judge_the_effects(quick_run):
     out, _, _ = quick_run
-    res = afd("--quick", f"--out_dir={out}", "--seeds=2", "--progress=false")   # seed 0 resumes, seed 1 runs
+    res = afd("--quick", f"--out_dir={out}", "--seeds=3", "--progress=false")   # seed 0 resumes, 1 and 2 run
     assert res.returncode == 0, res.stderr
-    runs = [json.load(open(os.path.join(out, f"seed_{s}", "metrics.json"))) for s in (0, 1)]
+    runs = [json.load(open(os.path.join(out, f"seed_{s}", "metrics.json"))) for s in (0, 1, 2)]
     top = json.load(open(os.path.join(out, "metrics.json")))
-    assert top["seeds"] == [0, 1]
+    assert top["seeds"] == [0, 1, 2]
+    fields = {"effect", "condition", "verdict", "seeds_holding", "seeds", "diff_mean", "ci95"}
+    judged = [e for e in top["effects"] if e["verdict"] != "not checked"]
+    assert len(judged) == len(top["effects"]) > 20
+    for e in judged:
+        assert fields <= set(e) and e["seeds"] == 3 and 0 <= e["seeds_holding"] <= 3
+        assert e["verdict"] in ("holds", "does not hold", "inconclusive")
+        if e["condition"] != "all conditions":
+            assert e["ci95"][0] <= e["diff_mean"] <= e["ci95"][1]
+    mass = next(e for e in top["effects"] if e["effect"].endswith("than rkl_oracle"))
+    diffs = [r["policies"]["rkl_oracle"]["forward_kl"] - r["policies"]["sft"]["forward_kl"] for r in runs]
+    assert mass["diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
+    text = open(os.path.join(out, "report.md")).read()
+    assert "/3 seeds" in text and "95% confidence intervals of the mean over 3 seeds" in text
+    assert "expected effects over 3 seeds (paired 95% intervals)" in res.stdout
     for name in ["sft", "rkl_oracle"]:
         for key in ["forward_kl", "reverse_kl", "gold_reward"]:
             values = [r["policies"][name][key] for r in runs]
             assert top["policies"][name][key] == pytest.approx(np.mean(values), abs=1e-9)
             assert top["std"]["policies"][name][key] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
     assert runs[0]["policies"]["sft"]["reverse_kl"] != runs[1]["policies"]["sft"]["reverse_kl"]
+    assert "indicative" not in text
 
 
 def test_a_config_file_must_be_an_object_of_known_options(tmp_path):

@@ -83,14 +83,6 @@ def fake_run(seed, control=True):
                           "demonstrations": {"gold_reward": 1.0 + e()}}
     return run
 
-def _by_name(effects):
-    return {e["name"]: e for e in effects}
-
-def _find(effects, *words):
-    hits = [e for e in effects if all(w in e["name"] for w in words)]
-    assert len(hits) == 1, (words, [e["name"] for e in effects])
-    return hits[0]
-
 # -----------------------------------------------------------------------------
 # aggregate
 
@@ -133,75 +125,132 @@ def test_aggregate_one_seed_and_partial_keys():
     assert std["policies"]["bon_init_sft@16"]["gold_reward"] == 0.0
 
 # -----------------------------------------------------------------------------
-# the effect checks
+# the effect verdicts: paired differences over seeds
 
-def test_all_effects_hold_on_good_metrics():
-    mean, std = report.aggregate([fake_run(0), fake_run(1)])
-    effects = report.check_effects(mean, std)
-    not_holding = [e["name"] for e in effects if e["holds"] is not True
-                   and not e["name"].startswith("control world")]
-    assert not_holding == []
-    assert _find(effects, "shrinks")["holds"] is True
-    # 4 mass-covering + 4 mode-seeking + 1 extrapolation + 2 gains + 2 control gains + 1 gap
-    assert len(effects) == 14
-    # the detail prints the numbers it used, with the spread over seeds
-    detail = _find(effects, "mass-covering", "rkl_seq")["detail"]
-    assert f"{mean['policies']['sft']['forward_kl']:.3g}" in detail and "±" in detail
+def _row(effects, *words, condition=None):
+    hits = [e for e in effects if all(w in e["effect"] for w in words)
+            and (condition is None or e["condition"] == condition)]
+    assert len(hits) == 1, (words, condition, [(e["effect"], e["condition"]) for e in effects])
+    return hits[0]
 
-@pytest.mark.parametrize("flip, words", [
-    # (where to write a number in the mean tree, the one check that must then fail)
-    (("policies", "sft", "forward_kl", 100.0), ("mass-covering", "rkl_tok")),  # fails all four
-    (("policies", "js", "reverse_kl", 50.0), ("mode-seeking", "js")),
-    (("policies", "rkl_oracle", "off_support", 0.9), ("mode-seeking", "rkl_oracle")),
-    (("policies", "rkl_seq", "mode_entropy", 5.0), ("mode-seeking", "rkl_seq")),
-    (("demonstrations", "gold_reward", 10.0), ("extrapolation",)),
+def _set_all(runs, keys, values):
+    for run, v in zip(runs, values):
+        node = run
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = v
+
+def test_t_quantiles_match_the_table_and_its_expansion():
+    # published values of t_{0.975, df}: the table's ends and the expansion past it
+    for df, t in [(1, 12.706), (4, 2.776), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)]:
+        assert report.t_quantile_975(df) == pytest.approx(t, abs=1.5e-3)
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
+
+def test_paired_interval_of_a_known_sample():
+    # d = 1..5: mean 3, s² = (4 + 1 + 0 + 1 + 4) / 4 = 2.5, t_{0.975, 4} = 2.776,
+    # half-width 2.776 · √2.5 / √5 = 2.776 · √0.5 = 1.96293
+    lo, hi = report.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert lo == pytest.approx(3 - 1.96293, abs=1e-4) and hi == pytest.approx(3 + 1.96293, abs=1e-4)
+    assert report.paired_interval([1.0, 2.0]) is None   # K < 3: no interval
+
+@pytest.mark.parametrize("diffs, verdict", [
+    ([1.0, 2.0, 3.0, 4.0, 5.0], "holds"),            # interval [1.04, 4.96]
+    ([-1.0, -2.0, -3.0, -4.0, -5.0], "does not hold"),
+    ([1.0, -2.0, 3.0, -4.0, 1.5], "inconclusive"),   # mean −0.1, s ≈ 2.9: the interval spans 0
+    ([2.5, 2.5, 2.5], "holds"),                      # no spread at all
+    ([4.0, 5.0], "indicative"),
+    ([3.0], "indicative"),
 ])
-def test_flipping_one_number_breaks_its_effect(flip, words):
-    mean, _ = report.aggregate([fake_run(0)])
-    before = _find(report.check_effects(mean), *words)
-    assert before["holds"] is True
-    *keys, leaf, value = flip
-    node = mean
-    for k in keys:
-        node = node[k]
-    node[leaf] = value
-    after = _find(report.check_effects(mean), *words)
-    assert after["holds"] is False
-    assert f"{value:.3g}" in after["detail"]  # it says which number broke it
+def test_judge(diffs, verdict):
+    assert report.judge(diffs) == verdict
 
-def test_extrapolation_names_the_n_and_the_margin():
-    mean, _ = report.aggregate([fake_run(0)])
-    g, demo = mean["bon"]["init_sft"]["gold_reward"], mean["demonstrations"]["gold_reward"]
-    first_above = next(n for n, x in zip(BON_N, g) if x > demo)
-    detail = _find(report.check_effects(mean), "extrapolation")["detail"]
-    assert f"N={BON_N[int(np.argmax(g))]}" in detail
-    assert f"from N={first_above}" in detail
-    assert f"{max(g) - demo:+.3g}" in detail
+def test_every_effect_holds_on_good_metrics_with_fields_and_seed_counts():
+    runs = [fake_run(s) for s in range(5)]
+    effects = report.effects(runs)
+    assert [e for e in effects if e["verdict"] != "holds"] == []
+    keys = {"effect", "condition", "verdict", "seeds_holding", "seeds", "diff_mean", "ci95"}
+    assert all(keys <= set(e) for e in effects)
+    assert all(e["seeds"] == 5 and e["seeds_holding"] == 5 for e in effects)
+    row = _row(effects, "mass-covering", "rkl_seq")
+    diffs = [r["policies"]["rkl_seq"]["forward_kl"] - r["policies"]["sft"]["forward_kl"] for r in runs]
+    assert row["diff_mean"] == pytest.approx(np.mean(diffs))
+    half = 2.776 * np.std(diffs, ddof=1) / np.sqrt(5)   # t_{0.975, 4} = 2.776, computed here by hand
+    assert row["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=1e-3 * half)
+    # the mode-seeking effects: three conditions and their combination
+    assert [e["condition"] for e in effects if e["effect"].startswith("mode-seeking: js")] == \
+        ["reverse KL", "off-support rate", "mode entropy", "all conditions"]
+
+def test_a_clear_failure_and_noise_are_told_apart():
+    runs = [fake_run(s) for s in range(5)]
+    # js's reverse KL far above SFT's on every seed: that condition does not hold, so neither does the effect
+    _set_all(runs, ["policies", "js", "reverse_kl"], [40.0, 41.0, 39.0, 42.0, 40.5])
+    # rkl_tok's off-support rate on both sides of SFT's 0.15: noise
+    _set_all(runs, ["policies", "rkl_tok", "off_support"], [0.10, 0.20, 0.12, 0.19, 0.13])
+    effects = report.effects(runs)
+    assert _row(effects, "mode-seeking: js", condition="reverse KL")["verdict"] == "does not hold"
+    assert _row(effects, "mode-seeking: js", condition="reverse KL")["seeds_holding"] == 0
+    assert _row(effects, "mode-seeking: js", condition="all conditions")["verdict"] == "does not hold"
+    noisy = _row(effects, "mode-seeking: rkl_tok", condition="off-support rate")
+    assert noisy["verdict"] == "inconclusive" and noisy["seeds_holding"] == 3
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1]
+    assert _row(effects, "mode-seeking: rkl_tok", condition="all conditions")["verdict"] == "inconclusive"
+    assert _row(effects, "mode-seeking: rkl_seq", condition="all conditions")["verdict"] == "holds"
+
+def test_pairing_sees_an_effect_that_the_means_spread_hides():
+    # SFT's reverse KL swings by 20 nats from seed to seed, and rkl_seq's with it, 1 nat lower each time:
+    # unpaired, the two spreads overlap; paired, the difference is exactly 1 on every seed
+    runs = [fake_run(s) for s in range(4)]
+    base = [10.0, 30.0, 15.0, 25.0]
+    _set_all(runs, ["policies", "sft", "reverse_kl"], base)
+    _set_all(runs, ["policies", "rkl_seq", "reverse_kl"], [b - 1.0 for b in base])
+    row = _row(report.effects(runs), "mode-seeking: rkl_seq", condition="reverse KL")
+    assert row["verdict"] == "holds" and row["ci95"] == pytest.approx([1.0, 1.0])
+
+def test_best_of_n_is_judged_at_the_preregistered_n_not_the_best():
+    runs = [fake_run(s) for s in range(3)]
+    for r in runs:   # far above the demonstrations at N = 8 only: not one of the N fixed in advance
+        r["bon"]["init_sft"]["gold_reward"] = [0.5 if n != 8 else 5.0 for n in BON_N]
+    effects = report.effects(runs)
+    for n in report.PREREGISTERED_N:
+        assert _row(effects, f"Best-of-{n} ", "extrapolation")["verdict"] == "does not hold"
 
 def test_reward_model_gains_and_the_control_gap():
-    mean, _ = report.aggregate([fake_run(0)])
-    effects = report.check_effects(mean)
-    assert _find(effects, "heterogeneity", "Init-Demo")["holds"] is True
-    assert _find(effects, "heterogeneity", "SFT-Demo")["holds"] is True
-    assert _find(effects, "control world", "Init-Demo")["holds"] is True  # 0.18 < 0.2 per log N
-    # SFT-Demo gains more than Init-SFT: that check and only that one flips
-    flipped = copy.deepcopy(mean)
-    flipped["bon"]["sft_demo"] = _bon(0.9, 0.5)
-    effects = report.check_effects(flipped)
-    assert _find(effects, "heterogeneity", "SFT-Demo")["holds"] is False
-    assert _find(effects, "heterogeneity", "Init-Demo")["holds"] is True
-    # a control world where the demonstration-based models do as badly: the gap does not shrink
-    mean["control"]["bon"]["init_demo"] = _bon(0.9, 0.0)
-    mean["control"]["bon"]["sft_demo"] = _bon(0.9, 0.0)
-    assert _find(report.check_effects(mean), "shrinks")["holds"] is False
+    runs = [fake_run(s) for s in range(3)]
+    effects = report.effects(runs)
+    assert _row(effects, "heterogeneity", "SFT-Demo", condition="all conditions")["verdict"] == "holds"
+    for r in runs:   # SFT-Demo gains more than Init-SFT: that effect fails, Init-Demo's does not
+        r["bon"]["sft_demo"] = _bon(0.9, 0.5)
+    effects = report.effects(runs)
+    assert _row(effects, "heterogeneity", "SFT-Demo", condition="all conditions")["verdict"] == "does not hold"
+    assert _row(effects, "heterogeneity", "Init-Demo", condition="all conditions")["verdict"] == "holds"
+    # a control world where the demonstration-based models do worse than with the signature: no shrinking
+    runs = [fake_run(s) for s in range(3)]
+    for r in runs:
+        r["control"]["bon"]["init_demo"] = _bon(0.9, -0.3)
+        r["control"]["bon"]["sft_demo"] = _bon(0.9, -0.3)
+    assert _row(report.effects(runs), "shrinks", condition="all conditions")["verdict"] == "does not hold"
 
-def test_missing_parts_are_skipped_not_failed():
-    mean, _ = report.aggregate([fake_run(0, control=False)])
-    del mean["policies"]["rkl_tok"]
-    effects = report.check_effects(mean)
-    assert not any("control" in e["name"] or "shrinks" in e["name"] for e in effects)
-    skipped = [e for e in effects if e["holds"] is None]
-    assert len(skipped) == 2 and all("rkl_tok" in e["name"] for e in skipped)
+def test_fewer_than_three_seeds_are_indicative_and_missing_inputs_not_checked():
+    effects = report.effects([fake_run(0, control=False)])
+    assert {e["verdict"] for e in effects} == {"indicative"}
+    assert all(e["ci95"] is None and e["seeds"] == 1 for e in effects)
+    assert not any("control" in e["effect"] or "shrinks" in e["effect"] for e in effects)
+    runs = [fake_run(s) for s in range(3)]
+    del runs[1]["policies"]["rkl_tok"]
+    skipped = [e for e in report.effects(runs) if e["verdict"] == "not checked"]
+    assert skipped and all("rkl_tok" in e["effect"] for e in skipped)
+    assert len(skipped) == 5   # mass-covering, and mode-seeking's three conditions and their combination
+
+def test_error_bars_are_confidence_intervals_from_three_seeds():
+    runs = [fake_run(s) for s in range(4)]
+    mean, std = report.aggregate(runs)
+    err, label = report.error_bars(std, 4)
+    assert "95%" in label
+    s = std["policies"]["sft"]["forward_kl"]
+    assert err["policies"]["sft"]["forward_kl"] == pytest.approx(3.182 * s / 2)   # t_{0.975, 3} · s / √4
+    err2, label2 = report.error_bars(std, 2)
+    assert err2 is std and "standard deviation" in label2
 
 # -----------------------------------------------------------------------------
 # the intuition figure's fits
@@ -234,12 +283,13 @@ def test_write_report_writes_markdown_and_figures(tmp_path, monkeypatch):
         assert png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))  # temp names were renamed
-    # every effect line carries its verdict, and the verdicts agree with check_effects
-    effects = report.check_effects(*report.aggregate(runs))
-    verdict = {True: "**holds**", False: "**does not hold**", None: "*not checked*"}
-    for e in effects:
-        assert f"- {verdict[e['holds']]}: {e['name']}." in text
+    # every effect row carries its seed count and its verdict: two seeds are indicative only
+    for e in report.effects(runs):
+        assert f"| {e['effect']} | {e['condition']} |" in text
+    assert "Two seeds: indicative only; run --seeds=5" in text
+    assert text.count("2/2 seeds") > 10 and "| indicative |" in text
     assert "π_SFT (forward KL) (`sft`)" in text and "±" in text
+    assert "Error bars: ± one sample standard deviation over 2 seeds" in text
 
 def test_write_report_without_optional_parts(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "DPI", 40)
