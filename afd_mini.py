@@ -25,6 +25,7 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
 Every stage saves its result under <out_dir>/seed_<s>/; a rerun skips finished stages (--redo=STAGE recomputes
 one and everything after it). All the maths lives in objectives.py; the model in model.py; the world in data/.
 """
+import copy
 import dataclasses
 import difflib
 import json
@@ -96,6 +97,7 @@ class Config:
     clip_eps: float = 0.2
     pg_lr: float = 3e-4
     kl_coef: float = 0.05         # weight of KL(π ‖ π_SFT) in the reward
+    disc: str = "airl"            # discriminator form of rkl_seq, rkl_tok, js: airl (log q_φ − log π) | scalar (head)
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
     disc_warmup: int = 0          # discriminator steps on demonstrations vs π_SFT samples before the policy moves
@@ -127,12 +129,13 @@ PRESETS = {
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
                 bon_prompts=512, bon_max_n=256, eval_samples=4, compile=True),
 }
-STAGES = ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "reward_models", "best_of_n",
-          "rl_init_sft", "control", "evaluate"]
-ADVERSARIAL = {  # method -> (discriminator level, reward transform of its logit h)
-    "rkl_seq": ("seq", obj.airl_reward),   # reverse KL, trajectory-level D
-    "rkl_tok": ("tok", obj.airl_reward),   # reverse KL, state-action (occupancy) D
-    "js": ("seq", obj.gail_reward),        # Jensen–Shannon (GAIL)
+STAGES = ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
+          "reward_models", "best_of_n", "rl_init_sft", "control", "evaluate"]
+ADVERSARIAL = {  # method -> (discriminator level, reward transform of its logit h, form; None = --disc)
+    "rkl_seq": ("seq", obj.airl_reward, None),             # reverse KL, trajectory-level D
+    "rkl_tok": ("tok", obj.airl_reward, None),             # reverse KL, state-action (occupancy) D
+    "js": ("seq", obj.gail_reward, None),                  # Jensen–Shannon (GAIL)
+    "rkl_seq_scalar": ("seq", obj.airl_reward, "scalar"),  # the ablation: rkl_seq with a scalar-head D
 }
 # Options that change no number: a run with other values of these can resume the same output directory.
 RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset"}
@@ -211,6 +214,8 @@ def validate(cfg):
             continue
         if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
             raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
+    if cfg.disc not in ("airl", "scalar"):
+        raise UsageError(f"--disc={cfg.disc}: allowed discriminator forms are airl, scalar")
     if cfg.device not in ("auto", "cpu", "cuda", "mps"):
         raise UsageError(f"--device={cfg.device}: allowed devices are auto, cpu, cuda, mps")
     for name in filter(None, cfg.redo.split(",")):
@@ -395,28 +400,34 @@ def stage_sft(run):
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
 #   advantage = leave-one-out over the group_size samples of each prompt, whitened, then PPO-clipped steps.
 
-def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
+def policy_optimisation(run, stage, reward_fn, disc=None):
+    """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
+    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first."""
     cfg = run.cfg
     policy, _ = run.load("sft")
     ref, _ = run.load("sft")
     ref.requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.pg_lr, weight_decay=0.0)
-    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
+    disc_opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
     curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": []}
     for it in (pbar := bar(cfg, range(cfg.rl_iters), stage)):
         idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
         prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
         roll = run.rollout(policy, [p.tokens for p in prompts], seed=run.seed * 100003 + it)
         tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
+        with torch.no_grad(), autocast(run.device):
+            pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
-            demo_tokens, demo_mask = run.batch(run.demos, idx)
-            for _ in range(cfg.disc_steps):
-                acc_demo, acc_pol = disc_step(run, disc, disc_level, disc_opt, (demo_tokens, demo_mask),
-                                              (tokens, mask), stage, it)
+            for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
+                demo_tokens, demo_mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=len(prompts)))
+                with torch.no_grad(), autocast(run.device):
+                    demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
+                acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
+                                              (tokens, mask, pi_logp), stage, it)
             curve["disc_acc_expert"].append(acc_demo)
             curve["disc_acc_policy"].append(acc_pol)
         with torch.no_grad():
-            reward = reward_fn(prompts, roll)                               # (B,) or (B,T) token rewards
+            reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
             if reward.dim() == 1:    # sequence reward: KL penalty summed over the response
@@ -444,53 +455,90 @@ def loo_mean(x, group_size):
     return x - obj.leave_one_out_advantages(x, group_size)
 
 
-def disc_step(run, disc, level, opt, demo, pol, stage, step):
-    """One discriminator step on (tokens, mask) batches of demonstrations (label 1) and policy samples (label 0);
-    returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on samples."""
+@dataclass
+class Discriminator:
+    """D = σ(h), h its logit; the reward is a transform of h (objectives.airl_reward, gail_reward).
+    form "airl":   model is q_φ, a language model, and h = log q_φ − log π (objectives.log_ratio_logit);
+    form "scalar": model is a ScalarGPT, and h is its score head's output.
+    level "seq":   one logit per response (the trajectory distribution);
+    level "tok":   one per (state, token) (the occupancy measure), 0 off the response."""
+    model: torch.nn.Module
+    form: str
+    level: str
+
+    def logits(self, tokens, mask, pi_logp):
+        """h of each response (B,) or response token (B, T); pi_logp (B, T) = log π per token (AIRL form only)."""
+        if self.form == "airl":
+            h = obj.log_ratio_logit(token_logprobs(self.model, tokens, mask), pi_logp, mask)
+            return h.sum(-1) if self.level == "seq" else h
+        scores = sequence_scores if self.level == "seq" else token_scores
+        return scores(self.model, tokens, mask)
+
+    def response_logits(self, tokens, mask, pi_logp):
+        """One logit per response (B,): a token-level D's logits summed over the response (for the AIRL form,
+        log q_φ(y|x) − log π(y|x) at both levels)."""
+        h = self.logits(tokens, mask, pi_logp)
+        return h.sum(-1) if self.level == "tok" else h
+
+
+def new_discriminator(sft, form, level):
+    """Both forms start at h = 0 on π_SFT's samples: the AIRL form's q_φ is a copy of π_SFT (h = log π_SFT − log π,
+    0 while π = π_SFT), the scalar form a zero-initialised head on π_SFT's backbone (0 everywhere)."""
+    model = copy.deepcopy(sft) if form == "airl" else ScalarGPT.from_lm(sft)
+    return Discriminator(model.to(next(sft.parameters()).device), form, level)
+
+
+def disc_step(run, disc, opt, demo, pol, stage, step):
+    """One discriminator step on (tokens, mask, pi_logp) batches of demonstrations (label 1) and policy samples
+    (label 0); returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on
+    samples. Token level: every response token is one (state, action) example of its class."""
     with autocast(run.device):
-        if level == "seq":   # one logit per response: the trajectory distribution
-            h_demo, h_pol = sequence_scores(disc, *demo), sequence_scores(disc, *pol)
+        h_demo, h_pol = disc.logits(*demo), disc.logits(*pol)
+        if disc.level == "seq":
             loss = obj.discriminator_loss(h_demo, h_pol)
-        else:                # one logit per (state, token): the occupancy measure
-            h_demo, h_pol = token_scores(disc, *demo), token_scores(disc, *pol)
+        else:
             loss = obj.discriminator_loss(h_demo, h_pol, demo[1], pol[1])
             h_demo, h_pol = h_demo[demo[1]], h_pol[pol[1]]
-    optimiser_step(opt, disc, loss, stage, step)
+    optimiser_step(opt, disc.model, loss, stage, step)
     return (h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item()
 
 
 def stage_adversarial(run, method):
-    level, transform = ADVERSARIAL[method]
+    level, transform, form = ADVERSARIAL[method]
     cfg = run.cfg
     sft, _ = run.load("sft")
-    disc = ScalarGPT.from_lm(sft).to(run.device)     # D starts from π_SFT's features
+    disc = new_discriminator(sft, form or cfg.disc, level)
     if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples: the first rewards mean something
-        opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
         prompts = [p for p, _ in run.demos[:cfg.rm_samples]]
         samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 3)))
+        b = cfg.rl_prompts * cfg.group_size
         for step in bar(cfg, range(cfg.disc_warmup), f"{method} D"):
-            b = cfg.rl_prompts * cfg.group_size // 2
-            disc_step(run, disc, level, opt, run.batch(run.demos, run.rng.integers(len(run.demos), size=b)),
-                      run.batch(samples, run.rng.integers(len(samples), size=b)), method, step)
+            batches = [run.batch(data, run.rng.integers(len(data), size=b)) for data in (run.demos, samples)]
+            with torch.no_grad(), autocast(run.device):   # the policy is π_SFT throughout the warm-up
+                batches = [(t, m, token_logprobs(sft, t, m)) for t, m in batches]
+            disc_step(run, disc, opt, *batches, method, step)
 
-    def reward_fn(prompts, roll):
-        with torch.no_grad():
-            if level == "seq":
-                return transform(sequence_scores(disc, roll.tokens, roll.response_mask))
-            return transform(token_scores(disc, roll.tokens, roll.response_mask)) * roll.response_mask
+    def reward_fn(prompts, roll, pi_logp):
+        with torch.no_grad(), autocast(run.device):
+            return transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
 
-    policy, extra = policy_optimisation(run, method, reward_fn, disc, level)
-    save_checkpoint(run.path(method + "_disc.pt"), disc)
+    policy, extra = policy_optimisation(run, method, reward_fn, disc)
+    save_checkpoint(run.path(method + "_disc.pt"), disc.model)
     return policy, extra
 
 
-def stage_oracle(run):
-    """Exact reverse KL: the reward log β(y|x) − log π(y|x) needs the expert's density, which only our world has."""
-    def reward_fn(prompts, roll):
+def stage_oracle(run, method):
+    """The exact discriminator D* = β/(β + π): its logit log β(y|x) − log π(y|x) needs the expert's density, which
+    only our world has. rkl_oracle takes the AIRL reward of it (exact reverse KL), js_oracle the GAIL reward
+    (exact Jensen–Shannon): what each learned discriminator's objective asks for."""
+    transform = {"rkl_oracle": obj.airl_reward, "js_oracle": obj.gail_reward}[method]
+
+    def reward_fn(prompts, roll, pi_logp):
         expert = torch.tensor(run.world.expert_logprobs(prompts, responses_of(roll)), dtype=torch.float32,
                               device=roll.tokens.device)
-        return -obj.reverse_kl_mc(roll.logprobs.sum(-1), expert)
-    return policy_optimisation(run, "rkl_oracle", reward_fn)
+        return transform(-obj.reverse_kl_mc(obj.sequence_logprob(pi_logp, roll.response_mask), expert))
+    return policy_optimisation(run, method, reward_fn)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -592,11 +640,39 @@ def pearson(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def ranks(x):
+    """Ranks 1..n of x, ties given their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    for start, c in zip(first, counts):   # tied runs, in sorted order: each gets the mean of its ranks
+        if c > 1:
+            r[order[start:start + c]] = start + (c + 1) / 2
+    return r
+
+
+def spearman(a, b):
+    """Rank correlation: Pearson's r of the ranks. Robust to the log-ratio's heavy tail (off-support responses
+    sit near −100 nats and would dominate Pearson's r)."""
+    return pearson(ranks(a), ranks(b))
+
+
+def auc(pos, neg):
+    """P(a pos score > a neg score) + ½ P(tie): the area under the ROC curve (Mann–Whitney U / (n_pos n_neg)).
+    None when a class is empty."""
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    r = ranks(np.concatenate([np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)]))
+    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
 def stage_rl_init_sft(run):
     """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N)."""
     rm, _ = run.load("rm_init_sft")
     return policy_optimisation(run, "rl_init_sft",
-                               lambda prompts, roll: sequence_scores(rm, roll.tokens, roll.response_mask))
+                               lambda prompts, roll, pi_logp: sequence_scores(rm, roll.tokens, roll.response_mask))
 
 
 def stage_control(run):
@@ -617,7 +693,8 @@ def demo_gold_reward(run):
 
 # -----------------------------------------------------------------------------------------------------------
 # Stage 6: evaluate every policy on held-out prompts, exactly: the world knows log β for any response.
-POLICIES = ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]
+POLICIES = ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
+            "rl_init_sft"]
 
 
 def stage_evaluate(run):
@@ -648,21 +725,26 @@ def stage_evaluate(run):
         policies[name] = stats
         pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
         if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
-            disc, _ = run.load(name + "_disc")
-            level = ADVERSARIAL[name][0]
-            logit = score(run, disc, own, sequence_scores if level == "seq" else
-                          lambda m, t, k: token_scores(m, t, k).sum(-1))
+            level, _, form = ADVERSARIAL[name]
+            disc = Discriminator(run.load(name + "_disc")[0], form or cfg.disc, level)
+            logit = score(run, disc, own, lambda d, t, k: d.response_logits(t, k, token_logprobs(model, t, k)))
             true = beta_own - logp_own
-            calibration[name] = pearson(logit, true)
+            off = torch.tensor([m == "off" for m in modes_of(world, prompts, responses)])
+            calibration[name] = {"pearson": pearson(logit, true), "spearman": spearman(logit, true),
+                                 "auc_off_support": auc(logit[~off], logit[off])}
             keep = np.random.default_rng(0).permutation(len(own))[:300]
             points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
     return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
 
 
+def modes_of(world, prompts, responses):
+    return [world.mode(p, r) for p, r in zip(prompts, responses)]
+
+
 def describe(run, prompts, responses):
     """Mode frequencies, off-support rate, mode entropy, diversity, gold reward and length of a sample."""
     world = run.world
-    modes = [world.mode(p, r) for p, r in zip(prompts, responses)]
+    modes = modes_of(world, prompts, responses)
     freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
     on = np.array([freq[m] for m in world.mode_names])
     on = on[on > 0] / on.sum() if on.sum() > 0 else np.ones(1)
@@ -687,7 +769,9 @@ STAGE_FNS = {
     "rkl_seq": lambda run: stage_adversarial(run, "rkl_seq"),
     "rkl_tok": lambda run: stage_adversarial(run, "rkl_tok"),
     "js": lambda run: stage_adversarial(run, "js"),
-    "rkl_oracle": stage_oracle, "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
+    "rkl_seq_scalar": lambda run: stage_adversarial(run, "rkl_seq_scalar"),
+    "rkl_oracle": lambda run: stage_oracle(run, "rkl_oracle"),
+    "js_oracle": lambda run: stage_oracle(run, "js_oracle"), "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
     "rl_init_sft": stage_rl_init_sft, "control": stage_control, "evaluate": stage_evaluate,
 }
 
@@ -766,7 +850,7 @@ def assemble(run):
         with open(run.path(name + ".json")) as f:
             return json.load(f)
     ev, bon, rm, control = stage("evaluate"), stage("best_of_n"), stage("reward_models"), stage("control")
-    adversarial = {m: stage(m)["curve"] for m in ["rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]}
+    adversarial = {m: stage(m)["curve"] for m in [*ADVERSARIAL, "rkl_oracle", "js_oracle", "rl_init_sft"]}
     return {
         "seed": run.seed,
         "policies": ev["policies"],

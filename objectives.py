@@ -8,7 +8,8 @@ distributions over responses match. Which divergence is minimised decides the al
     pretrain
     → SFT = forward KL, KL(β ‖ π)                              sft_loss
     → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_reinforce_loss
-      or by a discriminator's reward                           discriminator_loss, airl/gail/fairl_reward
+      or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
+                                                               airl/gail/fairl_reward
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, init_sft_logratio, best_of_n
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
@@ -229,6 +230,29 @@ def discriminator_loss(logits_expert, logits_policy, mask_expert=None, mask_poli
     # ---- exercise 9 (discriminator): begin solution
     return _mean(F.softplus(-logits_expert), mask_expert) + _mean(F.softplus(logits_policy), mask_policy)
     # ---- exercise 9: end solution
+
+
+def log_ratio_logit(q_logp, ref_logp, mask):
+    """The structured discriminator of AIRL (Fu et al. 2018): D = q_φ / (q_φ + π), so its logit is
+        h(s_t, y_t) = log q_φ(y_t | s_t) − log π(y_t | s_t)          per token, (B, T), 0 off the mask;
+        h(x, y)     = Σ_t h(s_t, y_t) = log q_φ(y|x) − log π(y|x)    per response: sum the tokens.
+    q_φ is a language model (AIRL's f(s, a) = log q_φ(a|s)); π, the policy being trained, is a constant here
+    (detached): the discriminator's loss trains q_φ only, the policy moves only through the reward.
+
+    Why this form. Trained with discriminator_loss (demonstrations 1, policy samples 0), the sequence-level
+    optimum D* = β/(β + π) is reached at q_φ = β, where h = log β − log π exactly: the oracle's reward, without
+    knowing β. A scalar head must learn that ratio, tens of nats wide, from scratch; here the policy's own
+    log π is in the logit already and q_φ, a language model like β, only has to move towards β. Initialised
+    as a copy of π_SFT, h = 0 wherever π = π_SFT: D = ½, no bias at the start. (At token level the
+    occupancy optimum also holds the state-visitation ratio log P_β(s)/P_π(s), which a normalised q_φ(·|s)
+    cannot express: the token form is exact only where β and π reach states alike.)
+    It is noise-contrastive estimation (Gutmann & Hyvärinen 2010) with the policy as the noise.
+
+    The same function makes the log-ratio reward model of reward extrapolation: ref = the negative class's
+    model (π_init for Init-SFT), q_φ initialised from it; its optimum log π_SFT − log π_init is
+    init_sft_logratio, the closed form. DPO's implicit reward log π_θ/π_ref is this kind of object too.
+    """
+    return _response(q_logp - ref_logp.detach(), mask)
 
 
 def airl_reward(logits):

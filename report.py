@@ -29,9 +29,9 @@ from matplotlib.lines import Line2D
 
 from objectives import generalized_jsd
 
-# the reverse-KL (mode-seeking) family; rkl_oracle is trained on the exact log β − log π
-MODE_SEEKING = ["rkl_seq", "rkl_tok", "js", "rkl_oracle"]
-ADVERSARIAL = ["rkl_seq", "rkl_tok", "js"]  # the ones with a learned discriminator
+# the reverse-KL (mode-seeking) family; the oracles are trained on the exact discriminator's logit log β − log π
+MODE_SEEKING = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"]
+ADVERSARIAL = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]  # the ones with a learned discriminator
 REWARD_MODELS = ["init_sft", "closed_form", "init_demo", "sft_demo", "pairwise_bt", "gold"]
 
 POLICY_LABELS = {
@@ -41,7 +41,9 @@ POLICY_LABELS = {
     "rkl_seq": "reverse KL, sequence disc.",
     "rkl_tok": "reverse KL, token disc.",
     "js": "Jensen–Shannon (GAIL)",
+    "rkl_seq_scalar": "reverse KL, scalar-head sequence disc.",
     "rkl_oracle": "reverse KL, exact reward",
+    "js_oracle": "Jensen–Shannon, exact D*",
     "rl_init_sft": "RL on Init-SFT reward",
 }
 RM_LABELS = {
@@ -204,6 +206,10 @@ def effect_conditions(has_control=True):
         out.append((f"extrapolation: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
                     f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
                     lambda r, n=n: _bon_at(r, "init_sft", n) - _need(r, "demonstrations", "gold_reward")))
+    for m in ADVERSARIAL:   # a discriminator worth its name orders responses like the log-ratio it estimates
+        out.append((f"calibration: {m}'s discriminator logit ranks its policy's samples like log β − log π",
+                    "Spearman ρ > 0", f"calibration.{m}.spearman",
+                    lambda r, m=m: _need(r, "calibration", m, "spearman")))
     out.append(("RL on the Init-SFT reward model ends above π_SFT's gold reward", "gold reward",
                 "gold_reward[rl_init_sft] − gold_reward[sft]",
                 lambda r: pol(r, "rl_init_sft", "gold_reward") - pol(r, "sft", "gold_reward")))
@@ -336,7 +342,8 @@ def _policy_label(p):
 
 POLICY_STYLE = {  # (colour, marker), the same in every figure
     "expert": ("black", "*"), "init": ("0.55", "o"), "sft": ("C0", "o"), "rkl_seq": ("C3", "s"),
-    "rkl_tok": ("C1", "^"), "js": ("C4", "D"), "rkl_oracle": ("C5", "v"), "rl_init_sft": ("C2", "P"),
+    "rkl_tok": ("C1", "^"), "js": ("C4", "D"), "rkl_seq_scalar": ("C6", "s"), "rkl_oracle": ("C5", "v"),
+    "js_oracle": ("C9", "D"), "rl_init_sft": ("C2", "P"),
 }
 
 def _policy_style(p, i=0):
@@ -456,8 +463,9 @@ def fig_calibration(path, mean, err, points):
         ax.scatter(x, y, s=8, alpha=0.5, color="C3", lw=0)
         # axline does not stretch the axes: the points fill the panel even when far from y = x
         ax.axline((0, 0), slope=1, color="0.3", lw=1, ls="--", label="y = x (perfect)")
-        r, rs = _get(mean, "calibration", m), _get(err, "calibration", m)
-        ax.set_title(f"{_policy_label(m)}\nPearson r = {_fmt(r, rs)}", fontsize=10)
+        c, ce = _get(mean, "calibration", m) or {}, _get(err, "calibration", m) or {}
+        ax.set_title(f"{_policy_label(m)}\nSpearman ρ = {_fmt(c.get('spearman'), ce.get('spearman'))}, "
+                     f"Pearson r = {_fmt(c.get('pearson'), ce.get('pearson'))}", fontsize=9)
         ax.set(xlabel="exact log β(y) − log π(y)  (nats)", ylabel="discriminator logit  (nats)")
         ax.legend(fontsize=8, loc="best", frameon=False)
     fig.suptitle("Does the discriminator's logit estimate log β − log π? (first seed's samples)",
@@ -527,8 +535,9 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
         "grows, the reward models trained against demonstrations gain less, and in the control "
         "panel (no signature) that gap shrinks.",
     "fig_calibration.png": "points on the dashed y = x line mean the discriminator's logit is "
-        "the exact log β − log π; the axes are not to the same scale, the title gives the "
-        "correlation (over seeds).",
+        "the exact log β − log π; the axes are not to the same scale, the titles give the rank and "
+        "linear correlations (mean over seeds). The AIRL-form discriminators (log q_φ − log π) beside "
+        "the scalar-head ablation: same objective, different discriminator.",
     "fig_curves.png": "a discriminator near 0.5 accuracy is being fooled; the policy's reward "
         "should rise while its KL to π_SFT stays bounded.",
 }
@@ -590,6 +599,19 @@ def _markdown(runs, mean, std, effects, figures, notes, err_label):
         lines += _table(["policy"] + [label for _, label in cols], rows) + [""]
 
     lines += _effects_section(effects, k)
+    cal = mean.get("calibration", {})
+    if cal:
+        names = [m for m in ADVERSARIAL if m in cal] + sorted(m for m in cal if m not in ADVERSARIAL)
+        rows = [[f"{_policy_label(m)} (`{m}`)"] +
+                [_fmt(_get(cal, m, k), _get(std, "calibration", m, k)) for k in ("spearman", "pearson",
+                                                                                  "auc_off_support")]
+                for m in names]
+        lines += ["## Discriminator calibration", "",
+                  "The discriminator's logit h on its final policy's samples against the exact log β − log π "
+                  "(summed over tokens for a token-level D). AUC: how well h separates the policy's on-support "
+                  "samples (higher) from its off-support ones; 0.5 is chance.", ""]
+        lines += _table(["method", "Spearman ρ", "Pearson r", "AUC on/off support"], rows) + [""]
+
     if mean.get("bon") and mean.get("demonstrations"):
         lines += _bon_table(mean, std, "Best-of-N")
         corr = _get(mean, "reward_models", "init_sft_vs_closed_form_corr")

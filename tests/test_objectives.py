@@ -323,6 +323,78 @@ def test_token_discriminator_recovers_occupancy_log_ratio():
                    "airl_reward's docstring: token-level AIRL should not follow the trajectory KL(π‖β)")
 
 
+def fit_log_ratio_discriminator(logp_beta, logp_pi_tok, level, q_init):
+    """The AIRL form with a tabular language model q_φ (one logit row per state), h = log q_φ − log π, fitted on
+    the exact expected BCE of discriminator_loss (class weights = exact probabilities). Returns q_φ's table."""
+    w_beta, w_pi = logp_beta.exp().detach(), sum_tokens(logp_pi_tok).exp().detach()
+    q = q_init.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([q], max_iter=1000, tolerance_grad=1e-12, tolerance_change=0.0,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        h = obj.log_ratio_logit(token_logp(q, TREE), logp_pi_tok, TREE.mask)
+        if level == "seq":
+            h = obj.sequence_logprob(h, TREE.mask)
+            loss = obj.discriminator_loss(h, h, w_beta, w_pi)
+        else:
+            loss = obj.discriminator_loss(h, h, w_beta[:, None] * TREE.mask, w_pi[:, None] * TREE.mask)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return q.detach()
+
+
+def sum_tokens(logp_tok):
+    return obj.sequence_logprob(logp_tok, TREE.mask)
+
+
+def test_log_ratio_discriminator_optimum_is_the_exact_log_ratio():
+    """AIRL's form at sequence level: minimising the BCE over the language model q_φ alone reaches q_φ = β, so
+    h = log β − log π on every response, though only q_φ's parameters move."""
+    theta, expert = random_policy(TREE, 30), random_policy(TREE, 31)
+    logp_pi_tok, logp_beta = token_logp(theta, TREE), seq_logp(expert, TREE)
+    q = fit_log_ratio_discriminator(logp_beta, logp_pi_tok, "seq", q_init=theta)   # q_φ starts as a copy of π
+    h = sum_tokens(obj.log_ratio_logit(token_logp(q, TREE), logp_pi_tok, TREE.mask))
+    assert_close(h, logp_beta - seq_logp(theta, TREE), atol=1e-6, rtol=0,
+                 msg="log_ratio_logit (sequence level): at the BCE optimum h != log β − log π")
+    assert_close(seq_logp(q, TREE), logp_beta, atol=1e-6, rtol=0, msg="the optimal q_φ is not β")
+
+
+def test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only():
+    theta, q = random_policy(TREE, 32, grad=True), random_policy(TREE, 33, grad=True)
+    pi_tok = token_logp(theta, TREE)
+    h0 = obj.log_ratio_logit(token_logp(theta, TREE), pi_tok, TREE.mask)   # q_φ = π: D = ½ everywhere
+    assert torch.equal(h0, torch.zeros_like(h0))
+    h = obj.log_ratio_logit(token_logp(q, TREE), pi_tok, TREE.mask)
+    assert_close(sum_tokens(h), seq_logp(q, TREE) - seq_logp(theta, TREE),   # brute-force sums per response
+                 "log_ratio_logit: token logits summed != log q_φ(y) − log π(y)")
+    assert torch.equal(h[~TREE.mask], torch.zeros_like(h[~TREE.mask]))
+    h_seq = sum_tokens(h)
+    loss = obj.discriminator_loss(h_seq[:5], h_seq[5:])
+    g_q, g_pi = torch.autograd.grad(loss, [q, theta], allow_unused=True)
+    assert g_q is not None and g_q.abs().sum() > 0, "the discriminator loss must train q_φ"
+    assert g_pi is None or torch.equal(g_pi, torch.zeros_like(g_pi)), "the discriminator loss must not move π"
+
+
+def test_token_level_log_ratio_discriminator_is_exact_only_without_a_state_ratio():
+    """The token-level AIRL form, h(s, a) = log q_φ(a|s) − log π(a|s) with a normalised q_φ, cannot hold the
+    state-visitation ratio P_β(s)/P_π(s) · E_π|y|/E_β|y| of the occupancy optimum: in general its fit is not β
+    (the docstring's caveat). Where β and π reach every state alike, it is: let them differ only in the last
+    decision (depth-2 states, max_len 3), after which every response has 3 tokens whatever is chosen."""
+    theta, expert = random_policy(TREE, 34), random_policy(TREE, 35)
+    q = fit_log_ratio_discriminator(seq_logp(expert, TREE), token_logp(theta, TREE), "tok", q_init=theta)
+    assert_differs(F.log_softmax(q, -1), F.log_softmax(expert, -1),
+                   "test has no teeth: the token-level fit equals β although the state visits differ")
+    last = torch.tensor([len(s) == 2 for s in itertools.chain.from_iterable(
+        itertools.product((0, 1), repeat=n) for n in range(3))])   # make_tree's state order
+    assert last.sum() == 4
+    alike = torch.where(last[:, None], expert, theta)
+    q = fit_log_ratio_discriminator(seq_logp(alike, TREE), token_logp(theta, TREE), "tok", q_init=theta)
+    assert_close(F.log_softmax(q, -1), F.log_softmax(alike, -1), atol=1e-5, rtol=0,
+                 msg="token-level log-ratio D: with states reached alike, the optimal q_φ != β")
+
+
 # -----------------------------------------------------------------------------
 # reward models and extrapolation
 

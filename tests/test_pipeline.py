@@ -48,14 +48,18 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
     out, _, _ = quick_run
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
-    for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "rl_init_sft"]:
+    for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
+                 "rl_init_sft"]:
         assert name in m["policies"], f"policy {name} missing"
         for key in POLICY_KEYS:
             assert key in m["policies"][name], f"policies.{name}.{key} missing"
         assert 0.0 <= m["policies"][name]["off_support"] <= 1.0
     for rm in ["init_sft", "init_demo", "sft_demo", "pairwise_bt", "closed_form", "gold"]:
         assert set(m["bon"][rm]) >= {"n", "kl", "gold_reward"}, f"bon.{rm} incomplete"
-    assert set(m["calibration"]) >= {"rkl_seq", "rkl_tok", "js"}
+    assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"}
+    for c in m["calibration"].values():
+        assert set(c) == {"pearson", "spearman", "auc_off_support"}
+        assert -1 <= c["spearman"] <= 1 and (c["auc_off_support"] is None or 0 <= c["auc_off_support"] <= 1)
     for key in ["demonstrations", "stage_seconds", "config", "seed"]:
         assert key in m
     for path, value in finite_leaves(m):
