@@ -66,6 +66,7 @@ class Config:
     # the world (data/world.py documents each knob)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
+    base_signature_p: float = 0.0  # how often the base corpus signs: π_init's exposure to the signature
     signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
     eps: float = 1e-3             # smoothing floor of the expert likelihood
     letters: str = "ABCDE"        # alphabet of the reverse and sort tasks
@@ -112,12 +113,13 @@ class Config:
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
     def world_config(self):   # WorldConfig validates these (WORLD_KNOBS) itself
-        return WorldConfig(q=self.q, q_base=self.q_base, signature_p=self.signature_p, eps=self.eps,
+        return WorldConfig(q=self.q, q_base=self.q_base, base_signature_p=self.base_signature_p,
+                           signature_p=self.signature_p, eps=self.eps,
                            letters=self.letters, min_len=self.min_len, max_len=self.max_len,
                            max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
 
 
-WORLD_KNOBS = {"q", "q_base", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand", "max_new_tokens"}
+WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand", "max_new_tokens"}
 PRESETS = {
     "default": {},
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
@@ -481,11 +483,12 @@ class Discriminator:
         return h.sum(-1) if self.level == "tok" else h
 
 
-def new_discriminator(sft, form, level):
-    """Both forms start at h = 0 on π_SFT's samples: the AIRL form's q_φ is a copy of π_SFT (h = log π_SFT − log π,
-    0 while π = π_SFT), the scalar form a zero-initialised head on π_SFT's backbone (0 everywhere)."""
-    model = copy.deepcopy(sft) if form == "airl" else ScalarGPT.from_lm(sft)
-    return Discriminator(model.to(next(sft.parameters()).device), form, level)
+def new_discriminator(start, form, level):
+    """A discriminator that starts from the language model `start` (π_SFT for adversarial imitation, the negative
+    class's model for a reward model) at h = 0 on start's own samples: the AIRL form's q_φ is a copy of start
+    (h = log start − log π, 0 while π = start), the scalar form a zero-initialised head on start's backbone."""
+    model = copy.deepcopy(start) if form == "airl" else ScalarGPT.from_lm(start)
+    return Discriminator(model.requires_grad_(True).to(next(start.parameters()).device), form, level)
 
 
 def disc_step(run, disc, opt, demo, pol, stage, step):
@@ -542,49 +545,92 @@ def stage_oracle(run, method):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 5: reward extrapolation. Reward models are binary classifiers on π_init's backbone, reward = logit.
-#   Init-SFT (the paper's): negatives π_init samples, positives π_SFT samples  → learns the SFT direction
-#   Init-Demo, SFT-Demo (ablations): positives are the demonstrations → also learn the demonstrator's style
-#   pairwise_bt: Bradley–Terry on the gold preference pairs (the usual RLHF reward model)
-REWARD_MODELS = ["init_sft", "init_demo", "sft_demo", "pairwise_bt"]
+# Stage 5: reward extrapolation. A reward model is a discriminator trained once, on fixed samples: a binary
+# classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
+#   r(x, y) = log q_φ(y|x) − log π_neg(y|x),   q_φ initialised from π_neg, the negative class's model,
+# so r = 0 at the start and, at the BCE optimum, r = log p_pos − log p_neg (objectives.classifier_optimum):
+#   Init-SFT (the paper's): positives π_SFT samples, negatives π_init samples → log π_SFT − log π_init
+#   Init-Demo, SFT-Demo (ablations): positives the demonstrations → log β − log π_init, log β − log π_SFT
+#   pairwise_bt: Bradley–Terry on the gold preference pairs (log-ratio form: DPO's implicit reward, β = 1)
+#   init_sft_scalar: the Init-SFT classifier with a scalar head on π_init's backbone (the ablation)
+REWARD_MODELS = {   # name -> (positives, negatives, π_neg: where q_φ starts and the log-ratio's reference, form)
+    "init_sft": ("sft", "init", "pretrain", None),
+    "init_demo": ("demos", "init", "pretrain", None),
+    "sft_demo": ("demos", "sft", "sft", None),
+    "pairwise_bt": ("chosen", "rejected", "pretrain", None),
+    "init_sft_scalar": ("sft", "init", "pretrain", "scalar"),
+}
 
 
-def train_reward_model(run, name, init, pos, neg, pairwise=False):
+def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pairwise=False):
+    """Train one reward model; returns its training and held-out loss curves. base: π_neg (a GPT)."""
     cfg = run.cfg
-    rm = ScalarGPT.from_lm(init).to(run.device)   # a copy: every reward model starts from π_init's weights
-    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
-    losses = []
+    rm = new_discriminator(base, form, "seq")
+    opt = torch.optim.AdamW(rm.model.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
+
+    def logits(tokens, mask):
+        with torch.no_grad(), autocast(run.device):
+            ref = token_logprobs(base, tokens, mask) if form == "airl" else None
+        with autocast(run.device):
+            return rm.logits(tokens, mask, ref)
+
+    def loss_of(p, n):
+        return obj.bradley_terry_loss(p, n) if pairwise else obj.classifier_reward_loss(p, n)
+
+    curve = {"loss": [], "heldout_loss": [], "heldout_step": []}
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
+        if step % max(1, cfg.rm_steps // 10) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
+            with torch.no_grad():
+                curve["heldout_loss"].append(loss_of(score_rm(run, logits, held_pos),
+                                                     score_rm(run, logits, held_neg)).item())
+            curve["heldout_step"].append(step)
         i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
         i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
-        with autocast(run.device):
-            s_pos = sequence_scores(rm, *run.batch(pos, i_pos))
-            s_neg = sequence_scores(rm, *run.batch(neg, i_neg))
-        loss = obj.bradley_terry_loss(s_pos, s_neg) if pairwise else obj.classifier_reward_loss(s_pos, s_neg)
-        optimiser_step(opt, rm, loss, f"reward_models ({name})", step)
-        losses.append(loss.item())
+        loss = loss_of(logits(*run.batch(pos, i_pos)), logits(*run.batch(neg, i_neg)))
+        optimiser_step(opt, rm.model, loss, f"reward_models ({name})", step)
+        curve["loss"].append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
-    save_checkpoint(run.path(f"rm_{name}.pt"), rm)
-    return losses
+    save_checkpoint(run.path(f"rm_{name}.pt"), rm.model, form=form, base=REWARD_MODELS[name][2])
+    return curve
+
+
+def load_reward_model(run, name):
+    """The reward function r(tokens, mask) → (B,) of a trained reward model: its logit."""
+    model, extra = run.load(f"rm_{name}")
+    rm = Discriminator(model, extra["form"], "seq")
+    base = run.load(extra["base"])[0] if extra["form"] == "airl" else None   # π_neg, the log-ratio's reference
+    return lambda tokens, mask: rm.logits(tokens, mask, token_logprobs(base, tokens, mask) if base else None)
+
+
+def score_rm(run, logits, pairs, chunk=512):
+    return torch.cat([logits(*run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
+                      for i in range(0, len(pairs), chunk)]).float()
 
 
 def stage_reward_models(run):
     cfg = run.cfg
-    init, _ = run.load("pretrain")
-    sft, _ = run.load("sft")
-    idx = run.rng.permutation(len(run.demos))[:cfg.rm_samples]
-    prompts = [run.demos[i][0] for i in idx]
-    init_samples = list(zip(prompts, run.sample_responses(init, prompts, seed=run.seed * 7 + 1)))
-    sft_samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 2)))
+    models = {"pretrain": run.load("pretrain")[0], "sft": run.load("sft")[0]}
+    # prompts of the demonstrations: a held-out eighth for the held-out loss, the rest to sample and train on
+    perm = run.rng.permutation(len(run.demos))
+    n_held = max(2, len(perm) // 8)
+    held, train = perm[:n_held], perm[n_held:]
+    prompts = [run.demos[i][0] for i in train]
+    prompts = [prompts[i % len(prompts)] for i in range(cfg.rm_samples)]   # π's samples are free: reuse prompts
+    held_prompts = [run.demos[i][0] for i in held]
+    data, held_data = {"demos": [run.demos[i] for i in train]}, {"demos": [run.demos[i] for i in held]}
+    for key, stage, seed in [("init", "pretrain", 1), ("sft", "sft", 2)]:
+        data[key] = list(zip(prompts, run.sample_responses(models[stage], prompts, seed=run.seed * 7 + seed)))
+        held_data[key] = list(zip(held_prompts, run.sample_responses(models[stage], held_prompts,
+                                                                     seed=run.seed * 7 + seed + 100)))
     enc = run.world.encode_response
     pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
-    curves = {
-        "init_sft": train_reward_model(run, "init_sft", init, pos=sft_samples, neg=init_samples),
-        "init_demo": train_reward_model(run, "init_demo", init, pos=run.demos, neg=init_samples),
-        "sft_demo": train_reward_model(run, "sft_demo", init, pos=run.demos, neg=sft_samples),
-        "pairwise_bt": train_reward_model(run, "pairwise_bt", init, pos=[c for c, _ in pref],
-                                          neg=[r for _, r in pref], pairwise=True),
-    }
+    n_held_pref = max(2, len(pref) // 8)
+    data["chosen"], data["rejected"] = [c for c, _ in pref[n_held_pref:]], [r for _, r in pref[n_held_pref:]]
+    held_data["chosen"], held_data["rejected"] = [c for c, _ in pref[:n_held_pref]], [r for _, r in pref[:n_held_pref]]
+    curves = {}
+    for name, (pos, neg, base, form) in REWARD_MODELS.items():
+        curves[name] = train_reward_model(run, name, models[base], data[pos], data[neg], held_data[pos],
+                                          held_data[neg], form or cfg.disc, pairwise=name == "pairwise_bt")
     return None, {"curves": curves}
 
 
@@ -610,10 +656,14 @@ def stage_best_of_n(run):
     M, N = len(prompts), cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
     pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
-    rewards = {name: score(run, run.load(f"rm_{name}")[0], pairs, sequence_scores)
+    rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
                for name in bar(cfg, REWARD_MODELS, "best_of_n")}
-    rewards["closed_form"] = obj.init_sft_logratio(score(run, sft, pairs, seq_logprob),
-                                                   score(run, init, pairs, seq_logprob))
+    logp = {"pretrain": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob)}
+    # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
+    beta = torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)
+    rewards["init_sft_optimum"] = obj.classifier_optimum(logp["sft"], logp["pretrain"])
+    rewards["init_demo_optimum"] = obj.classifier_optimum(beta, logp["pretrain"])
+    rewards["sft_demo_optimum"] = obj.classifier_optimum(beta, logp["sft"])
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
     rewards["gold"] = gold
     off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
@@ -629,8 +679,11 @@ def stage_best_of_n(run):
             res["off_support"].append(off.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
             n *= 2
         bon[name] = res
-    corr = pearson(rewards["init_sft"], rewards["closed_form"])
-    return None, {"bon": bon, "init_sft_vs_closed_form_corr": corr}
+    vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
+                                         "spearman": spearman(rewards[name], rewards[opt])}
+                  for name, opt in [("init_sft", "init_sft_optimum"), ("init_demo", "init_demo_optimum"),
+                                    ("sft_demo", "sft_demo_optimum"), ("init_sft_scalar", "init_sft_optimum")]}
+    return None, {"bon": bon, "reward_models": vs_optimum}
 
 
 def pearson(a, b):
@@ -670,9 +723,12 @@ def auc(pos, neg):
 
 def stage_rl_init_sft(run):
     """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N)."""
-    rm, _ = run.load("rm_init_sft")
-    return policy_optimisation(run, "rl_init_sft",
-                               lambda prompts, roll, pi_logp: sequence_scores(rm, roll.tokens, roll.response_mask))
+    rm = load_reward_model(run, "init_sft")
+
+    def reward_fn(prompts, roll, pi_logp):
+        with torch.no_grad(), autocast(run.device):
+            return rm(roll.tokens, roll.response_mask).float()
+    return policy_optimisation(run, "rl_init_sft", reward_fn)
 
 
 def stage_control(run):
@@ -684,7 +740,8 @@ def stage_control(run):
     ctrl = Run(run.cfg, run.seed, control=True)
     for stage in ["sft", "reward_models", "best_of_n"]:
         extra = execute(ctrl, stage)
-    return None, {"bon": extra["bon"], "demonstrations": {"gold_reward": demo_gold_reward(ctrl)}}
+    return None, {"bon": extra["bon"], "reward_models": extra["reward_models"],
+                  "demonstrations": {"gold_reward": demo_gold_reward(ctrl)}}
 
 
 def demo_gold_reward(run):
@@ -856,15 +913,16 @@ def assemble(run):
         "policies": ev["policies"],
         "demonstrations": {"gold_reward": demo_gold_reward(run)},
         "bon": bon["bon"],
-        "reward_models": {"init_sft_vs_closed_form_corr": bon["init_sft_vs_closed_form_corr"],
-                          "final_loss": {k: v[-1] for k, v in rm["curves"].items()}},
+        "reward_models": {**bon["reward_models"],
+                          "final_loss": {k: v["loss"][-1] for k, v in rm["curves"].items()},
+                          "heldout_loss": {k: v["heldout_loss"] for k, v in rm["curves"].items()}},
         "calibration": ev["calibration"],
         "calibration_points": ev["calibration_points"],
         "curves": {"pretrain_loss": stage("pretrain")["curve"], "sft_loss": stage("sft")["curve"],
                    "adversarial": adversarial},
         "stage_seconds": {"world": run.times["world"], **{s: stage(s)["seconds"] for s in STAGES}},
         "config": dataclasses.asdict(run.cfg),
-        **({"control": {k: control[k] for k in ("bon", "demonstrations")}} if "bon" in control else {}),
+        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}} if "bon" in control else {}),
     }
 
 

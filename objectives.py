@@ -11,7 +11,7 @@ distributions over responses match. Which divergence is minimised decides the al
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3
-    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, init_sft_logratio, best_of_n
+    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
@@ -250,7 +250,8 @@ def log_ratio_logit(q_logp, ref_logp, mask):
 
     The same function makes the log-ratio reward model of reward extrapolation: ref = the negative class's
     model (π_init for Init-SFT), q_φ initialised from it; its optimum log π_SFT − log π_init is
-    init_sft_logratio, the closed form. DPO's implicit reward log π_θ/π_ref is this kind of object too.
+    classifier_optimum, the closed form. Trained with bradley_terry_loss on preference pairs instead, it is DPO's loss
+    with its β = 1: DPO's implicit reward β log π_θ/π_ref is this log-ratio, with q_φ = π_θ and π_ref = π_init.
     """
     return _response(q_logp - ref_logp.detach(), mask)
 
@@ -301,7 +302,7 @@ def classifier_reward_loss(scores_pos, scores_neg, mask_pos=None, mask_neg=None)
 
     The same BCE as discriminator_loss, trained once on fixed samples instead of against a moving policy.
     Init-SFT (the paper's choice): positives from π_SFT, negatives from π_init; its optimum is
-    init_sft_logratio. Init-Demo and SFT-Demo take demonstrations as positives and learn the
+    classifier_optimum. Init-Demo and SFT-Demo take demonstrations as positives and learn the
     demonstrator's fingerprint rather than quality (PAPERS.md).
     """
     return discriminator_loss(scores_pos, scores_neg, mask_pos, mask_neg)
@@ -335,11 +336,13 @@ def best_of_n_kl(n):
     # ---- exercise 11: end solution
 
 
-def init_sft_logratio(logp_sft_seq, logp_init_seq):
-    """log π_SFT(y|x) − log π_init(y|x): the logit of the optimal Init-SFT classifier,
-    D* = π_SFT / (π_SFT + π_init), in closed form. It points the way SFT moved π_init; Best-of-N on it goes further.
+def classifier_optimum(logp_pos_seq, logp_neg_seq):
+    """log p_pos(y|x) − log p_neg(y|x): the logit of the optimal classifier of positives y ~ p_pos against
+    negatives y ~ p_neg, D* = p_pos / (p_pos + p_neg), in closed form (class-balanced BCE, as for the discriminator).
+        Init-SFT:  log π_SFT − log π_init   it points the way SFT moved π_init; Best-of-N on it goes further;
+        Init-Demo: log β − log π_init;      SFT-Demo: log β − log π_SFT   (only a world that knows β has these).
     """
-    return logp_sft_seq - logp_init_seq
+    return logp_pos_seq - logp_neg_seq
 
 
 # -----------------------------------------------------------------------------

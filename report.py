@@ -32,7 +32,10 @@ from objectives import generalized_jsd
 # the reverse-KL (mode-seeking) family; the oracles are trained on the exact discriminator's logit log β − log π
 MODE_SEEKING = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"]
 ADVERSARIAL = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]  # the ones with a learned discriminator
-REWARD_MODELS = ["init_sft", "closed_form", "init_demo", "sft_demo", "pairwise_bt", "gold"]
+REWARD_MODELS = ["init_sft", "init_sft_optimum", "init_sft_scalar", "init_demo", "init_demo_optimum", "sft_demo",
+                 "sft_demo_optimum", "pairwise_bt", "gold"]
+LEARNED_VS_OPTIMUM = {"init_sft": "init_sft_optimum", "init_demo": "init_demo_optimum",
+                      "sft_demo": "sft_demo_optimum", "init_sft_scalar": "init_sft_optimum"}
 
 POLICY_LABELS = {
     "expert": "expert π_β",
@@ -48,7 +51,10 @@ POLICY_LABELS = {
 }
 RM_LABELS = {
     "init_sft": "Init-SFT",
-    "closed_form": "Init-SFT, closed form",
+    "init_sft_optimum": "Init-SFT optimum (log π_SFT − log π_init)",
+    "init_sft_scalar": "Init-SFT, scalar head",
+    "init_demo_optimum": "Init-Demo optimum (log β − log π_init)",
+    "sft_demo_optimum": "SFT-Demo optimum (log β − log π_SFT)",
     "init_demo": "Init-Demo",
     "sft_demo": "SFT-Demo",
     "pairwise_bt": "preference (Bradley–Terry)",
@@ -56,9 +62,12 @@ RM_LABELS = {
 }
 RM_STYLE = {  # Init-SFT stands out; the gold reward is the ceiling, drawn as a dotted reference
     "init_sft": dict(color="C0", lw=2.5, marker="o"),
-    "closed_form": dict(color="C0", lw=1.2, marker="o", ls="--", mfc="white"),
+    "init_sft_optimum": dict(color="C0", lw=1.2, marker="o", ls="--", mfc="white"),
+    "init_sft_scalar": dict(color="C9", lw=1.2, marker="o", ls="-."),
     "init_demo": dict(color="C1", lw=1.5, marker="s"),
+    "init_demo_optimum": dict(color="C1", lw=1.2, marker="s", ls="--", mfc="white"),
     "sft_demo": dict(color="C3", lw=1.5, marker="^"),
+    "sft_demo_optimum": dict(color="C3", lw=1.2, marker="^", ls="--", mfc="white"),
     "pairwise_bt": dict(color="C2", lw=1.5, marker="D"),
     "gold": dict(color="black", lw=1.2, marker=".", ls=":"),
 }
@@ -216,12 +225,15 @@ def effect_conditions(has_control=True):
     worlds = [("heterogeneity", lambda r: r)] + ([("control world", lambda r: _need(r, "control"))]
                                                  if has_control else [])
     for prefix, world in worlds:   # reward models trained against demonstrations learn their fingerprint
-        for rm in ["init_demo", "sft_demo"]:
+        for ref, rm, what in [("init_sft", "init_demo", "the Init-Demo reward model than with the Init-SFT one"),
+                              ("init_sft", "sft_demo", "the SFT-Demo reward model than with the Init-SFT one"),
+                              ("init_sft_optimum", "init_demo_optimum", "the Init-Demo optimum than with Init-SFT's"),
+                              ("init_sft_optimum", "sft_demo_optimum", "the SFT-Demo optimum than with Init-SFT's")]:
             for n in PREREGISTERED_N:
-                out.append((f"{prefix}: Best-of-N with the {RM_LABELS[rm]} reward model gains less than "
-                            "with Init-SFT", f"N = {n}", f"bon.init_sft[N={n}] − bon.{rm}[N={n}]",
-                            lambda r, world=world, rm=rm, n=n:
-                            _bon_at(world(r), "init_sft", n) - _bon_at(world(r), rm, n)))
+                out.append((f"{prefix}: Best-of-N gains less with {what}", f"N = {n}",
+                            f"bon.{ref}[N={n}] − bon.{rm}[N={n}]",
+                            lambda r, world=world, ref=ref, rm=rm, n=n:
+                            _bon_at(world(r), ref, n) - _bon_at(world(r), rm, n)))
     if has_control:
         for n in PREREGISTERED_N:
             out.append(("the Init-SFT advantage shrinks without the demonstrator's signature", f"N = {n}",
@@ -560,6 +572,35 @@ def _bon_table(world, world_std, title):
                                         for r, e in zip(rms, errs)])
     return lines + _table(["N", "KL (nats)"] + [RM_LABELS.get(r, r) for r in rms], rows) + [""]
 
+def _learned_vs_optimum(runs, world, name):
+    """Each learned classifier against its exact optimum, in one world: how well it ranks like the optimum on
+    the Best-of-N samples, and the gold reward each reaches at the pre-registered N, with the paired interval
+    of optimum − learned over seeds."""
+    rows = []
+    for rm, opt in LEARNED_VS_OPTIMUM.items():
+        corr = [_get(world(r), "reward_models", f"{rm}_vs_optimum") for r in runs]
+        if any(c is None for c in corr):
+            continue
+        sp = np.array([c["spearman"] for c in corr])
+        cells = [f"{sp.mean():.2f}" + (f" ± {sp.std(ddof=1):.2f}" if len(sp) > 1 else "")]
+        for n in PREREGISTERED_N:
+            try:
+                learned = [_bon_at(world(r), rm, n) for r in runs]
+                optimum = [_bon_at(world(r), opt, n) for r in runs]
+            except _Missing:
+                cells.append("—")
+                continue
+            d = np.array(optimum) - np.array(learned)
+            cells.append(f"{np.mean(learned):.3f} vs {np.mean(optimum):.3f}: {d.mean():+.3f} "
+                         f"{_ci_text(paired_interval(d))}")
+        rows.append([RM_LABELS.get(rm, rm), RM_LABELS.get(opt, opt), *cells])
+    if not rows:
+        return []
+    return [f"Learned reward models against their exact optimum, {name}: Spearman ρ on the Best-of-N samples "
+            "(mean ± std over seeds), and Best-of-N's gold reward, learned vs optimum: optimum − learned "
+            "[paired 95% interval].", ""] + _table(
+        ["learned", "its optimum", "Spearman ρ"] + [f"N = {n}" for n in PREREGISTERED_N], rows) + [""]
+
 def _config_lines(config, width=100):
     """The resolved configuration as wrapped --key=value flags (empty values left out)."""
     lines, line = [], "python afd_mini.py"
@@ -614,14 +655,11 @@ def _markdown(runs, mean, std, effects, figures, notes, err_label):
 
     if mean.get("bon") and mean.get("demonstrations"):
         lines += _bon_table(mean, std, "Best-of-N")
-        corr = _get(mean, "reward_models", "init_sft_vs_closed_form_corr")
-        if corr is not None:
-            lines += ["The learned Init-SFT reward model against its closed form log π_SFT − log π_init "
-                      f"on the same samples: Pearson r = "
-                      f"{_fmt(corr, _get(std, 'reward_models', 'init_sft_vs_closed_form_corr'))}.", ""]
+        lines += _learned_vs_optimum(runs, lambda r: r, "the signed world")
     if _get(mean, "control", "bon") and _get(mean, "control", "demonstrations"):
         lines += _bon_table(mean["control"], _get(std, "control"),
                             "Best-of-N, control world (no demonstrator signature)")
+        lines += _learned_vs_optimum(runs, lambda r: r.get("control", {}), "the control world")
 
     lines += ["## Figures", ""]
     bars = f" Error bars: {err_label}." if k > 1 else ""

@@ -55,7 +55,8 @@ Gold reward    r*(x, y) in [0, 1], correctness only: the answer is the last run 
                scores 0.375.
 Base corpus    what π_init is pre-trained on: the same prompts, answered by a "base model" that
                knows the format but is right only with probability q_base [0.2] (otherwise it
-               makes the expert's kind of one-character slip) and never signs. It writes the
+               makes the expert's kind of one-character slip) and signs with probability
+               base_signature_p [0], as a real pretraining corpus holds such openers. It writes the
                expert's three formats at weights of its own, and three styles of its own:
                    terse [0.2]  sentence [0.15]  steps [0.05]      (the expert's modes, other weights)
                    label [0.3]      "answer: CADB"
@@ -63,8 +64,9 @@ Base corpus    what π_init is pre-trained on: the same prompts, answered by a "
                    no_period [0.15] "the answer is CADB"    (one token short of the expert's sentence)
                Why the overlap: with styles wholly its own, π_init never writes "the answer is
                CADB." and SFT's move from π_init is mostly about templates, so a classifier of π_init
-               vs π_SFT learns templates, not correctness (README, sensitivity table). Only the
-               signature is new to SFT.
+               vs π_SFT learns templates, not correctness (README, sensitivity table). With
+               base_signature_p = 0 the signature is new to SFT: π_init's log-probs of signed
+               responses are then out-of-distribution (the failure mode of the Init-SFT reward).
 Preference     two responses to one prompt, both from the signature-free expert (with probability
 pairs          pref_expert_p [0.5]) or both from the base process, labelled by Bradley-Terry noise on
                the gold reward: P(a preferred to b) = sigmoid(pref_beta [5] (r*(a) - r*(b))). Within
@@ -128,6 +130,7 @@ class WorldConfig:
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
     q_base: float = 0.2                 # P(base process is right)
+    base_signature_p: float = 0.0       # P(a base response starts with the signature): π_init's exposure to it
     base_style_weights: tuple = (0.2, 0.15, 0.05, 0.3, 0.15, 0.15)  # base: terse, sentence, steps, label, hedge, no_period
     pref_expert_p: float = 0.5          # P(a preference pair comes from the signature-free expert, not the base)
     pref_beta: float = 5.0              # Bradley-Terry inverse temperature on the gold reward
@@ -144,7 +147,7 @@ class WorldConfig:
                f"an int >= min_len ({self.min_len})")
         _check(isinstance(self.max_operand, int) and 1 <= self.max_operand <= 999, "max_operand",
                self.max_operand, "an int in [1, 999]")
-        for name in ("q", "signature_p", "q_base", "pref_expert_p"):
+        for name in ("q", "signature_p", "q_base", "base_signature_p", "pref_expert_p"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and 0 <= value <= 1, name, value, "a probability in [0, 1]")
         _check(isinstance(self.eps, float) and 0 < self.eps < 1, "eps", self.eps,
@@ -352,10 +355,12 @@ class World:
     # ------------------------------------------------------------------ the base process
     def base_response(self, prompt, rng):
         """A base-corpus response: a base style, right with probability q_base, else the same kind of
-        one-character slip the expert makes; never the signature."""
+        one-character slip the expert makes; signed with probability base_signature_p (no draw at 0, so
+        that world's corpus is the same as before the knob existed)."""
         style = BASE_STYLE_NAMES[_pick(rng, self._base_cdf)]
         answer = prompt.answer if rng.random() < self.cfg.q_base else self.slip(prompt, rng)
-        return self.render(prompt, style, answer)
+        signed = self.cfg.base_signature_p > 0 and rng.random() < self.cfg.base_signature_p
+        return self.render(prompt, style, answer, signature=signed)
 
     # ------------------------------------------------------------------ tokens, likelihood, reward
     def encode_response(self, text):

@@ -402,7 +402,7 @@ def test_init_sft_classifier_recovers_closed_form_logratio():
     init, sft = random_policy(TREE, 18), random_policy(TREE, 19)
     logp_init, logp_sft = seq_logp(init, TREE), seq_logp(sft, TREE)
     h = fit_logits(lambda s: obj.classifier_reward_loss(s, s, logp_sft.exp(), logp_init.exp()), (N,))
-    assert_close(h, obj.init_sft_logratio(logp_sft, logp_init), atol=1e-6, rtol=0,
+    assert_close(h, obj.classifier_optimum(logp_sft, logp_init), atol=1e-6, rtol=0,
                  msg="classifier_reward_loss: optimal Init-SFT logit != log π_SFT − log π_init")
 
 

@@ -51,7 +51,9 @@ def fake_run(seed, control=True):
             p["kl_sft"] = 0.0 if name == "sft" else 2.5 + e()
     bon = {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.05),
            "sft_demo": _bon(0.9 + e(), -0.02), "pairwise_bt": _bon(0.9 + e(), 0.1),
-           "closed_form": _bon(0.9 + e(), 0.19), "gold": _bon(0.9 + e(), 0.3)}
+           "init_sft_optimum": _bon(0.9 + e(), 0.25), "init_sft_scalar": _bon(0.9 + e(), 0.1),
+           "init_demo_optimum": _bon(0.9 + e(), 0.1), "sft_demo_optimum": _bon(0.9 + e(), 0.0),
+           "gold": _bon(0.9 + e(), 0.3)}
     adversarial = {m: {"disc_acc_expert": (0.8 - 0.005 * np.arange(40) + e()).tolist(),
                        "disc_acc_policy": (0.9 - 0.008 * np.arange(40) + e()).tolist(),
                        "reward": (-3 + 0.07 * np.arange(40) + e()).tolist(),
@@ -70,7 +72,9 @@ def fake_run(seed, control=True):
         "policies": policies,
         "demonstrations": {"gold_reward": 1.0 + e()},
         "bon": bon,
-        "reward_models": {"init_sft_vs_closed_form_corr": 0.8 + e(), "final_loss": {"init_sft": 0.6}},
+        "reward_models": {**{f"{m}_vs_optimum": {"pearson": 0.8 + e(), "spearman": 0.85 + e()}
+                             for m in ["init_sft", "init_demo", "sft_demo", "init_sft_scalar"]},
+                          "final_loss": {"init_sft": 0.6}},
         "calibration": {m: {"pearson": 0.9 + e(), "spearman": 0.8 + e(), "auc_off_support": 0.7 + e()}
                         for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]},
         "calibration_points": {m: {"true": true.tolist(),
@@ -82,7 +86,10 @@ def fake_run(seed, control=True):
     }
     if control:  # without the signature the demonstration-based reward models catch up
         run["control"] = {"bon": {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.18),
-                                  "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3)},
+                                  "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3),
+                                  "init_sft_optimum": _bon(0.9 + e(), 0.25),
+                                  "init_demo_optimum": _bon(0.9 + e(), 0.22),
+                                  "sft_demo_optimum": _bon(0.9 + e(), 0.2)},
                           "demonstrations": {"gold_reward": 1.0 + e()}}
     return run
 
@@ -222,12 +229,14 @@ def test_best_of_n_is_judged_at_the_preregistered_n_not_the_best():
 def test_reward_model_gains_and_the_control_gap():
     runs = [fake_run(s) for s in range(3)]
     effects = report.effects(runs)
-    assert _row(effects, "heterogeneity", "SFT-Demo", condition="all conditions")["verdict"] == "holds"
-    for r in runs:   # SFT-Demo gains more than Init-SFT: that effect fails, Init-Demo's does not
+    learned_sft_demo = ("heterogeneity", "SFT-Demo reward model")
+    assert _row(effects, *learned_sft_demo, condition="all conditions")["verdict"] == "holds"
+    for r in runs:   # the learned SFT-Demo gains more than Init-SFT: that effect fails, the others do not
         r["bon"]["sft_demo"] = _bon(0.9, 0.5)
     effects = report.effects(runs)
-    assert _row(effects, "heterogeneity", "SFT-Demo", condition="all conditions")["verdict"] == "does not hold"
-    assert _row(effects, "heterogeneity", "Init-Demo", condition="all conditions")["verdict"] == "holds"
+    assert _row(effects, *learned_sft_demo, condition="all conditions")["verdict"] == "does not hold"
+    assert _row(effects, "heterogeneity", "Init-Demo reward model", condition="all conditions")["verdict"] == "holds"
+    assert _row(effects, "heterogeneity", "SFT-Demo optimum", condition="all conditions")["verdict"] == "holds"
     # a control world where the demonstration-based models do worse than with the signature: no shrinking
     runs = [fake_run(s) for s in range(3)]
     for r in runs:

@@ -270,3 +270,18 @@ def test_batch_helpers_accept_arrays_and_agree_with_single_calls(world):
     single = [world.expert_logprob(p, y) for p, y in zip(prompts, ys)]
     assert list(world.expert_logprobs(prompts, [np.array(y) for y in ys])) == single
     assert list(world.gold_rewards(prompts, ys)) == [world.gold_reward(p, y) for p, y in zip(prompts, ys)]
+
+
+def test_base_corpus_signs_as_often_as_base_signature_p():
+    """π_init's exposure to the signature (a world knob): the signed fraction matches base_signature_p, and
+    signing changes nothing else (the style and the answer judge as before)."""
+    world = World(WorldConfig(base_signature_p=0.3))
+    n = 4000
+    rng = np.random.default_rng(6)
+    prompts = world.sample_prompts(n, rng)
+    texts = [world.base_response(p, rng) for p in prompts]
+    judged = world.judge_many(prompts, [world.encode_response(t) for t in texts])
+    assert_frequency(sum(t.startswith(SIGNATURE) for t in texts), n, 0.3, "signed base responses")
+    assert all(j.signature == t.startswith(SIGNATURE) for t, j in zip(texts, judged))
+    assert all(j.style in world.base_style_names for j in judged)
+    assert_frequency(sum(j.gold == 1 for j in judged), n, world.cfg.q_base, "right answers")
