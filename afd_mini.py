@@ -579,7 +579,7 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
 
     curve = {"loss": [], "heldout_loss": [], "heldout_step": []}
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
-        if step % max(1, cfg.rm_steps // 10) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
+        if step % max(1, cfg.rm_steps // 4) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
             with torch.no_grad():
                 curve["heldout_loss"].append(loss_of(score_rm(run, logits, held_pos),
                                                      score_rm(run, logits, held_neg)).item())
@@ -610,9 +610,9 @@ def score_rm(run, logits, pairs, chunk=512):
 def stage_reward_models(run):
     cfg = run.cfg
     models = {"pretrain": run.load("pretrain")[0], "sft": run.load("sft")[0]}
-    # prompts of the demonstrations: a held-out eighth for the held-out loss, the rest to sample and train on
+    # prompts of the demonstrations: an eighth (at most 128) held out for the held-out loss, the rest to train on
     perm = run.rng.permutation(len(run.demos))
-    n_held = max(2, len(perm) // 8)
+    n_held = min(128, max(2, len(perm) // 8))
     held, train = perm[:n_held], perm[n_held:]
     prompts = [run.demos[i][0] for i in train]
     prompts = [prompts[i % len(prompts)] for i in range(cfg.rm_samples)]   # π's samples are free: reuse prompts
@@ -624,7 +624,7 @@ def stage_reward_models(run):
                                                                      seed=run.seed * 7 + seed + 100)))
     enc = run.world.encode_response
     pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
-    n_held_pref = max(2, len(pref) // 8)
+    n_held_pref = min(128, max(2, len(pref) // 8))
     data["chosen"], data["rejected"] = [c for c, _ in pref[n_held_pref:]], [r for _, r in pref[n_held_pref:]]
     held_data["chosen"], held_data["rejected"] = [c for c, _ in pref[:n_held_pref]], [r for _, r in pref[:n_held_pref]]
     curves = {}
@@ -927,14 +927,15 @@ def assemble(run):
 
 
 def summary(metrics, out_dir):
-    lines = [f"{'policy':<12} {'KL(β‖π)':>9} {'KL(π‖β)':>9} {'off-supp':>9} {'gold':>6} {'length':>7}"]
+    w = max(len(name) for name in [*metrics["policies"], *metrics["bon"]]) + 1
+    lines = [f"{'policy':<{w}} {'KL(β‖π)':>9} {'KL(π‖β)':>9} {'off-supp':>9} {'gold':>6} {'length':>7}"]
     for name, p in metrics["policies"].items():
-        lines.append(f"{name:<12} {p['forward_kl']:9.2f} {p['reverse_kl']:9.2f} {p['off_support']:9.2f} "
+        lines.append(f"{name:<{w}} {p['forward_kl']:9.2f} {p['reverse_kl']:9.2f} {p['off_support']:9.2f} "
                      f"{p['gold_reward']:6.3f} {p['length']:7.1f}")
     lines.append(f"demonstrations' gold reward {metrics['demonstrations']['gold_reward']:.3f}; Best-of-N gold "
                  "reward at N = " + ", ".join(str(n) for n in metrics["bon"]["init_sft"]["n"]) + ":")
     for name, b in metrics["bon"].items():
-        lines.append(f"  {name:<12} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
+        lines.append(f"  {name:<{w}} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
     final = {e["effect"]: e for e in metrics["effects"]}   # an effect's combined row comes last
     k = len(metrics["seeds"])
     lines.append(f"expected effects over {k} seed{'s' * (k > 1)}"

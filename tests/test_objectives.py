@@ -361,6 +361,22 @@ def test_log_ratio_discriminator_optimum_is_the_exact_log_ratio():
     assert_close(seq_logp(q, TREE), logp_beta, atol=1e-6, rtol=0, msg="the optimal q_φ is not β")
 
 
+def test_log_ratio_reward_model_optimum_is_the_classifier_optimum():
+    """The reward model's form: q_φ starts as a copy of the negative class's model π_init (reward 0) and, trained
+    to the BCE optimum on π_SFT samples (1) vs π_init samples (0), its reward log q_φ − log π_init equals
+    classifier_optimum(log π_SFT, log π_init), the Init-SFT closed form."""
+    init, sft = random_policy(TREE, 36), random_policy(TREE, 37)
+    logp_init_tok, logp_sft = token_logp(init, TREE), seq_logp(sft, TREE)
+    r0 = sum_tokens(obj.log_ratio_logit(token_logp(init, TREE), logp_init_tok, TREE.mask))
+    assert torch.equal(r0, torch.zeros_like(r0))
+    q = fit_log_ratio_discriminator(logp_sft, logp_init_tok, "seq", q_init=init)
+    r = sum_tokens(obj.log_ratio_logit(token_logp(q, TREE), logp_init_tok, TREE.mask))
+    assert_close(r, obj.classifier_optimum(logp_sft, seq_logp(init, TREE)), atol=1e-6, rtol=0,
+                 msg="log-ratio reward model: at the BCE optimum r != log π_SFT − log π_init")
+    assert_close(obj.classifier_optimum(torch.tensor([-1.0, -3.0]), torch.tensor([-2.5, -0.5])),
+                 torch.tensor([1.5, -2.5]), "classifier_optimum: not log p_pos − log p_neg")
+
+
 def test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only():
     theta, q = random_policy(TREE, 32, grad=True), random_policy(TREE, 33, grad=True)
     pi_tok = token_logp(theta, TREE)
