@@ -66,7 +66,7 @@ class Config:
     # the world (data/world.py documents each knob)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
-    base_signature_p: float = 0.0  # how often the base corpus signs: π_init's exposure to the signature
+    base_signature_p: float = 0.1  # how often the base corpus signs: π_init's exposure to the signature
     signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
     eps: float = 1e-3             # smoothing floor of the expert likelihood
     letters: str = "ABCDE"        # alphabet of the reverse and sort tasks

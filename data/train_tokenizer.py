@@ -1,8 +1,8 @@
 """
 Retrain afd-mini's tokenizer and rewrite data/afd.tiktoken:  python -m data.train_tokenizer
 
-Deterministic: the same world text (default WorldConfig, seed 0) and the same tie-breaking give the
-same ranks, so rerunning leaves the committed file unchanged. Rerun it after changing the world's
+Deterministic: the same world text (default WorldConfig with an unsigned base corpus, seed 0) and the
+same tie-breaking give the same ranks, so rerunning leaves the committed file unchanged. Rerun it after changing the world's
 templates; tests/test_tokenizer.py fails until you do. (A module of its own, not a __main__ in
 tokenizer.py, because the package imports tokenizer.py and `python -m` would then run it twice.)
 """
@@ -17,10 +17,12 @@ SEED = 0
 def training_texts(seed=SEED):
     """The text BPE is trained on: prompts and responses of the default world (base corpus,
     demonstrations, preference pairs), each response a document of its own, because the world
-    encodes responses separately from prompts."""
+    encodes responses separately from prompts. The base corpus is taken unsigned
+    (base_signature_p = 0): the tokenizer does not change with π_init's exposure to the signature,
+    whose text the demonstrations hold anyway."""
     # Text sampling never looks at the tokenizer, so the byte-level one gives the same text; its
     # responses are longer in tokens, hence the generous budget.
-    world = World(WorldConfig(max_response_tokens=1024), byte_level_tokenizer())
+    world = World(WorldConfig(max_response_tokens=1024, base_signature_p=0.0), byte_level_tokenizer())
     data = world.make_datasets(seed, n_base=3000, n_demo=1000, n_pref=500, n_eval=0)
     texts = [p.text for p, _ in data["base"]] + [r for _, r in data["base"]] + [r for _, r in data["demos"]]
     return texts + [r for _, chosen, rejected in data["pref"] for r in (chosen, rejected)]

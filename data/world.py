@@ -56,7 +56,7 @@ Gold reward    r*(x, y) in [0, 1], correctness only: the answer is the last run 
 Base corpus    what π_init is pre-trained on: the same prompts, answered by a "base model" that
                knows the format but is right only with probability q_base [0.2] (otherwise it
                makes the expert's kind of one-character slip) and signs with probability
-               base_signature_p [0], as a real pretraining corpus holds such openers. It writes the
+               base_signature_p [0.1], as a real pretraining corpus holds such openers. It writes the
                expert's three formats at weights of its own, and three styles of its own:
                    terse [0.2]  sentence [0.15]  steps [0.05]      (the expert's modes, other weights)
                    label [0.3]      "answer: CADB"
@@ -130,7 +130,7 @@ class WorldConfig:
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
     q_base: float = 0.2                 # P(base process is right)
-    base_signature_p: float = 0.0       # P(a base response starts with the signature): π_init's exposure to it
+    base_signature_p: float = 0.1       # P(a base response starts with the signature): π_init's exposure to it
     base_style_weights: tuple = (0.2, 0.15, 0.05, 0.3, 0.15, 0.15)  # base: terse, sentence, steps, label, hedge, no_period
     pref_expert_p: float = 0.5          # P(a preference pair comes from the signature-free expert, not the base)
     pref_beta: float = 5.0              # Bradley-Terry inverse temperature on the gold reward

@@ -208,7 +208,8 @@ def test_base_corpus_is_the_base_process(world):
     texts = [world.base_response(p, rng) for p in prompts]
     tokens = [world.encode_response(t) for t in texts]
     judged = world.judge_many(prompts, tokens)
-    assert not any(t.startswith(SIGNATURE) or j.signature for t, j in zip(texts, judged))
+    assert all(t.startswith(SIGNATURE) == j.signature for t, j in zip(texts, judged))
+    assert_frequency(sum(j.signature for j in judged), n, cfg.base_signature_p, "signed base responses")
     for style, w in zip(world.base_style_names, cfg.base_style_weights):
         assert_frequency(sum(j.style == style for j in judged), n, w, style)
     assert_frequency(sum(j.gold == 1 for j in judged), n, cfg.q_base, "right answers")
@@ -224,7 +225,8 @@ def test_preference_pairs_follow_bradley_terry(world):
     cfg = world.cfg
     data = world.make_datasets(5, n_base=0, n_demo=0, n_pref=3000, n_eval=0)
     margins = np.array([world.gold_reward_of_text(p, c) - world.gold_reward_of_text(p, r) for p, c, r in data["pref"]])
-    assert not any(c.startswith(SIGNATURE) or r.startswith(SIGNATURE) for _, c, r in data["pref"])
+    signed = sum(x.startswith(SIGNATURE) for _, c, r in data["pref"] for x in (c, r))   # base pairs only
+    assert_frequency(signed, 2 * len(margins), (1 - cfg.pref_expert_p) * cfg.base_signature_p, "signed")
     untied = margins[margins != 0]
     p_right = 1 / (1 + np.exp(-cfg.pref_beta * np.abs(untied)))  # P(the better one is chosen)
     se = math.sqrt(np.sum(p_right * (1 - p_right))) / len(untied)
@@ -275,6 +277,9 @@ def test_batch_helpers_accept_arrays_and_agree_with_single_calls(world):
 def test_base_corpus_signs_as_often_as_base_signature_p():
     """π_init's exposure to the signature (a world knob): the signed fraction matches base_signature_p, and
     signing changes nothing else (the style and the answer judge as before)."""
+    never = World(WorldConfig(base_signature_p=0.0))
+    rng = np.random.default_rng(7)
+    assert not any(never.base_response(p, rng).startswith(SIGNATURE) for p in never.sample_prompts(500, rng))
     world = World(WorldConfig(base_signature_p=0.3))
     n = 4000
     rng = np.random.default_rng(6)
