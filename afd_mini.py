@@ -560,6 +560,11 @@ REWARD_MODELS = {   # name -> (positives, negatives, π_neg: where q_φ starts a
     "pairwise_bt": ("chosen", "rejected", "pretrain", None),
     "init_sft_scalar": ("sft", "init", "pretrain", "scalar"),
 }
+CONTROL_REWARD_MODELS = ["init_sft", "init_demo", "sft_demo"]   # what the control world compares (and needs)
+
+
+def reward_model_names(run):
+    return CONTROL_REWARD_MODELS if run.control else list(REWARD_MODELS)
 
 
 def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pairwise=False):
@@ -628,7 +633,8 @@ def stage_reward_models(run):
     data["chosen"], data["rejected"] = [c for c, _ in pref[n_held_pref:]], [r for _, r in pref[n_held_pref:]]
     held_data["chosen"], held_data["rejected"] = [c for c, _ in pref[:n_held_pref]], [r for _, r in pref[:n_held_pref]]
     curves = {}
-    for name, (pos, neg, base, form) in REWARD_MODELS.items():
+    for name in reward_model_names(run):
+        pos, neg, base, form = REWARD_MODELS[name]
         curves[name] = train_reward_model(run, name, models[base], data[pos], data[neg], held_data[pos],
                                           held_data[neg], form or cfg.disc, pairwise=name == "pairwise_bt")
     return None, {"curves": curves}
@@ -657,7 +663,7 @@ def stage_best_of_n(run):
     flat = [p for p in prompts for _ in range(N)]
     pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
-               for name in bar(cfg, REWARD_MODELS, "best_of_n")}
+               for name in bar(cfg, reward_model_names(run), "best_of_n")}
     logp = {"pretrain": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob)}
     # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
     beta = torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)
@@ -682,7 +688,8 @@ def stage_best_of_n(run):
     vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
                                          "spearman": spearman(rewards[name], rewards[opt])}
                   for name, opt in [("init_sft", "init_sft_optimum"), ("init_demo", "init_demo_optimum"),
-                                    ("sft_demo", "sft_demo_optimum"), ("init_sft_scalar", "init_sft_optimum")]}
+                                    ("sft_demo", "sft_demo_optimum"), ("init_sft_scalar", "init_sft_optimum")]
+                  if name in rewards}
     return None, {"bon": bon, "reward_models": vs_optimum}
 
 
@@ -732,9 +739,10 @@ def stage_rl_init_sft(run):
 
 
 def stage_control(run):
-    """The control world: the same demonstrator without its signature. π_init is shared (the base corpus is never
-    signed); SFT, the reward models and Best-of-N are redone there, so that the gap between Init-SFT and the
-    demonstration-based reward models can be seen with and without the demonstrator's style."""
+    """The control world: the same demonstrator without its signature. π_init is shared (the base corpus does not
+    depend on it); SFT, the Init-SFT, Init-Demo and SFT-Demo reward models and Best-of-N are redone there, so that
+    the gap between Init-SFT and the demonstration-based reward models can be seen with and without the
+    demonstrator's style."""
     if not run.cfg.control:
         return None, {}
     ctrl = Run(run.cfg, run.seed, control=True)

@@ -54,11 +54,11 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
         for key in POLICY_KEYS:
             assert key in m["policies"][name], f"policies.{name}.{key} missing"
         assert 0.0 <= m["policies"][name]["off_support"] <= 1.0
-    for world in (m, m["control"]):
-        for rm in ["init_sft", "init_demo", "sft_demo", "pairwise_bt", "init_sft_scalar", "init_sft_optimum",
-                   "init_demo_optimum", "sft_demo_optimum", "gold"]:
+    for world, scalar in [(m, ["pairwise_bt", "init_sft_scalar"]), (m["control"], [])]:
+        for rm in ["init_sft", "init_demo", "sft_demo", *scalar, "init_sft_optimum", "init_demo_optimum",
+                   "sft_demo_optimum", "gold"]:
             assert set(world["bon"][rm]) >= {"n", "kl", "gold_reward"}, f"bon.{rm} incomplete"
-        for rm in ["init_sft", "init_demo", "sft_demo", "init_sft_scalar"]:
+        for rm in ["init_sft", "init_demo", "sft_demo", *scalar[1:]]:
             assert set(world["reward_models"][f"{rm}_vs_optimum"]) == {"pearson", "spearman"}
     assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"}
     for c in m["calibration"].values():
