@@ -393,7 +393,8 @@ def stage_sft(run):
 # for every reward: a discriminator's (AIRL, GAIL; sequence- or token-level), the exact expert's (the oracle),
 # or a reward model's (RL on the Init-SFT RM).
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
-#   advantage = leave-one-out over the group_size samples of each prompt, whitened, then PPO-clipped steps.
+#   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
+#   then PPO-clipped steps.
 
 def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
     cfg = run.cfg
@@ -419,14 +420,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
             reward = reward_fn(prompts, roll)                               # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
-            if reward.dim() == 1:    # sequence reward: KL penalty summed over the response
-                shaped = reward - cfg.kl_coef * k1.sum(-1)
-                adv = obj.leave_one_out_advantages(shaped, cfg.group_size)
-            else:                    # token rewards: penalty per token, reward-to-go, LOO baseline on returns
-                shaped = (reward - cfg.kl_coef * k1) * mask
-                returns = shaped.sum(-1)
-                adv = (obj.rewards_to_go(shaped, mask) - loo_mean(returns, cfg.group_size)[:, None]) * mask
-            adv = adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
+            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef, cfg.group_size)
         for _ in range(cfg.ppo_epochs):
             with autocast(run.device):
                 logp = token_logprobs(policy, tokens, mask)
@@ -437,11 +431,6 @@ def policy_optimisation(run, stage, reward_fn, disc=None, disc_level=None):
         curve["kl_ref"].append(k1.sum(-1).mean().item())
         pbar.set_postfix(reward=f"{mean_reward:.2f}", kl=f"{curve['kl_ref'][-1]:.2f}")
     return policy, {"curve": curve}
-
-
-def loo_mean(x, group_size):
-    """Mean of the other members of each sample's group: x_i − LOO advantage_i."""
-    return x - obj.leave_one_out_advantages(x, group_size)
 
 
 def disc_step(run, disc, level, opt, demo, pol, stage, step):
