@@ -476,10 +476,17 @@ def stage_adversarial(run, method):
 def stage_oracle(run):
     """Exact reverse KL: the reward log β(y|x) − log π(y|x) needs the expert's density, which only our world has."""
     def reward_fn(prompts, roll):
-        expert = torch.tensor(run.world.expert_logprobs(prompts, responses_of(roll)), dtype=torch.float32,
-                              device=roll.tokens.device)
-        return -obj.reverse_kl_mc(roll.logprobs.sum(-1), expert)
+        return oracle_reward(run.world, prompts, responses_of(roll), roll.logprobs.sum(-1))
     return policy_optimisation(run, "rkl_oracle", reward_fn)
+
+
+def oracle_reward(world, prompts, responses, policy_logp_seq):
+    """The oracle's reward r(y) = log β(y|x) − log π(y|x) (= −reverse_kl_mc) of the policy's responses (token
+    lists), whose log π(y|x) are policy_logp_seq (B,); log β is the world's, exact. Maximising E_π[r] minimises
+    KL(π ‖ β) (objectives.reverse_kl_reinforce_loss)."""
+    expert = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32,
+                          device=policy_logp_seq.device)
+    return -obj.reverse_kl_mc(policy_logp_seq, expert)
 
 
 # -----------------------------------------------------------------------------------------------------------
