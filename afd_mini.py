@@ -555,7 +555,7 @@ def stage_best_of_n(run):
     init, _ = run.load("pretrain")
     sft, _ = run.load("sft")
     prompts = run.data["eval_prompts"][:cfg.bon_prompts]
-    M, N = len(prompts), cfg.bon_max_n
+    N = cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
     pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
     rewards = {name: score(run, run.load(f"rm_{name}")[0], pairs, sequence_scores)
@@ -565,20 +565,25 @@ def stage_best_of_n(run):
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
     rewards["gold"] = gold
     off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
-    bon = {}
-    for name, r in rewards.items():
-        res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
-        n = 1
-        while n <= N:   # N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them
-            pick = obj.best_of_n(r.view(-1, n))
-            res["n"].append(n)
-            res["kl"].append(obj.best_of_n_kl(n))
-            res["gold_reward"].append(gold.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
-            res["off_support"].append(off.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
-            n *= 2
-        bon[name] = res
+    bon = {name: best_of_n_curve(r, gold, off, N) for name, r in rewards.items()}
     corr = pearson(rewards["init_sft"], rewards["closed_form"])
     return None, {"bon": bon, "init_sft_vs_closed_form_corr": corr}
+
+
+def best_of_n_curve(reward, gold, off, N):
+    """Best-of-n for n = 1, 2, 4, ..., N from N samples of each prompt, prompt-major (sample j of prompt i at
+    i·N + j): the candidate `reward` ranks highest among n, and the mean gold reward and off-support rate (off:
+    0/1) of the picks. N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them."""
+    res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
+    n = 1
+    while n <= N:
+        pick = obj.best_of_n(reward.view(-1, n))
+        res["n"].append(n)
+        res["kl"].append(obj.best_of_n_kl(n))
+        res["gold_reward"].append(gold.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
+        res["off_support"].append(off.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
+        n *= 2
+    return res
 
 
 def pearson(a, b):
