@@ -642,8 +642,9 @@ def stage_evaluate(run):
         responses = [r for _, r in own]
         beta_own = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
         stats = describe(run, prompts, responses)
-        stats["forward_kl"] = obj.forward_kl_mc(expert_on_expert, logp_expert).mean().item()   # KL(β ‖ π)
-        stats["reverse_kl"] = obj.reverse_kl_mc(logp_own, beta_own).mean().item()            # KL(π ‖ β)
+        stats["forward_kl"], stats["reverse_kl"] = policy_kls(beta_on_expert=expert_on_expert,
+                                                              pi_on_expert=logp_expert,
+                                                              pi_on_own=logp_own, beta_on_own=beta_own)
         if name != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
         policies[name] = stats
@@ -658,6 +659,15 @@ def stage_evaluate(run):
             keep = np.random.default_rng(0).permutation(len(own))[:300]
             points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
     return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
+
+
+def policy_kls(beta_on_expert, pi_on_expert, pi_on_own, beta_on_own):
+    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from sequence log-probs (B,) of two samples:
+        forward  KL(β ‖ π) = mean over the expert's samples y ~ β of log β(y|x) − log π(y|x),
+        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π of log π(y|x) − log β(y|x).
+    beta_on_expert, pi_on_expert: log β and log π of the expert's samples; pi_on_own, beta_on_own: of π's."""
+    return (obj.forward_kl_mc(beta_on_expert, pi_on_expert).mean().item(),
+            obj.reverse_kl_mc(pi_on_own, beta_on_own).mean().item())
 
 
 def describe(run, prompts, responses):
