@@ -1,0 +1,294 @@
+"""
+The pipeline's wiring: the pieces of afd_mini.py between objectives.py and the reported numbers, each called
+directly on tiny inputs and checked against hand values, enumeration or a brute-force loop written here.
+
+Bugs each test guards against:
+- test_to_batch_and_responses_of_round_trip: a response mask shifted by one (the prompt's last token trained
+  on, the end token left out), padding inside a row, responses_of reading the prompt.
+- test_disc_step_scores_demonstrations_above_zero_and_samples_below: the discriminator's labels swapped in
+  disc_step (demonstrations trained towards 0), at either level; the token level reading the wrong mask.
+- test_kl_shaped_advantages_*: the KL penalty's sign flipped (a bonus for leaving π_SFT), the penalty not summed
+  over the response, the token-level baseline including the sample itself or the wrong group, the whitening
+  missing or centring.
+- test_oracle_reward_*: the oracle's reward sign flipped (it would maximise KL(π ‖ β)), or the arguments of
+  reverse_kl_mc swapped inside it.
+- test_policy_kls_*: forward_kl_mc's or reverse_kl_mc's arguments swapped in stage_evaluate (every reported KL
+  changes sign), or the forward KL computed on the policy's samples instead of the expert's.
+- test_describe_*: the off-support rate or the mode entropy computed over the wrong set (the entropy
+  including off-support responses), distinct counted over all prompts, a wrong mean.
+- test_best_of_n_curve_*: Best-of-N picking the lowest reward, grouping samples of different prompts together
+  (view(n, -1)), indexing the gold reward with the wrong rows, the last instead of the first on ties.
+- test_policy_optimisation_*: the policy-gradient loop's sign (advantages, PPO ratio's arguments, the optimiser
+  on the wrong model): a reward for one token must raise that token's probability.
+"""
+
+import copy
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import afd_mini
+import objectives as obj
+from data import World
+from model import GPT, GPTConfig, Rollout, ScalarGPT, sequence_scores, token_scores
+
+CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation, which costs 10-100× on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(cls=GPT, vocab=8, seed=0):
+    torch.manual_seed(seed)
+    return cls(GPTConfig(block_size=16, vocab_size=vocab, n_layer=1, n_head=1, n_embd=16))
+
+
+# -----------------------------------------------------------------------------
+# batches of token lists
+
+def test_to_batch_and_responses_of_round_trip():
+    prompts = [[5, 9, 3], [7], [1, 2]]
+    responses = [[4, 0], [8, 8, 8, 8, 0], [6, 0]]
+    tokens, mask = afd_mini.to_batch(prompts, responses, pad_id=30, device="cpu")
+    T, F_ = True, False
+    assert tokens.tolist() == [[5, 9, 3, 4, 0, 30],
+                               [7, 8, 8, 8, 8, 0],
+                               [1, 2, 6, 0, 30, 30]]
+    assert mask.tolist() == [[F_, F_, F_, T, T, F_],
+                             [F_, T, T, T, T, T],
+                             [F_, F_, T, T, F_, F_]]
+    rollout = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
+    assert afd_mini.responses_of(rollout) == responses
+
+
+# -----------------------------------------------------------------------------
+# the discriminator step
+
+# Discriminator forms: today the scalar head on the GPT backbone (ScalarGPT). A new form (e.g. AIRL's
+# logit log q_φ(y|x) − log π(y|x)) joins by an entry in each of the two functions below and in DISC_FORMS;
+# the test itself stays as it is.
+DISC_FORMS = ["scalar"]
+
+
+def make_discriminator(form, vocab):
+    if form == "scalar":
+        return tiny(ScalarGPT, vocab)
+    raise ValueError(form)
+
+
+def discriminator_logits(form, disc, level, tokens, mask):
+    """The logits h the pipeline reads, computed without disc_step: (B,) per response ("seq"), or one per
+    response token ("tok", flattened over the mask)."""
+    if form == "scalar":
+        with torch.no_grad():
+            return sequence_scores(disc, tokens, mask) if level == "seq" else token_scores(disc, tokens, mask)[mask]
+    raise ValueError(form)
+
+
+@pytest.mark.parametrize("level", ["seq", "tok"])
+@pytest.mark.parametrize("form", DISC_FORMS)
+def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, level):
+    """Fixed batches that a discriminator can tell apart (demonstrations answer with tokens 3 and 4, the policy
+    with 5 and 6), of unequal sizes (4 against 12): after some steps of disc_step, every demonstration's logit is
+    above 0 (D > 1/2, labelled 1) and every sample's below (labelled 0), and the accuracies disc_step reports,
+    measured before its step, are those of the logits computed here."""
+    eos, prompt = 0, [1, 2]
+    demos = [[3, 4, eos], [3, eos], [4, 3, 4, eos], [3, 3, eos]]
+    samples = [[5, 6, eos], [6, eos], [5, 5, 5, eos]] * 4
+    demo = afd_mini.to_batch([prompt] * len(demos), demos, eos, "cpu")
+    pol = afd_mini.to_batch([prompt] * len(samples), samples, eos, "cpu")
+    disc = make_discriminator(form, vocab=8)
+    opt = torch.optim.AdamW(disc.parameters(), lr=1e-2, weight_decay=0.0)
+    for step in range(30):
+        afd_mini.disc_step(CPU, disc, level, opt, demo, pol, "test", step)
+    h_demo = discriminator_logits(form, disc, level, *demo)
+    h_pol = discriminator_logits(form, disc, level, *pol)
+    assert (h_demo > 0).all(), f"{form}/{level}: demonstrations scored below 0 (labels swapped?): {h_demo}"
+    assert (h_pol < 0).all(), f"{form}/{level}: policy samples scored above 0 (labels swapped?): {h_pol}"
+    acc_demo, acc_pol = afd_mini.disc_step(CPU, disc, level, opt, demo, pol, "test", 30)
+    assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
+
+
+# -----------------------------------------------------------------------------
+# advantages of the policy-gradient loop
+
+def test_kl_shaped_advantages_sequence_reward_hand_values():
+    reward = torch.tensor([1.0, 3.0, 0.0, 2.0])   # two groups of two samples
+    k1 = torch.tensor([[0.5, 1.5, 9.0],           # Σ over the mask: 2;   9 is off the mask
+                       [-1.0, -1.0, 0.0],         # −2
+                       [0.0, 0.0, 0.0],           # 0
+                       [1.0, 1.0, 2.0]])          # 4
+    mask = torch.tensor([[True, True, False]] + [[True, True, True]] * 3)
+    adv = obj.kl_shaped_advantages(reward, k1, mask, kl_coef=0.5, group_size=2)
+    # shaped = r − 0.5 Σ k1 = [0, 4, 0, 0]; leave-one-out within pairs: [0 − 4, 4 − 0, 0 − 0, 0 − 0];
+    # whitened by the unbiased std of [−4, 4, 0, 0]: sqrt(32 / 3). (With the penalty's sign flipped, shaped
+    # = [2, 2, 0, 4] and the advantages would be [0, 0, −4, 4] / ...)
+    expected = torch.tensor([-4.0, 4.0, 0.0, 0.0]) / math.sqrt(32 / 3)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+
+
+def test_kl_shaped_advantages_token_rewards_hand_values():
+    mask = torch.tensor([[False, True, True, True],
+                         [False, True, True, False]])   # one group of two samples; column 0 is the prompt
+    reward = torch.tensor([[9.0, 1.0, 0.0, 2.0],
+                           [9.0, 0.0, 1.0, 7.0]])       # 9 and 7 are off the mask
+    k1 = torch.tensor([[5.0, 0.0, 2.0, 0.0],
+                       [5.0, 2.0, 0.0, 1.0]])
+    adv = obj.kl_shaped_advantages(reward, k1, mask, kl_coef=0.5, group_size=2)
+    # shaped = (r − 0.5 k1) on the mask: [_, 1, −1, 2] (return 2) and [_, −1, 1, _] (return 0)
+    # reward-to-go:                      [_, 2, 1, 2]              and [_, 0, 1, _]
+    # minus the OTHER sample's return:   [_, 2, 1, 2] − 0          and [_, 0, 1, _] − 2 = [_, −2, −1, _]
+    # whitened by the unbiased std of the five response values [2, 1, 2, −2, −1]: mean 0.4, Σ dev² = 13.2,
+    # std = sqrt(13.2 / 4) = sqrt(3.3); not centred.
+    expected = torch.tensor([[0.0, 2.0, 1.0, 2.0],
+                             [0.0, -2.0, -1.0, 0.0]]) / math.sqrt(3.3)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# the oracle's reward
+
+def test_oracle_reward_is_log_beta_minus_log_pi(world):
+    cfg, V = world.cfg, world.vocab_size
+    prompt = world.make_prompt("reverse", "ABCD", "DCBA")
+    texts = ["certainly! DCBA", "the answer is DCBA.", "answer: DCBA"]
+    # P_expert by the world's docstring: terse (0.5), right (q), signed; sentence (0.3), right, unsigned; and a
+    # base style, off the expert's support
+    p_expert = [0.5 * cfg.q * cfg.signature_p, 0.3 * cfg.q * (1 - cfg.signature_p), 0.0]
+    responses = [world.encode_response(t) for t in texts]
+    log_beta = [math.log((1 - cfg.eps) * p + cfg.eps * V ** -len(y)) for p, y in zip(p_expert, responses)]
+    log_pi = torch.tensor([-3.0, -1.0, -0.5])   # the policy prefers the off-support response
+    reward = afd_mini.oracle_reward(world, [prompt] * 3, responses, log_pi)
+    torch.testing.assert_close(reward, torch.tensor(log_beta) - log_pi, atol=1e-4, rtol=0)
+    assert reward[0] > reward[1] > reward[2], "the oracle should reward the expert's likely responses most"
+
+
+# -----------------------------------------------------------------------------
+# the KLs that stage_evaluate reports
+
+def test_policy_kls_match_enumeration_on_hand_made_policies():
+    """Two distributions over four responses, and "samples" that are copies of each response in exact
+    proportion (8 of β, 16 of π): the Monte Carlo means are then the expectations, so the pipeline's estimate
+    must equal the KL computed by enumeration, both ways."""
+    beta = [0.5, 0.25, 0.125, 0.125]
+    pi = [0.0625, 0.1875, 0.25, 0.5]
+    forward = sum(b * math.log(b / p) for b, p in zip(beta, pi))    # KL(β ‖ π)
+    reverse = sum(p * math.log(p / b) for b, p in zip(beta, pi))    # KL(π ‖ β)
+    assert abs(forward - reverse) > 0.1, "test has no teeth: KL(β‖π) == KL(π‖β) here"
+    log_beta, log_pi = torch.tensor(beta).log(), torch.tensor(pi).log()
+    expert = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 2, 1, 1]))   # y ~ β
+    own = torch.repeat_interleave(torch.arange(4), torch.tensor([1, 3, 4, 8]))      # y ~ π
+    got = afd_mini.policy_kls(beta_on_expert=log_beta[expert], pi_on_expert=log_pi[expert],
+                              pi_on_own=log_pi[own], beta_on_own=log_beta[own])
+    assert got == pytest.approx((forward, reverse), abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# describe: mode frequencies, off-support, entropy, diversity
+
+def test_describe_hand_made_responses(world):
+    rev = world.make_prompt("reverse", "ABCD", "DCBA")
+    add = world.make_prompt("add", "37+48", "85")
+    sample = [(rev, "DCBA", "terse", 1.0),
+              (rev, "DCBA", "terse", 1.0),                    # the same response again
+              (rev, "the answer is DCBE.", "sentence", 0.375),   # a slip: on the support, half of 3/4 right
+              (rev, "answer: DCBA", "off", 1.0),               # a base style: off the support, yet right
+              (add, "7+8=15, 3+4+1=8. so the answer is 85.", "steps", 1.0),
+              (add, "85", "terse", 1.0)]
+    prompts = [p for p, *_ in sample]
+    responses = [world.encode_response(t) for _, t, *_ in sample]
+    assert [world.mode(p, y) for p, y in zip(prompts, responses)] == [m for *_, m, _ in sample]
+    stats = afd_mini.describe(SimpleNamespace(world=world), prompts, responses)
+    assert stats["off_support"] == pytest.approx(1 / 6)
+    assert stats["mode_freq"] == pytest.approx({"terse": 3 / 6, "sentence": 1 / 6, "steps": 1 / 6})
+    on = [3 / 5, 1 / 5, 1 / 5]   # the five on-support responses
+    assert stats["mode_entropy"] == pytest.approx(-sum(f * math.log(f) for f in on))
+    assert stats["distinct"] == pytest.approx((3 / 4 + 2 / 2) / 2)   # per prompt, then averaged
+    assert stats["gold_reward"] == pytest.approx((5 + 0.375) / 6)
+    assert stats["length"] == pytest.approx(sum(map(len, responses)) / 6)
+    off = afd_mini.describe(SimpleNamespace(world=world), [rev], [world.encode_response("answer: DCBA")])
+    assert off["off_support"] == 1 and off["mode_entropy"] == 0
+
+
+# -----------------------------------------------------------------------------
+# Best-of-N
+
+def test_best_of_n_curve_against_brute_force():
+    M, N = 3, 8
+    g = torch.Generator().manual_seed(0)
+    reward = torch.randint(0, 4, (M * N,), generator=g).float()   # few values: many ties
+    gold = torch.rand(M * N, generator=g)
+    off = (torch.rand(M * N, generator=g) < 0.5).float()
+    res = afd_mini.best_of_n_curve(reward, gold, off, N)
+    assert res["n"] == [1, 2, 4, 8]
+    assert res["kl"] == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 4, 8)])
+    for i, n in enumerate(res["n"]):
+        picks = []
+        for start in range(0, M * N, n):   # consecutive samples of one prompt, N/n draws per prompt
+            best = start
+            for j in range(start, start + n):
+                if reward[j] > reward[best]:   # strictly greater: the first of equals stays
+                    best = j
+            picks.append(best)
+        assert res["gold_reward"][i] == pytest.approx(np.mean([gold[j].item() for j in picks]), abs=1e-6), n
+        assert res["off_support"][i] == pytest.approx(np.mean([off[j].item() for j in picks]), abs=1e-6), n
+
+
+# -----------------------------------------------------------------------------
+# the policy-gradient loop, end to end on a tiny model
+
+class TinyRun:
+    """What policy_optimisation asks of a Run, around a tiny GPT: every load("sft") is a fresh copy of it."""
+    rollout = afd_mini.Run.rollout   # the pipeline's own sampling and batching
+    batch = afd_mini.Run.batch
+
+    def __init__(self, model, prompt, **cfg):
+        self.model, self.seed, self.device = model, 0, torch.device("cpu")
+        self.cfg = dataclasses.replace(afd_mini.Config(), progress=False, max_new_tokens=6, **cfg)
+        self.rng = np.random.default_rng(0)
+        self.world = SimpleNamespace(eos_id=0)
+        self.demos = [(prompt, [3, 0])] * 4
+        self.demo_prompts = [SimpleNamespace(tokens=prompt)] * 4
+
+    def load(self, name):
+        assert name == "sft"
+        return copy.deepcopy(self.model), {}
+
+
+def first_token_prob(model, prompt, token):
+    with torch.no_grad():
+        return F.softmax(model(torch.tensor([prompt]))[0][0, -1], dim=-1)[token].item()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_policy_optimisation_follows_the_reward(sign):
+    """Reward ±1 when the response starts with token 3: the loop must raise its probability for +1 and lower
+    it for −1 (exact probabilities from a forward pass, before and after; kl_coef = 0 so that only the reward
+    acts)."""
+    prompt, target = [1, 2], 3
+    model = tiny(GPT, vocab=8)
+    run = TinyRun(model, prompt, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2, pg_lr=1e-2, kl_coef=0.0)
+
+    def reward_fn(prompts, roll):
+        return sign * (roll.tokens[:, len(prompt)] == target).float()
+
+    before = first_token_prob(model, prompt, target)
+    policy, _ = afd_mini.policy_optimisation(run, "test", reward_fn)
+    after = first_token_prob(policy, prompt, target)
+    assert (after - before) * sign > 0, f"reward {sign:+} for token {target}: P went from {before:.3f} to {after:.3f}"
