@@ -18,8 +18,10 @@ Bugs each test guards against:
   including off-support responses), distinct counted over all prompts, a wrong mean.
 - test_best_of_n_curve_*: Best-of-N picking the lowest reward, grouping samples of different prompts together
   (view(n, -1)), indexing the gold reward with the wrong rows, the last instead of the first on ties.
-- test_policy_optimisation_*: the policy-gradient loop's sign (advantages, PPO ratio's arguments, the optimiser
-  on the wrong model): a reward for one token must raise that token's probability.
+- test_policy_optimisation_follows_the_reward: the policy-gradient loop's sign (advantages negated, the PPO
+  ratio's arguments swapped, the optimiser on the wrong model): a reward for one token must raise its probability.
+- test_policy_optimisation_kl_penalty_pulls_towards_the_reference: the KL penalty turned into a bonus, in
+  kl_shaped_advantages or by kl_k1's arguments swapped in the loop.
 """
 
 import copy
@@ -254,13 +256,14 @@ def test_best_of_n_curve_against_brute_force():
 # the policy-gradient loop, end to end on a tiny model
 
 class TinyRun:
-    """What policy_optimisation asks of a Run, around a tiny GPT: every load("sft") is a fresh copy of it."""
+    """What policy_optimisation asks of a Run, around tiny GPTs: load("sft") hands out `models` in turn (the
+    policy and the reference; `loaded` records which was which)."""
     rollout = afd_mini.Run.rollout   # the pipeline's own sampling and batching
     batch = afd_mini.Run.batch
 
-    def __init__(self, model, prompt, **cfg):
-        self.model, self.seed, self.device = model, 0, torch.device("cpu")
-        self.cfg = dataclasses.replace(afd_mini.Config(), progress=False, max_new_tokens=6, **cfg)
+    def __init__(self, models, prompt, **cfg):
+        self.models, self.loaded, self.seed, self.device = list(models), [], 0, torch.device("cpu")
+        self.cfg = dataclasses.replace(afd_mini.Config(), progress=False, **cfg)
         self.rng = np.random.default_rng(0)
         self.world = SimpleNamespace(eos_id=0)
         self.demos = [(prompt, [3, 0])] * 4
@@ -268,12 +271,17 @@ class TinyRun:
 
     def load(self, name):
         assert name == "sft"
-        return copy.deepcopy(self.model), {}
+        self.loaded.append(self.models[len(self.loaded)])
+        return self.loaded[-1], {}
+
+
+def first_token_logp(model, prompt):
+    with torch.no_grad():
+        return F.log_softmax(model(torch.tensor([prompt]))[0][0, -1].double(), dim=-1)
 
 
 def first_token_prob(model, prompt, token):
-    with torch.no_grad():
-        return F.softmax(model(torch.tensor([prompt]))[0][0, -1], dim=-1)[token].item()
+    return first_token_logp(model, prompt)[token].exp().item()
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -283,7 +291,8 @@ def test_policy_optimisation_follows_the_reward(sign):
     acts)."""
     prompt, target = [1, 2], 3
     model = tiny(GPT, vocab=8)
-    run = TinyRun(model, prompt, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2, pg_lr=1e-2, kl_coef=0.0)
+    run = TinyRun([model, copy.deepcopy(model)], prompt, max_new_tokens=6, rl_iters=6, rl_prompts=4, group_size=4,
+                  ppo_epochs=2, pg_lr=1e-2, kl_coef=0.0)
 
     def reward_fn(prompts, roll):
         return sign * (roll.tokens[:, len(prompt)] == target).float()
@@ -292,3 +301,31 @@ def test_policy_optimisation_follows_the_reward(sign):
     policy, _ = afd_mini.policy_optimisation(run, "test", reward_fn)
     after = first_token_prob(policy, prompt, target)
     assert (after - before) * sign > 0, f"reward {sign:+} for token {target}: P went from {before:.3f} to {after:.3f}"
+
+
+def spread(model, seed):
+    """Larger random weights than GPT-2's init, so that two models' next-token distributions differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
+    """Zero reward, kl_coef = 1, one-token responses: the loop then minimises KL(π ‖ π_ref) of the first token
+    alone, which is computed here exactly, before and after. A flipped penalty (a sign in
+    kl_shaped_advantages, or kl_k1's arguments swapped in the loop) would push π away from π_ref instead."""
+    prompt = [1, 2]
+    models = [spread(tiny(GPT, vocab=8), seed) for seed in (1, 2)]
+
+    def kl(i):   # KL(models[i] ‖ the other one), first token
+        logp, logq = first_token_logp(models[i], prompt), first_token_logp(models[1 - i], prompt)
+        return (logp.exp() * (logp - logq)).sum().item()
+
+    before = [kl(0), kl(1)]
+    run = TinyRun(models, prompt, max_new_tokens=1, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2,
+                  pg_lr=1e-2, kl_coef=1.0)
+    policy, _ = afd_mini.policy_optimisation(run, "test", lambda prompts, roll: torch.zeros(roll.tokens.size(0)))
+    i = run.loaded.index(policy)   # the model the loop trained; the other is its reference
+    assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
