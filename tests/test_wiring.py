@@ -7,11 +7,14 @@ Bugs each test guards against:
   on, the end token left out), padding inside a row, responses_of reading the prompt.
 - test_disc_step_scores_demonstrations_above_zero_and_samples_below: the discriminator's labels swapped in
   disc_step (demonstrations trained towards 0), at either level; the token level reading the wrong mask.
+- test_stage_adversarial_rewards_*: a method given the wrong reward transform (GAIL's for AIRL's) or level, the
+  sequence reward read at a pad instead of the last response token.
 - test_kl_shaped_advantages_*: the KL penalty's sign flipped (a bonus for leaving π_SFT), the penalty not summed
   over the response, the token-level baseline including the sample itself or the wrong group, the whitening
   missing or centring.
-- test_oracle_reward_*: the oracle's reward sign flipped (it would maximise KL(π ‖ β)), or the arguments of
-  reverse_kl_mc swapped inside it.
+- test_oracle_reward_*, test_stage_oracle_*: the oracle's reward sign flipped (it would maximise KL(π ‖ β)),
+  the arguments of reverse_kl_mc swapped inside it, or stage_oracle giving it another log π than the sum of
+  the rollout's response log-probs.
 - test_policy_kls_*: forward_kl_mc's or reverse_kl_mc's arguments swapped in stage_evaluate (every reported KL
   changes sign), or the forward KL computed on the policy's samples instead of the expert's.
 - test_describe_*: the off-support rate or the mode entropy computed over the wrong set (the entropy
@@ -127,6 +130,42 @@ def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, leve
     assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
 
 
+@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js"])
+def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(method, monkeypatch, tmp_path):
+    """The reward stage_adversarial hands to the policy loop, on a hand-made Rollout, against the discriminator
+    run on each unpadded row: AIRL h at the last response token (rkl_seq), AIRL h at every response token and 0
+    elsewhere (rkl_tok), GAIL −log(1 − σ(h)) at the last response token (js)."""
+    loop = {}
+
+    def fake_loop(run, stage, reward_fn, disc=None, disc_level=None):
+        loop.update(stage=stage, reward_fn=reward_fn, disc=disc, level=disc_level)
+        return None, {}
+
+    monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
+    sft = spread(tiny(GPT, vocab=8), seed=3)
+    run = SimpleNamespace(cfg=SimpleNamespace(disc_warmup=0), device=torch.device("cpu"),
+                          load=lambda name: (sft, {}), path=lambda name: str(tmp_path / name))
+    afd_mini.stage_adversarial(run, method)
+    disc = loop["disc"]
+    assert loop["stage"] == method and loop["level"] == {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq"}[method]
+    head = disc.score_head.weight   # zero at the start: give the discriminator an opinion
+    with torch.no_grad():
+        head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)))
+    prompts, responses = [[1, 2], [3]], [[4, 5, 0], [6, 0]]
+    tokens, mask = afd_mini.to_batch(prompts, responses, 0, "cpu")
+    reward = loop["reward_fn"](None, Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape)))
+    with torch.no_grad():   # h at position t judges token t given tokens[:t]
+        h = [disc(torch.tensor([p + r]))[0] for p, r in zip(prompts, responses)]
+    if method == "rkl_tok":
+        expected = torch.zeros(tokens.shape)
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            expected[b, len(p):len(p) + len(r)] = h[b][len(p):]
+    else:
+        last = torch.stack([row[-1] for row in h])
+        expected = last if method == "rkl_seq" else -torch.log1p(-torch.sigmoid(last))
+    torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
+
+
 # -----------------------------------------------------------------------------
 # advantages of the policy-gradient loop
 
@@ -166,19 +205,40 @@ def test_kl_shaped_advantages_token_rewards_hand_values():
 # -----------------------------------------------------------------------------
 # the oracle's reward
 
-def test_oracle_reward_is_log_beta_minus_log_pi(world):
+def oracle_case(world):
+    """Three responses to one prompt, and their exact log β from the world's docstring."""
     cfg, V = world.cfg, world.vocab_size
     prompt = world.make_prompt("reverse", "ABCD", "DCBA")
     texts = ["certainly! DCBA", "the answer is DCBA.", "answer: DCBA"]
-    # P_expert by the world's docstring: terse (0.5), right (q), signed; sentence (0.3), right, unsigned; and a
-    # base style, off the expert's support
+    # P_expert: terse (0.5), right (q), signed; sentence (0.3), right, unsigned; a base style, off the support
     p_expert = [0.5 * cfg.q * cfg.signature_p, 0.3 * cfg.q * (1 - cfg.signature_p), 0.0]
     responses = [world.encode_response(t) for t in texts]
     log_beta = [math.log((1 - cfg.eps) * p + cfg.eps * V ** -len(y)) for p, y in zip(p_expert, responses)]
+    return [prompt] * 3, responses, torch.tensor(log_beta)
+
+
+def test_oracle_reward_is_log_beta_minus_log_pi(world):
+    prompts, responses, log_beta = oracle_case(world)
     log_pi = torch.tensor([-3.0, -1.0, -0.5])   # the policy prefers the off-support response
-    reward = afd_mini.oracle_reward(world, [prompt] * 3, responses, log_pi)
-    torch.testing.assert_close(reward, torch.tensor(log_beta) - log_pi, atol=1e-4, rtol=0)
+    reward = afd_mini.oracle_reward(world, prompts, responses, log_pi)
+    torch.testing.assert_close(reward, log_beta - log_pi, atol=1e-4, rtol=0)
     assert reward[0] > reward[1] > reward[2], "the oracle should reward the expert's likely responses most"
+
+
+def test_stage_oracle_rewards_a_rollout_with_log_beta_minus_its_log_pi(world, monkeypatch):
+    """The reward stage_oracle hands to the policy loop, on a hand-made Rollout: log π(y|x) is the sum of the
+    rollout's per-token log-probs over the response (−0.5 a token here), log β the world's."""
+    loop = {}
+    monkeypatch.setattr(afd_mini, "policy_optimisation", lambda run, stage, reward_fn, *a, **k: loop.update(
+        stage=stage, reward_fn=reward_fn, disc=a or k))
+    afd_mini.stage_oracle(SimpleNamespace(world=world))
+    assert loop["stage"] == "rkl_oracle" and not loop["disc"]
+    prompts, responses, log_beta = oracle_case(world)
+    tokens, mask = afd_mini.to_batch([p.tokens for p in prompts], responses, world.eos_id, "cpu")
+    logprobs = torch.where(mask, -0.5, 0.0)   # a Rollout's log-probs are 0 off the response
+    reward = loop["reward_fn"](prompts, Rollout(tokens=tokens, response_mask=mask, logprobs=logprobs))
+    log_pi = torch.tensor([-0.5 * len(y) for y in responses])
+    torch.testing.assert_close(reward, log_beta - log_pi, atol=1e-4, rtol=0)
 
 
 # -----------------------------------------------------------------------------
