@@ -21,6 +21,8 @@ Bugs each test guards against:
   including off-support responses), distinct counted over all prompts, a wrong mean.
 - test_best_of_n_curve_*: Best-of-N picking the lowest reward, grouping samples of different prompts together
   (view(n, -1)), indexing the gold reward with the wrong rows, the last instead of the first on ties.
+- test_stage_best_of_n_*: the closed-form reward's arguments swapped (init_sft_logratio(log π_init, log π_SFT)),
+  or scored with the wrong model.
 - test_policy_optimisation_follows_the_reward: the policy-gradient loop's sign (advantages negated, the PPO
   ratio's arguments swapped, the optimiser on the wrong model): a reward for one token must raise its probability.
 - test_policy_optimisation_kl_penalty_pulls_towards_the_reference: the KL penalty turned into a bonus, in
@@ -310,6 +312,48 @@ def test_best_of_n_curve_against_brute_force():
             picks.append(best)
         assert res["gold_reward"][i] == pytest.approx(np.mean([gold[j].item() for j in picks]), abs=1e-6), n
         assert res["off_support"][i] == pytest.approx(np.mean([off[j].item() for j in picks]), abs=1e-6), n
+
+
+def test_stage_best_of_n_ranks_by_log_pi_sft_minus_log_pi_init(world, monkeypatch):
+    """The closed-form reward stage_best_of_n ranks with is log π_SFT(y|x) − log π_init(y|x) of its samples
+    (init_sft_logratio's arguments in that order), computed here by a plain forward pass of each unpadded row.
+    best_of_n_curve (tested above) is replaced by a recorder, whose return value tells which call was which."""
+    calls = []
+    monkeypatch.setattr(afd_mini, "best_of_n_curve",
+                        lambda reward, gold, off, N: calls.append(reward) or len(calls) - 1)
+    config = GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1, n_embd=16)
+    torch.manual_seed(0)
+    models = {"pretrain": GPT(config), "sft": spread(GPT(config), seed=4),
+              **{f"rm_{name}": ScalarGPT(config) for name in afd_mini.REWARD_MODELS}}
+
+    class BonRun:   # what stage_best_of_n asks of a Run; it records what it samples
+        rollout, batch = afd_mini.Run.rollout, afd_mini.Run.batch
+
+        def __init__(self):
+            self.cfg = dataclasses.replace(afd_mini.Config(), bon_prompts=2, bon_max_n=4, progress=False)
+            self.seed, self.device, self.world, self.sampled = 0, torch.device("cpu"), world, []
+            self.data = {"eval_prompts": world.sample_prompts(2, np.random.default_rng(0))}
+
+        def load(self, name):
+            return models[name], {}
+
+        def sample_responses(self, model, prompts, seed):
+            self.sampled.append((prompts, afd_mini.Run.sample_responses(self, model, prompts, seed)))
+            return self.sampled[-1][1]
+
+    run = BonRun()
+    _, extra = afd_mini.stage_best_of_n(run)
+    (prompts, responses), = run.sampled
+
+    def logp(model, p, r):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r]))[0][0, len(p) - 1:-1]
+        return F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(r)[:, None]).sum().item()
+
+    expected = torch.tensor([logp(models["sft"], p, r) - logp(models["pretrain"], p, r)
+                             for p, r in zip(prompts, responses)])
+    assert expected.abs().min() > 1e-3, "test has no teeth: π_SFT and π_init agree on a sample"
+    torch.testing.assert_close(calls[extra["bon"]["closed_form"]], expected, atol=1e-4, rtol=0)
 
 
 # -----------------------------------------------------------------------------
