@@ -400,7 +400,8 @@ def stage_sft(run):
 # for every reward: a discriminator's (AIRL, GAIL; sequence- or token-level), the exact expert's (the oracle),
 # or a reward model's (RL on the Init-SFT RM).
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
-#   advantage = leave-one-out over the group_size samples of each prompt, whitened, then PPO-clipped steps.
+#   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
+#   then PPO-clipped steps.
 
 def policy_optimisation(run, stage, reward_fn, disc=None):
     """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
@@ -432,14 +433,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None):
             reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
-            if reward.dim() == 1:    # sequence reward: KL penalty summed over the response
-                shaped = reward - cfg.kl_coef * k1.sum(-1)
-                adv = obj.leave_one_out_advantages(shaped, cfg.group_size)
-            else:                    # token rewards: penalty per token, reward-to-go, LOO baseline on returns
-                shaped = (reward - cfg.kl_coef * k1) * mask
-                returns = shaped.sum(-1)
-                adv = (obj.rewards_to_go(shaped, mask) - loo_mean(returns, cfg.group_size)[:, None]) * mask
-            adv = adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
+            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef, cfg.group_size)
         for _ in range(cfg.ppo_epochs):
             with autocast(run.device):
                 logp = token_logprobs(policy, tokens, mask)
@@ -450,11 +444,6 @@ def policy_optimisation(run, stage, reward_fn, disc=None):
         curve["kl_ref"].append(k1.sum(-1).mean().item())
         pbar.set_postfix(reward=f"{mean_reward:.2f}", kl=f"{curve['kl_ref'][-1]:.2f}")
     return policy, {"curve": curve}
-
-
-def loo_mean(x, group_size):
-    """Mean of the other members of each sample's group: x_i − LOO advantage_i."""
-    return x - obj.leave_one_out_advantages(x, group_size)
 
 
 @dataclass
@@ -538,10 +527,18 @@ def stage_oracle(run, method):
     transform = {"rkl_oracle": obj.airl_reward, "js_oracle": obj.gail_reward}[method]
 
     def reward_fn(prompts, roll, pi_logp):
-        expert = torch.tensor(run.world.expert_logprobs(prompts, responses_of(roll)), dtype=torch.float32,
-                              device=roll.tokens.device)
-        return transform(-obj.reverse_kl_mc(obj.sequence_logprob(pi_logp, roll.response_mask), expert))
+        return transform(oracle_reward(run.world, prompts, responses_of(roll),
+                                       obj.sequence_logprob(pi_logp, roll.response_mask)))
     return policy_optimisation(run, method, reward_fn)
+
+
+def oracle_reward(world, prompts, responses, policy_logp_seq):
+    """The oracle's reward r(y) = log β(y|x) − log π(y|x) (= −reverse_kl_mc) of the policy's responses (token
+    lists), whose log π(y|x) are policy_logp_seq (B,); log β is the world's, exact. Maximising E_π[r] minimises
+    KL(π ‖ β) (objectives.reverse_kl_reinforce_loss)."""
+    expert = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32,
+                          device=policy_logp_seq.device)
+    return -obj.reverse_kl_mc(policy_logp_seq, expert)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -659,7 +656,7 @@ def stage_best_of_n(run):
     init, _ = run.load("pretrain")
     sft, _ = run.load("sft")
     prompts = run.data["eval_prompts"][:cfg.bon_prompts]
-    M, N = len(prompts), cfg.bon_max_n
+    N = cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
     pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
@@ -673,24 +670,29 @@ def stage_best_of_n(run):
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
     rewards["gold"] = gold
     off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
-    bon = {}
-    for name, r in rewards.items():
-        res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
-        n = 1
-        while n <= N:   # N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them
-            pick = obj.best_of_n(r.view(-1, n))
-            res["n"].append(n)
-            res["kl"].append(obj.best_of_n_kl(n))
-            res["gold_reward"].append(gold.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
-            res["off_support"].append(off.view(-1, n)[torch.arange(M * N // n), pick].mean().item())
-            n *= 2
-        bon[name] = res
+    bon = {name: best_of_n_curve(r, gold, off, N) for name, r in rewards.items()}
     vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
                                          "spearman": spearman(rewards[name], rewards[opt])}
                   for name, opt in [("init_sft", "init_sft_optimum"), ("init_demo", "init_demo_optimum"),
                                     ("sft_demo", "sft_demo_optimum"), ("init_sft_scalar", "init_sft_optimum")]
                   if name in rewards}
     return None, {"bon": bon, "reward_models": vs_optimum}
+
+
+def best_of_n_curve(reward, gold, off, N):
+    """Best-of-n for n = 1, 2, 4, ..., N from N samples of each prompt, prompt-major (sample j of prompt i at
+    i·N + j): the candidate `reward` ranks highest among n, and the mean gold reward and off-support rate (off:
+    0/1) of the picks. N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them."""
+    res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
+    n = 1
+    while n <= N:
+        pick = obj.best_of_n(reward.view(-1, n))
+        res["n"].append(n)
+        res["kl"].append(obj.best_of_n_kl(n))
+        res["gold_reward"].append(gold.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
+        res["off_support"].append(off.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
+        n *= 2
+    return res
 
 
 def pearson(a, b):
@@ -783,8 +785,9 @@ def stage_evaluate(run):
         responses = [r for _, r in own]
         beta_own = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
         stats = describe(run, prompts, responses)
-        stats["forward_kl"] = obj.forward_kl_mc(expert_on_expert, logp_expert).mean().item()   # KL(β ‖ π)
-        stats["reverse_kl"] = obj.reverse_kl_mc(logp_own, beta_own).mean().item()            # KL(π ‖ β)
+        stats["forward_kl"], stats["reverse_kl"] = policy_kls(beta_on_expert=expert_on_expert,
+                                                              pi_on_expert=logp_expert,
+                                                              pi_on_own=logp_own, beta_on_own=beta_own)
         if name != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
         policies[name] = stats
@@ -800,6 +803,15 @@ def stage_evaluate(run):
             keep = np.random.default_rng(0).permutation(len(own))[:300]
             points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
     return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
+
+
+def policy_kls(beta_on_expert, pi_on_expert, pi_on_own, beta_on_own):
+    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from sequence log-probs (B,) of two samples:
+        forward  KL(β ‖ π) = mean over the expert's samples y ~ β of log β(y|x) − log π(y|x),
+        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π of log π(y|x) − log β(y|x).
+    beta_on_expert, pi_on_expert: log β and log π of the expert's samples; pi_on_own, beta_on_own: of π's."""
+    return (obj.forward_kl_mc(beta_on_expert, pi_on_expert).mean().item(),
+            obj.reverse_kl_mc(pi_on_own, beta_on_own).mean().item())
 
 
 def modes_of(world, prompts, responses):

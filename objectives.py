@@ -10,7 +10,8 @@ distributions over responses match. Which divergence is minimised decides the al
     → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_reinforce_loss
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
-      optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3
+      optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
+                                                               kl_shaped_advantages
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
 
@@ -204,6 +205,34 @@ def kl_k3(logp, ref_logp):
     log_ratio = ref_logp - logp
     return torch.exp(log_ratio) - 1 - log_ratio
     # ---- exercise 7: end solution
+
+
+def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size):
+    """The advantages of afd_mini's policy-gradient loop: the reward minus the k1 penalty to the reference,
+    a leave-one-out baseline, whitened. reward: (B,) one per response, or (B, T) per token; k1: (B, T) per-token
+    log π − log π_ref (kl_k1) on the policy's samples; rows in groups of group_size samples of one prompt.
+    Returns (B,) or (B, T), like reward; detached.
+
+    Sequence reward:  r̃_b = r_b − λ Σ_t k1_{b,t},               A_b = r̃_b − mean_{j≠b} r̃_j
+    Token rewards:    r̃_{b,t} = (r_{b,t} − λ k1_{b,t}) m_{b,t},
+                      A_{b,t} = (Σ_{t'≥t} r̃_{b,t'} − mean_{j≠b} Σ_{t'} r̃_{j,t'}) m_{b,t}
+    (j over the other members of b's group; λ = kl_coef). Token level: the sample's reward-to-go minus the other
+    samples' mean return, a baseline independent of y_b. Then A ← A / std(A), the unbiased (N − 1) std over the
+    batch, over response tokens for token rewards, floored at 1e-6: no centring (the baseline did that), one
+    step size whatever the reward's scale.
+    The sign: by kl_k1's identity, r − λ Σ_t k1 adds λ ∇KL(π ‖ π_ref) to the loss's expected gradient, a
+    penalty; with + it would push π away from π_ref.
+    """
+    reward, k1 = reward.detach(), _response(k1.detach(), mask)
+    if reward.dim() == 1:    # sequence reward: the penalty summed over the response
+        shaped = reward - kl_coef * k1.sum(-1)
+        adv = leave_one_out_advantages(shaped, group_size)
+    else:                    # token rewards: penalty per token, reward-to-go, LOO baseline on the returns
+        shaped = (reward - kl_coef * k1) * mask
+        returns = shaped.sum(-1)
+        mean_of_others = returns - leave_one_out_advantages(returns, group_size)
+        adv = (rewards_to_go(shaped, mask) - mean_of_others[:, None]) * mask
+    return adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
 
 
 # -----------------------------------------------------------------------------

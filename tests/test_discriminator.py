@@ -3,12 +3,8 @@
 Guards against:
 - an AIRL-form logit that is not log q_φ − log π (wrong sign, π not detached, token logits that do not add up
   to the response's logit), or that does not start at 0 (D = ½) when q_φ is a copy of the policy;
-- discriminator steps with swapped labels or masks: after a few steps on two distinguishable batches,
-  demonstrations must score above 0 and policy samples below 0, whatever the form and level.
+(Discriminator steps, both forms and levels, are pinned in tests/test_wiring.py.)
 """
-import copy
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -65,24 +61,3 @@ def test_airl_form_token_logits_sum_to_the_sequence_logit():
     torch.testing.assert_close(h_tok.sum(-1), h_seq, atol=1e-5, rtol=0)
     assert torch.equal(h_tok[~mask], torch.zeros_like(h_tok[~mask]))
     assert (h_seq.abs() > 1e-2).all(), "test has no teeth: q_φ and π agree"
-
-
-@pytest.mark.parametrize("form", ["airl", "scalar"])
-@pytest.mark.parametrize("level", ["seq", "tok"])
-def test_discriminator_steps_push_demonstrations_up_and_policy_samples_down(form, level):
-    policy = tiny_gpt(0)
-    disc = afd_mini.new_discriminator(policy, form, level)
-    opt = torch.optim.AdamW(disc.model.parameters(), lr=1e-2, weight_decay=0.0)
-    run = SimpleNamespace(device=torch.device("cpu"))
-    with torch.no_grad():   # demonstrations answer with token 1, the policy with token 2: easy to tell apart
-        demo = (*batch(3, token=1, n=6), None)
-        pol = (*batch(4, token=2, n=10), None)   # unequal class sizes, as in the pipeline's token level
-        demo = (demo[0], demo[1], token_logprobs(policy, demo[0], demo[1]))
-        pol = (pol[0], pol[1], token_logprobs(policy, pol[0], pol[1]))
-    for step in range(30):
-        afd_mini.disc_step(run, disc, opt, demo, pol, "test", step)
-    with torch.no_grad():
-        h_demo, h_pol = disc.response_logits(*demo), disc.response_logits(*pol)
-    assert (h_demo > 0).all() and (h_pol < 0).all(), (form, level, h_demo, h_pol)
-    for p_policy, p_before in zip(policy.parameters(), tiny_gpt(0).parameters()):
-        assert torch.equal(p_policy, p_before), "a discriminator step moved the policy"

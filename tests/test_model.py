@@ -1,6 +1,10 @@
 """Tests for model.py on a tiny CPU model. Each check compares against an independent
 computation (a plain forward pass of one unpadded row, a manual log_softmax gather), so a
-wrong shift, a leaked pad or a stale cache entry makes it fail."""
+wrong shift, a leaked pad or a stale cache entry makes it fail.
+
+test_sampler_draws_from_the_tempered_top_k_distribution guards the sampler's distribution itself,
+which test_sampler_logprobs cannot see: drawing from the untempered (or untruncated, or top-(k±1))
+distribution while reporting the tempered log-prob, and reporting a log-prob of another distribution."""
 
 import os
 
@@ -151,6 +155,43 @@ def test_sampler_logprobs(model):
     m = roll.response_mask
     torch.testing.assert_close(roll.logprobs[m], expected[m], atol=1e-5, rtol=0)
     assert (roll.logprobs[~m] == 0).all() and torch.isfinite(roll.logprobs).all()
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.5, 5), (2.0, None)])
+def test_sampler_draws_from_the_tempered_top_k_distribution(temperature, top_k):
+    """Many rows with one prompt: the first response tokens are n independent draws from
+    p = softmax(logits / T) restricted to the top k, computed here from a plain forward pass."""
+    torch.manual_seed(0)
+    model = _spread_weights(GPT(tiny_config()), std=0.6).eval()   # logits spread enough for T to matter
+    prompt, n = PROMPTS[1], 4000
+    with torch.no_grad():
+        logits = full_logits(model, prompt)[-1].double()
+    keep = torch.arange(logits.numel()) if top_k is None else logits.topk(top_k).indices
+    p = torch.zeros_like(logits)
+    p[keep] = F.softmax(logits[keep] / temperature, dim=-1)
+    roll = sample(model, [prompt] * n, 1, EOS, temperature=temperature, top_k=top_k,
+                  generator=torch.Generator().manual_seed(0))
+    first = roll.tokens[:, len(prompt)]
+    counts = torch.bincount(first, minlength=logits.numel()).double()
+    # Bound: the count of token v is Binomial(n, p_v), standard error se_v = sqrt(n p_v (1 − p_v)). We allow
+    # 4.5 se_v per token: a two-sided normal tail of 6.8e-6, under 3e-4 over the 37 tokens by the union bound
+    # (and the seed is fixed, so the test is deterministic).
+    se = (n * p * (1 - p)).sqrt()
+    assert (counts[p == 0] == 0).all(), "the sampler drew a token outside the top k"
+    worst = ((counts - n * p).abs() / se)[p > 0].max().item()
+    assert worst <= 4.5, f"first-token counts are {worst:.1f} standard errors from softmax(logits / T) over the top k"
+    # Teeth: the distributions a plausible bug samples from are far outside that bound (or would show a token
+    # that must not appear), so such a sampler fails with overwhelming probability.
+    wrong = {"untempered": torch.zeros_like(p).index_put_((keep,), F.softmax(logits[keep], dim=-1))}
+    if top_k is not None:
+        for name, k in (("top-(k+1)", top_k + 1), ("top-(k-1)", top_k - 1)):
+            idx = logits.topk(k).indices
+            wrong[name] = torch.zeros_like(p).index_put_((idx,), F.softmax(logits[idx] / temperature, dim=-1))
+    for name, q in wrong.items():
+        gap = ((n * q - n * p).abs() / se.clamp_min(1e-12)).max().item()
+        assert gap > 10, f"test has no teeth: a sampler drawing from the {name} distribution is only {gap:.1f} se off"
+    # the reported log-prob is that of the distribution sampled from
+    torch.testing.assert_close(roll.logprobs[:, len(prompt)].double(), p.log()[first], atol=1e-5, rtol=0)
 
 
 def test_nothing_after_end_token(model):

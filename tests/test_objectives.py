@@ -7,6 +7,15 @@ tokens, so every response can be listed with its exact probability. A policy is 
 row per state (the prefix so far), and yields per-token log-probs in the (B, T) + mask format of
 objectives.py, with a prompt token in column 0 (masked). Expectations are exact sums, Σ_y p(y) f(y), and
 expected gradients are Σ_y p(y) ∇f(y) with the weights p(y) detached.
+
+Bugs that the enumeration cannot see, and the tests that guard against them:
+- discriminator_loss without masks (the sequence-level discriminator, every classifier reward model) averaging
+  the two classes together, or summing, when the batches differ in size (64 policy samples against 16
+  demonstrations): the policy class then weighs 4×. test_discriminator_loss_without_masks_averages_each_class
+  (by hand) and test_discriminator_fit_on_replicated_samples_recovers_log_ratio (a fit on copies of the
+  responses in proportion to β and to π, 1:3, must still give log β − log π).
+- a test comparing a function with itself: the expected values are computed here (log π_SFT − log π_init,
+  softplus by hand), never by the function under test.
 """
 
 import itertools
@@ -418,8 +427,45 @@ def test_init_sft_classifier_recovers_closed_form_logratio():
     init, sft = random_policy(TREE, 18), random_policy(TREE, 19)
     logp_init, logp_sft = seq_logp(init, TREE), seq_logp(sft, TREE)
     h = fit_logits(lambda s: obj.classifier_reward_loss(s, s, logp_sft.exp(), logp_init.exp()), (N,))
-    assert_close(h, obj.classifier_optimum(logp_sft, logp_init), atol=1e-6, rtol=0,
+    assert_close(h, logp_sft - logp_init, atol=1e-6, rtol=0,
                  msg="classifier_reward_loss: optimal Init-SFT logit != log π_SFT − log π_init")
+    assert_close(obj.classifier_optimum(logp_sft, logp_init), logp_sft - logp_init,
+                 "classifier_optimum(log π_SFT, log π_init) != log π_SFT − log π_init")
+
+
+def softplus(z):
+    return math.log1p(math.exp(z))
+
+
+@pytest.mark.parametrize("loss", [obj.discriminator_loss, obj.classifier_reward_loss])
+def test_discriminator_loss_without_masks_averages_each_class(loss):
+    h_pos = torch.tensor([2.0, -1.0])                          # 2 demonstrations (or positives)
+    h_neg = torch.tensor([0.5, -3.0, 1.0, 0.0, -0.5, 4.0])     # 6 policy samples (or negatives): 3× as many
+    pos_terms = [softplus(-2.0), softplus(1.0)]                # −log D = softplus(−h), label 1
+    neg_terms = [softplus(0.5), softplus(-3.0), softplus(1.0), softplus(0.0), softplus(-0.5), softplus(4.0)]
+    expected = sum(pos_terms) / 2 + sum(neg_terms) / 6         # each class averaged on its own
+    pooled = (sum(pos_terms) + sum(neg_terms)) / 8
+    assert abs(expected - pooled) > 1e-3 and abs(expected - sum(pos_terms + neg_terms)) > 1e-3, \
+        "test has no teeth: equal class weights and a pooled mean or a sum agree here"
+    assert_close(loss(h_pos, h_neg), torch.tensor(expected),
+                 f"{loss.__name__} without masks: != mean_β softplus(−h) + mean_π softplus(h), each class on its own")
+    assert abs(loss(h_neg, h_pos).item() - expected) > 1e-3, \
+        f"{loss.__name__}: the first argument must be the class labelled 1"
+
+
+@pytest.mark.parametrize("loss", [obj.discriminator_loss, obj.classifier_reward_loss])
+def test_discriminator_fit_on_replicated_samples_recovers_log_ratio(loss):
+    """Equal class weights whatever the batch sizes: a tabular logit per response, fit without masks on 20
+    "demonstrations", copies of each response in proportion to β, against 60 "samples" in proportion to π.
+    Each class's mean is then exactly its expectation, so the optimum is log β − log π; a pooled mean or a sum
+    would weigh the samples 3× and give log β − log π − log 3."""
+    beta = torch.tensor([0.5, 0.25, 0.15, 0.10])
+    pi = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    ids_beta = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 5, 3, 2]))     # 20 β
+    ids_pi = torch.repeat_interleave(torch.arange(4), torch.tensor([6, 12, 18, 24]))     # 60 π
+    h = fit_logits(lambda t: loss(t[ids_beta], t[ids_pi]), (4,))
+    assert_close(h, beta.log() - pi.log(), atol=1e-6, rtol=0,
+                 msg=f"{loss.__name__} without masks, 20 vs 60: optimal logit != log β − log π")
 
 
 def test_bradley_terry_loss_hand_example():

@@ -1,7 +1,12 @@
 """End-to-end tests of afd_mini.py: the --quick run, resuming, several seeds, and bad input.
 
 The quick run is shared by the tests of this module (one pipeline run, then a resume), so the whole file
-costs about two quick runs."""
+costs about two quick runs.
+
+test_policies_are_far_from_the_expert_both_ways guards the KL estimators' wiring in stage_evaluate: an argument
+swap or a sign flip makes a reported KL negative. (It replaces a test that the expert is at KL zero from
+itself, which could not fail: stage_evaluate passes one tensor as both arguments for the expert.) The wiring
+of each piece on hand-made inputs is in test_wiring.py."""
 import json
 import math
 import os
@@ -70,11 +75,32 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
         assert math.isfinite(value), f"{path} = {value} is not finite"
 
 
-def test_the_expert_is_at_kl_zero_from_itself(quick_run):
+def kl_bernoulli(a, b):
+    """KL(Bernoulli(a) ‖ Bernoulli(b))."""
+    return a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
+
+
+def test_policies_are_far_from_the_expert_both_ways(quick_run):
+    """A lower bound on both KLs that the run's own off-support rate gives. Data processing on the indicator
+    "off the expert's support" (its two-point push-forward): KL(π ‖ β) ≥ kl(π(off) ‖ β(off)) and
+    KL(β ‖ π) ≥ kl(β(off) ‖ π(off)), kl between Bernoullis. β(off) ≤ eps (only the floor puts mass there), and
+    π(off) ≥ a_lo, the measured rate minus 4 binomial standard errors over the n evaluation samples. For
+    β(off) < π(off) both bounds fall as β(off) grows and rise with π(off), so kl(a_lo ‖ eps) and
+    kl(eps ‖ a_lo) are lower bounds. A sign flip or an argument swap makes the reported KL negative."""
     out, _, _ = quick_run
-    with open(os.path.join(out, "metrics.json")) as f:
-        expert = json.load(f)["policies"]["expert"]
-    assert abs(expert["forward_kl"]) < 1e-6 and abs(expert["reverse_kl"]) < 1e-6
+    with open(os.path.join(out, "seed_0", "metrics.json")) as f:
+        m = json.load(f)
+    eps, n = m["config"]["eps"], m["config"]["n_eval"] * m["config"]["eval_samples"]
+    checked = []
+    for name, p in m["policies"].items():
+        a = p["off_support"]
+        a_lo = a - 4 * math.sqrt(a * (1 - a) / n)
+        if name == "expert" or a_lo <= eps:   # too close to the expert for this bound to say anything
+            continue
+        assert p["reverse_kl"] > kl_bernoulli(a_lo, eps), (name, p["reverse_kl"], a)
+        assert p["forward_kl"] > kl_bernoulli(eps, a_lo), (name, p["forward_kl"], a)
+        checked.append(name)
+    assert "init" in checked, "test has no teeth: π_init (a base model) should be off the expert's support"
 
 
 def test_best_of_n_by_gold_reward_never_decreases(quick_run):

@@ -3,6 +3,10 @@ Tests of the synthetic world (data/world.py). Where a test needs a right answer,
 frequency, it computes it here, from the definitions in the world's docstring, not by asking the code
 under test. Statistical checks use 4 standard errors (a false alarm about once in 16,000 checks) and
 fixed seeds, so they are deterministic.
+
+test_worked_steps_match_an_independent_rendering guards the steps mode's text (a carry dropped or put in
+the wrong column, operands of different lengths misaligned, a letter task's steps in the wrong order):
+the expert would then demonstrate wrong arithmetic, and the likelihood would score it as right.
 """
 
 import math
@@ -179,6 +183,57 @@ def test_off_support_responses_get_exactly_the_floor(world):
     signed = world.encode_response(SIGNATURE + "DCBA")
     assert world.mode(prompt, signed) == "terse" and control.mode(prompt, signed) == "off"
     assert control.expert_logprob(prompt, signed) == pytest.approx(floor(len(signed)), rel=1e-12)
+
+
+def worked_steps(prompt_text):
+    """The steps mode's worked steps, rendered here from the docstring's description: for add, the columns
+    from the ones up, each "x+y" (the first operand's digit first, 0 past a shorter operand), "+1" when the
+    column below carried, "=" its total."""
+    verb, payload = prompt_text.split()
+    if verb == "reverse":
+        return "from the end: " + " ".join(reversed(payload)) + "."
+    if verb == "sort":
+        return "in order: " + " ".join(sorted(payload)) + "."
+    a, b = payload.split("+")
+    width = max(len(a), len(b))
+    a, b = a.zfill(width), b.zfill(width)   # 65 → 065: aligned columns
+    columns, carried = [], False
+    for column in range(width - 1, -1, -1):
+        total = int(a[column]) + int(b[column]) + carried
+        columns.append(f"{a[column]}+{b[column]}{'+1' if carried else ''}={total}")
+        carried = total >= 10
+    return ", ".join(columns) + "."
+
+
+def test_worked_steps_match_an_independent_rendering():
+    world = World(WorldConfig(max_operand=999))   # operands of up to three digits: carries into new columns
+    by_hand = {   # written out by hand, carries included
+        "add 987+65": ("1052", "7+5=12, 8+6+1=15, 9+0+1=10."),
+        "add 5+995": ("1000", "5+5=10, 0+9+1=10, 0+9+1=10."),
+        "add 120+3": ("123", "0+3=3, 2+0=2, 1+0=1."),
+        "add 7+8": ("15", "7+8=15."),
+        "add 0+0": ("0", "0+0=0."),
+        "reverse BDAC": ("CADB", "from the end: C A D B."),
+        "sort BDAC": ("ABCD", "in order: A B C D."),
+    }
+    for text, (answer, steps) in by_hand.items():
+        assert worked_steps(text) == steps, text   # the rendering below is checked against the hand values
+        family, payload = text.split()
+        prompt = world.make_prompt(family, payload, answer)
+        response = f"{steps} so the answer is {answer}."
+        assert world.render(prompt, "steps", answer) == response
+        y = world.encode_response(response)
+        assert world.mode(prompt, y) == "steps" and world.gold_reward(prompt, y) == 1
+        expected = math.log((1 - world.cfg.eps) * 0.2 * world.cfg.q * (1 - world.cfg.signature_p)
+                            + world.cfg.eps * world.vocab_size ** -len(y))   # steps (0.2), right, unsigned
+        assert world.expert_logprob(prompt, y) == pytest.approx(expected, rel=1e-12)
+    dropped = world.make_prompt("add", "987+65", "1052")   # the carry into the last column forgotten
+    assert world.mode(dropped, world.encode_response("7+5=12, 8+6+1=15, 9+0=9. so the answer is 1052.")) == "off"
+    rng = np.random.default_rng(7)
+    prompts = world.sample_prompts(600, rng)
+    assert sum(p.family == "add" and len(p.answer) == 4 for p in prompts) > 0, "no carry into a fourth column"
+    for p in prompts:
+        assert world.render(p, "steps", p.answer) == f"{worked_steps(p.text)} so the answer is {p.answer}.", p.text
 
 
 def test_gold_reward(world):

@@ -1,0 +1,455 @@
+"""
+The pipeline's wiring: the pieces of afd_mini.py between objectives.py and the reported numbers, each called
+directly on tiny inputs and checked against hand values, enumeration or a brute-force loop written here.
+
+Bugs each test guards against:
+- test_to_batch_and_responses_of_round_trip: a response mask shifted by one (the prompt's last token trained
+  on, the end token left out), padding inside a row, responses_of reading the prompt.
+- test_disc_step_scores_demonstrations_above_zero_and_samples_below: the discriminator's labels swapped in
+  disc_step (demonstrations trained towards 0), at either level and in either form; the token level reading the
+  wrong mask; the AIRL form's log π added instead of subtracted.
+- test_stage_adversarial_rewards_*: a method given the wrong reward transform (GAIL's for AIRL's) or level, the
+  sequence reward read at a pad instead of the last response token.
+- test_kl_shaped_advantages_*: the KL penalty's sign flipped (a bonus for leaving π_SFT), the penalty not summed
+  over the response, the token-level baseline including the sample itself or the wrong group, the whitening
+  missing or centring.
+- test_oracle_reward_*, test_stage_oracle_*: the oracle's reward sign flipped (it would maximise KL(π ‖ β)),
+  the arguments of reverse_kl_mc swapped inside it, or stage_oracle giving it another log π than the sum of
+  the rollout's response log-probs.
+- test_policy_kls_*: forward_kl_mc's or reverse_kl_mc's arguments swapped in stage_evaluate (every reported KL
+  changes sign), or the forward KL computed on the policy's samples instead of the expert's.
+- test_describe_*: the off-support rate or the mode entropy computed over the wrong set (the entropy
+  including off-support responses), distinct counted over all prompts, a wrong mean.
+- test_best_of_n_curve_*: Best-of-N picking the lowest reward, grouping samples of different prompts together
+  (view(n, -1)), indexing the gold reward with the wrong rows, the last instead of the first on ties.
+- test_stage_best_of_n_*: an exact optimum's arguments swapped (classifier_optimum(log π_init, log π_SFT)), or
+  scored with the wrong model.
+- test_policy_optimisation_follows_the_reward: the policy-gradient loop's sign (advantages negated, the PPO
+  ratio's arguments swapped, the optimiser on the wrong model): a reward for one token must raise its probability.
+- test_policy_optimisation_kl_penalty_pulls_towards_the_reference: the KL penalty turned into a bonus, in
+  kl_shaped_advantages or by kl_k1's arguments swapped in the loop.
+"""
+
+import copy
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import afd_mini
+import objectives as obj
+from data import World
+from model import GPT, GPTConfig, Rollout, ScalarGPT, sequence_scores, token_logprobs, token_scores
+
+CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation, which costs 10-100× on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(cls=GPT, vocab=8, seed=0):
+    torch.manual_seed(seed)
+    return cls(GPTConfig(block_size=16, vocab_size=vocab, n_layer=1, n_head=1, n_embd=16))
+
+
+# -----------------------------------------------------------------------------
+# batches of token lists
+
+def test_to_batch_and_responses_of_round_trip():
+    prompts = [[5, 9, 3], [7], [1, 2]]
+    responses = [[4, 0], [8, 8, 8, 8, 0], [6, 0]]
+    tokens, mask = afd_mini.to_batch(prompts, responses, pad_id=30, device="cpu")
+    T, F_ = True, False
+    assert tokens.tolist() == [[5, 9, 3, 4, 0, 30],
+                               [7, 8, 8, 8, 8, 0],
+                               [1, 2, 6, 0, 30, 30]]
+    assert mask.tolist() == [[F_, F_, F_, T, T, F_],
+                             [F_, T, T, T, T, T],
+                             [F_, F_, T, T, F_, F_]]
+    rollout = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
+    assert afd_mini.responses_of(rollout) == responses
+
+
+# -----------------------------------------------------------------------------
+# the discriminator step
+
+# Discriminator forms: the scalar head on the GPT backbone (ScalarGPT), and AIRL's logit log q_φ − log π with
+# q_φ a copy of the policy (a GPT).
+DISC_FORMS = ["scalar", "airl"]
+
+
+def discriminator_logits(form, disc, policy, level, tokens, mask):
+    """The logits h the pipeline reads, computed without afd_mini.Discriminator: (B,) per response ("seq"), or
+    one per response token ("tok", flattened over the mask)."""
+    with torch.no_grad():
+        if form == "scalar":
+            return sequence_scores(disc.model, tokens, mask) if level == "seq" else \
+                token_scores(disc.model, tokens, mask)[mask]
+        h = token_logprobs(disc.model, tokens, mask) - token_logprobs(policy, tokens, mask)
+        return h.sum(-1) if level == "seq" else h[mask]
+
+
+@pytest.mark.parametrize("level", ["seq", "tok"])
+@pytest.mark.parametrize("form", DISC_FORMS)
+def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, level):
+    """Fixed batches that a discriminator can tell apart (demonstrations answer with tokens 3 and 4, the policy
+    with 5 and 6), of unequal sizes (4 against 12): after some steps of disc_step, every demonstration's logit is
+    above 0 (D > 1/2, labelled 1) and every sample's below (labelled 0), and the accuracies disc_step reports,
+    measured before its step, are those of the logits computed here."""
+    eos, prompt = 0, [1, 2]
+    demos = [[3, 4, eos], [3, eos], [4, 3, 4, eos], [3, 3, eos]]
+    samples = [[5, 6, eos], [6, eos], [5, 5, 5, eos]] * 4
+    policy = tiny(GPT, vocab=8)
+    with torch.no_grad():   # the policy's log-probs, constants of the AIRL form's logit
+        demo, pol = ((t, m, token_logprobs(policy, t, m)) for t, m in
+                     (afd_mini.to_batch([prompt] * len(r), r, eos, "cpu") for r in (demos, samples)))
+    disc = afd_mini.new_discriminator(policy, form, level)
+    opt = torch.optim.AdamW(disc.model.parameters(), lr=1e-2, weight_decay=0.0)
+    for step in range(30):
+        afd_mini.disc_step(CPU, disc, opt, demo, pol, "test", step)
+    h_demo = discriminator_logits(form, disc, policy, level, *demo[:2])
+    h_pol = discriminator_logits(form, disc, policy, level, *pol[:2])
+    assert (h_demo > 0).all(), f"{form}/{level}: demonstrations scored below 0 (labels swapped?): {h_demo}"
+    assert (h_pol < 0).all(), f"{form}/{level}: policy samples scored above 0 (labels swapped?): {h_pol}"
+    acc_demo, acc_pol = afd_mini.disc_step(CPU, disc, opt, demo, pol, "test", 30)
+    assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
+
+
+@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"])
+def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(method, monkeypatch, tmp_path):
+    """The reward stage_adversarial hands to the policy loop, on a hand-made Rollout, against the discriminator
+    run on each unpadded row. AIRL form (--disc=airl): h = log q_φ − log π, summed over the response (rkl_seq),
+    per response token and 0 elsewhere (rkl_tok), GAIL −log(1 − σ(h)) of the summed h (js). Scalar form
+    (rkl_seq_scalar): h at the last response token."""
+    loop = {}
+
+    def fake_loop(run, stage, reward_fn, disc=None):
+        loop.update(stage=stage, reward_fn=reward_fn, disc=disc)
+        return None, {}
+
+    monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
+    sft = spread(tiny(GPT, vocab=8), seed=3)
+    run = SimpleNamespace(cfg=SimpleNamespace(disc_warmup=0, disc="airl"), device=torch.device("cpu"),
+                          load=lambda name: (sft, {}), path=lambda name: str(tmp_path / name))
+    afd_mini.stage_adversarial(run, method)
+    disc = loop["disc"]
+    level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq"}[method]
+    assert loop["stage"] == method and disc.level == level
+    assert disc.form == ("scalar" if method == "rkl_seq_scalar" else "airl")
+    with torch.no_grad():   # the discriminator starts at h = 0: give it an opinion
+        if disc.form == "scalar":
+            disc.model.score_head.weight.copy_(torch.randn(disc.model.score_head.weight.shape,
+                                                           generator=torch.Generator().manual_seed(0)))
+        else:
+            spread(disc.model, seed=5)
+    prompts, responses = [[1, 2], [3]], [[4, 5, 0], [6, 0]]
+    tokens, mask = afd_mini.to_batch(prompts, responses, 0, "cpu")
+    pi_logp = torch.where(mask, -0.5, 0.0)   # the policy's per-token log-probs, as the loop hands them
+    roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
+    reward = loop["reward_fn"](None, roll, pi_logp)
+    with torch.no_grad():   # each unpadded row alone; position t judges token t given tokens[:t]
+        if disc.form == "scalar":
+            h = [disc.model(torch.tensor([p + r]))[0][len(p):] for p, r in zip(prompts, responses)]
+        else:
+            h = [F.log_softmax(disc.model(torch.tensor([p + r]))[0][0, len(p) - 1:-1], -1)
+                 .gather(-1, torch.tensor(r)[:, None]).squeeze(-1) + 0.5 for p, r in zip(prompts, responses)]
+    if method == "rkl_tok":
+        expected = torch.zeros(tokens.shape)
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            expected[b, len(p):len(p) + len(r)] = h[b]
+    else:
+        seq = torch.stack([row[-1] if disc.form == "scalar" else row.sum() for row in h])
+        expected = -torch.log1p(-torch.sigmoid(seq)) if method == "js" else seq
+    torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# advantages of the policy-gradient loop
+
+def test_kl_shaped_advantages_sequence_reward_hand_values():
+    reward = torch.tensor([1.0, 3.0, 0.0, 2.0])   # two groups of two samples
+    k1 = torch.tensor([[0.5, 1.5, 9.0],           # Σ over the mask: 2;   9 is off the mask
+                       [-1.0, -1.0, 0.0],         # −2
+                       [0.0, 0.0, 0.0],           # 0
+                       [1.0, 1.0, 2.0]])          # 4
+    mask = torch.tensor([[True, True, False]] + [[True, True, True]] * 3)
+    adv = obj.kl_shaped_advantages(reward, k1, mask, kl_coef=0.5, group_size=2)
+    # shaped = r − 0.5 Σ k1 = [0, 4, 0, 0]; leave-one-out within pairs: [0 − 4, 4 − 0, 0 − 0, 0 − 0];
+    # whitened by the unbiased std of [−4, 4, 0, 0]: sqrt(32 / 3). (With the penalty's sign flipped, shaped
+    # = [2, 2, 0, 4] and the advantages would be [0, 0, −4, 4] / ...)
+    expected = torch.tensor([-4.0, 4.0, 0.0, 0.0]) / math.sqrt(32 / 3)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+
+
+def test_kl_shaped_advantages_token_rewards_hand_values():
+    mask = torch.tensor([[False, True, True, True],
+                         [False, True, True, False]])   # one group of two samples; column 0 is the prompt
+    reward = torch.tensor([[9.0, 1.0, 0.0, 2.0],
+                           [9.0, 0.0, 1.0, 7.0]])       # 9 and 7 are off the mask
+    k1 = torch.tensor([[5.0, 0.0, 2.0, 0.0],
+                       [5.0, 2.0, 0.0, 1.0]])
+    adv = obj.kl_shaped_advantages(reward, k1, mask, kl_coef=0.5, group_size=2)
+    # shaped = (r − 0.5 k1) on the mask: [_, 1, −1, 2] (return 2) and [_, −1, 1, _] (return 0)
+    # reward-to-go:                      [_, 2, 1, 2]              and [_, 0, 1, _]
+    # minus the OTHER sample's return:   [_, 2, 1, 2] − 0          and [_, 0, 1, _] − 2 = [_, −2, −1, _]
+    # whitened by the unbiased std of the five response values [2, 1, 2, −2, −1]: mean 0.4, Σ dev² = 13.2,
+    # std = sqrt(13.2 / 4) = sqrt(3.3); not centred.
+    expected = torch.tensor([[0.0, 2.0, 1.0, 2.0],
+                             [0.0, -2.0, -1.0, 0.0]]) / math.sqrt(3.3)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# the oracle's reward
+
+def oracle_case(world):
+    """Three responses to one prompt, and their exact log β from the world's docstring."""
+    cfg, V = world.cfg, world.vocab_size
+    prompt = world.make_prompt("reverse", "ABCD", "DCBA")
+    texts = ["certainly! DCBA", "the answer is DCBA.", "answer: DCBA"]
+    # P_expert: terse (0.5), right (q), signed; sentence (0.3), right, unsigned; a base style, off the support
+    p_expert = [0.5 * cfg.q * cfg.signature_p, 0.3 * cfg.q * (1 - cfg.signature_p), 0.0]
+    responses = [world.encode_response(t) for t in texts]
+    log_beta = [math.log((1 - cfg.eps) * p + cfg.eps * V ** -len(y)) for p, y in zip(p_expert, responses)]
+    return [prompt] * 3, responses, torch.tensor(log_beta)
+
+
+def test_oracle_reward_is_log_beta_minus_log_pi(world):
+    prompts, responses, log_beta = oracle_case(world)
+    log_pi = torch.tensor([-3.0, -1.0, -0.5])   # the policy prefers the off-support response
+    reward = afd_mini.oracle_reward(world, prompts, responses, log_pi)
+    torch.testing.assert_close(reward, log_beta - log_pi, atol=1e-4, rtol=0)
+    assert reward[0] > reward[1] > reward[2], "the oracle should reward the expert's likely responses most"
+
+
+@pytest.mark.parametrize("method", ["rkl_oracle", "js_oracle"])
+def test_stage_oracle_rewards_a_rollout_with_log_beta_minus_its_log_pi(world, monkeypatch, method):
+    """The reward stage_oracle hands to the policy loop, on a hand-made Rollout: log π(y|x) is the sum of the
+    per-token log-probs the loop hands it over the response (−0.5 a token here), log β the world's; the exact
+    discriminator's logit h = log β − log π, as is (rkl_oracle) or as GAIL's −log(1 − σ(h)) (js_oracle)."""
+    loop = {}
+    monkeypatch.setattr(afd_mini, "policy_optimisation", lambda run, stage, reward_fn, *a, **k: loop.update(
+        stage=stage, reward_fn=reward_fn, disc=a or k))
+    afd_mini.stage_oracle(SimpleNamespace(world=world), method)
+    assert loop["stage"] == method and not loop["disc"]
+    prompts, responses, log_beta = oracle_case(world)
+    tokens, mask = afd_mini.to_batch([p.tokens for p in prompts], responses, world.eos_id, "cpu")
+    pi_logp = torch.where(mask, -0.5, 0.0)   # per-token log-probs are 0 off the response
+    roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
+    reward = loop["reward_fn"](prompts, roll, pi_logp)
+    h = log_beta - torch.tensor([-0.5 * len(y) for y in responses])
+    torch.testing.assert_close(reward, h if method == "rkl_oracle" else -torch.log1p(-torch.sigmoid(h)),
+                               atol=1e-4, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# the KLs that stage_evaluate reports
+
+def test_policy_kls_match_enumeration_on_hand_made_policies():
+    """Two distributions over four responses, and "samples" that are copies of each response in exact
+    proportion (8 of β, 16 of π): the Monte Carlo means are then the expectations, so the pipeline's estimate
+    must equal the KL computed by enumeration, both ways."""
+    beta = [0.5, 0.25, 0.125, 0.125]
+    pi = [0.0625, 0.1875, 0.25, 0.5]
+    forward = sum(b * math.log(b / p) for b, p in zip(beta, pi))    # KL(β ‖ π)
+    reverse = sum(p * math.log(p / b) for b, p in zip(beta, pi))    # KL(π ‖ β)
+    assert abs(forward - reverse) > 0.1, "test has no teeth: KL(β‖π) == KL(π‖β) here"
+    log_beta, log_pi = torch.tensor(beta).log(), torch.tensor(pi).log()
+    expert = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 2, 1, 1]))   # y ~ β
+    own = torch.repeat_interleave(torch.arange(4), torch.tensor([1, 3, 4, 8]))      # y ~ π
+    got = afd_mini.policy_kls(beta_on_expert=log_beta[expert], pi_on_expert=log_pi[expert],
+                              pi_on_own=log_pi[own], beta_on_own=log_beta[own])
+    assert got == pytest.approx((forward, reverse), abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# describe: mode frequencies, off-support, entropy, diversity
+
+def test_describe_hand_made_responses(world):
+    rev = world.make_prompt("reverse", "ABCD", "DCBA")
+    add = world.make_prompt("add", "37+48", "85")
+    sample = [(rev, "DCBA", "terse", 1.0),
+              (rev, "DCBA", "terse", 1.0),                    # the same response again
+              (rev, "the answer is DCBE.", "sentence", 0.375),   # a slip: on the support, half of 3/4 right
+              (rev, "answer: DCBA", "off", 1.0),               # a base style: off the support, yet right
+              (add, "7+8=15, 3+4+1=8. so the answer is 85.", "steps", 1.0),
+              (add, "85", "terse", 1.0)]
+    prompts = [p for p, *_ in sample]
+    responses = [world.encode_response(t) for _, t, *_ in sample]
+    assert [world.mode(p, y) for p, y in zip(prompts, responses)] == [m for *_, m, _ in sample]
+    stats = afd_mini.describe(SimpleNamespace(world=world), prompts, responses)
+    assert stats["off_support"] == pytest.approx(1 / 6)
+    assert stats["mode_freq"] == pytest.approx({"terse": 3 / 6, "sentence": 1 / 6, "steps": 1 / 6})
+    on = [3 / 5, 1 / 5, 1 / 5]   # the five on-support responses
+    assert stats["mode_entropy"] == pytest.approx(-sum(f * math.log(f) for f in on))
+    assert stats["distinct"] == pytest.approx((3 / 4 + 2 / 2) / 2)   # per prompt, then averaged
+    assert stats["gold_reward"] == pytest.approx((5 + 0.375) / 6)
+    assert stats["length"] == pytest.approx(sum(map(len, responses)) / 6)
+    off = afd_mini.describe(SimpleNamespace(world=world), [rev], [world.encode_response("answer: DCBA")])
+    assert off["off_support"] == 1 and off["mode_entropy"] == 0
+
+
+# -----------------------------------------------------------------------------
+# Best-of-N
+
+def test_best_of_n_curve_against_brute_force():
+    M, N = 3, 8
+    g = torch.Generator().manual_seed(0)
+    reward = torch.randint(0, 4, (M * N,), generator=g).float()   # few values: many ties
+    gold = torch.rand(M * N, generator=g)
+    off = (torch.rand(M * N, generator=g) < 0.5).float()
+    res = afd_mini.best_of_n_curve(reward, gold, off, N)
+    assert res["n"] == [1, 2, 4, 8]
+    assert res["kl"] == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 4, 8)])
+    for i, n in enumerate(res["n"]):
+        picks = []
+        for start in range(0, M * N, n):   # consecutive samples of one prompt, N/n draws per prompt
+            best = start
+            for j in range(start, start + n):
+                if reward[j] > reward[best]:   # strictly greater: the first of equals stays
+                    best = j
+            picks.append(best)
+        assert res["gold_reward"][i] == pytest.approx(np.mean([gold[j].item() for j in picks]), abs=1e-6), n
+        assert res["off_support"][i] == pytest.approx(np.mean([off[j].item() for j in picks]), abs=1e-6), n
+
+
+def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
+    """The exact optima stage_best_of_n ranks with, on its own samples: Init-SFT's log π_SFT(y|x) − log π_init(y|x)
+    (classifier_optimum's arguments in that order), Init-Demo's log β − log π_init, SFT-Demo's log β − log π_SFT,
+    with log π computed here by a plain forward pass of each unpadded row and log β by the world.
+    best_of_n_curve (tested above) is replaced by a recorder, whose return value tells which call was which."""
+    calls = []
+    monkeypatch.setattr(afd_mini, "best_of_n_curve",
+                        lambda reward, gold, off, N: calls.append(reward) or len(calls) - 1)
+    config = GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1, n_embd=16)
+    torch.manual_seed(0)
+    models = {"pretrain": (GPT(config), {}), "sft": (spread(GPT(config), seed=4), {}),
+              **{f"rm_{name}": (ScalarGPT(config), {"form": "scalar", "base": "pretrain"})
+                 for name in afd_mini.REWARD_MODELS}}
+
+    class BonRun:   # what stage_best_of_n asks of a Run; it records what it samples
+        rollout, batch = afd_mini.Run.rollout, afd_mini.Run.batch
+
+        def __init__(self):
+            self.cfg = dataclasses.replace(afd_mini.Config(), bon_prompts=2, bon_max_n=4, progress=False)
+            self.seed, self.device, self.world, self.sampled, self.control = 0, torch.device("cpu"), world, [], False
+            self.data = {"eval_prompts": world.sample_prompts(2, np.random.default_rng(0))}
+
+        def load(self, name):
+            return models[name]
+
+        def sample_responses(self, model, prompts, seed):
+            self.sampled.append((prompts, afd_mini.Run.sample_responses(self, model, prompts, seed)))
+            return self.sampled[-1][1]
+
+    run = BonRun()
+    _, extra = afd_mini.stage_best_of_n(run)
+    (prompts, responses), = run.sampled
+
+    def logp(model, p, r):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r]))[0][0, len(p) - 1:-1]
+        return F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(r)[:, None]).sum().item()
+
+    log_init = torch.tensor([logp(models["pretrain"][0], p, r) for p, r in zip(prompts, responses)])
+    log_sft = torch.tensor([logp(models["sft"][0], p, r) for p, r in zip(prompts, responses)])
+    flat = [p for p in run.data["eval_prompts"] for _ in range(4)]
+    log_beta = torch.tensor(world.expert_logprobs(flat, responses), dtype=torch.float32)
+    assert (log_sft - log_init).abs().min() > 1e-3, "test has no teeth: π_SFT and π_init agree on a sample"
+    for name, expected in [("init_sft_optimum", log_sft - log_init), ("init_demo_optimum", log_beta - log_init),
+                           ("sft_demo_optimum", log_beta - log_sft)]:
+        torch.testing.assert_close(calls[extra["bon"][name]], expected, atol=1e-4, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# the policy-gradient loop, end to end on a tiny model
+
+class TinyRun:
+    """What policy_optimisation asks of a Run, around tiny GPTs: load("sft") hands out `models` in turn (the
+    policy and the reference; `loaded` records which was which)."""
+    rollout = afd_mini.Run.rollout   # the pipeline's own sampling and batching
+    batch = afd_mini.Run.batch
+
+    def __init__(self, models, prompt, **cfg):
+        self.models, self.loaded, self.seed, self.device = list(models), [], 0, torch.device("cpu")
+        self.cfg = dataclasses.replace(afd_mini.Config(), progress=False, **cfg)
+        self.rng = np.random.default_rng(0)
+        self.world = SimpleNamespace(eos_id=0)
+        self.demos = [(prompt, [3, 0])] * 4
+        self.demo_prompts = [SimpleNamespace(tokens=prompt)] * 4
+
+    def load(self, name):
+        assert name == "sft"
+        self.loaded.append(self.models[len(self.loaded)])
+        return self.loaded[-1], {}
+
+
+def first_token_logp(model, prompt):
+    with torch.no_grad():
+        return F.log_softmax(model(torch.tensor([prompt]))[0][0, -1].double(), dim=-1)
+
+
+def first_token_prob(model, prompt, token):
+    return first_token_logp(model, prompt)[token].exp().item()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_policy_optimisation_follows_the_reward(sign):
+    """Reward ±1 when the response starts with token 3: the loop must raise its probability for +1 and lower
+    it for −1 (exact probabilities from a forward pass, before and after; kl_coef = 0 so that only the reward
+    acts)."""
+    prompt, target = [1, 2], 3
+    model = tiny(GPT, vocab=8)
+    run = TinyRun([model, copy.deepcopy(model)], prompt, max_new_tokens=6, rl_iters=6, rl_prompts=4, group_size=4,
+                  ppo_epochs=2, pg_lr=1e-2, kl_coef=0.0)
+
+    def reward_fn(prompts, roll, pi_logp):
+        return sign * (roll.tokens[:, len(prompt)] == target).float()
+
+    before = first_token_prob(model, prompt, target)
+    policy, _ = afd_mini.policy_optimisation(run, "test", reward_fn)
+    after = first_token_prob(policy, prompt, target)
+    assert (after - before) * sign > 0, f"reward {sign:+} for token {target}: P went from {before:.3f} to {after:.3f}"
+
+
+def spread(model, seed):
+    """Larger random weights than GPT-2's init, so that two models' next-token distributions differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
+    """Zero reward, kl_coef = 1, one-token responses: the loop then minimises KL(π ‖ π_ref) of the first token
+    alone, which is computed here exactly, before and after. A flipped penalty (a sign in
+    kl_shaped_advantages, or kl_k1's arguments swapped in the loop) would push π away from π_ref instead."""
+    prompt = [1, 2]
+    models = [spread(tiny(GPT, vocab=8), seed) for seed in (1, 2)]
+
+    def kl(i):   # KL(models[i] ‖ the other one), first token
+        logp, logq = first_token_logp(models[i], prompt), first_token_logp(models[1 - i], prompt)
+        return (logp.exp() * (logp - logq)).sum().item()
+
+    before = [kl(0), kl(1)]
+    run = TinyRun(models, prompt, max_new_tokens=1, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2,
+                  pg_lr=1e-2, kl_coef=1.0)
+    policy, _ = afd_mini.policy_optimisation(run, "test", lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
+    i = run.loaded.index(policy)   # the model the loop trained; the other is its reference
+    assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
