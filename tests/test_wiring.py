@@ -9,6 +9,9 @@ Bugs each test guards against:
   disc_step (demonstrations trained towards 0), at either level; the token level reading the wrong mask.
 - test_stage_adversarial_rewards_*: a method given the wrong reward transform (GAIL's for AIRL's) or level, the
   sequence reward read at a pad instead of the last response token.
+- test_stage_reward_models_*, test_train_reward_model_*: a reward model's classes swapped (Init-SFT trained
+  with π_init's samples as positives, the classifier's or Bradley–Terry's scores passed the wrong way round),
+  a reward model trained on the wrong samples, responses paired with other prompts.
 - test_kl_shaped_advantages_*: the KL penalty's sign flipped (a bonus for leaving π_SFT), the penalty not summed
   over the response, the token-level baseline including the sample itself or the wrong group, the whitening
   missing or centring.
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 import afd_mini
 import objectives as obj
 from data import World
-from model import GPT, GPTConfig, Rollout, ScalarGPT, sequence_scores, token_scores
+from model import GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, token_scores
 
 CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
 
@@ -166,6 +169,74 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
         last = torch.stack([row[-1] for row in h])
         expected = last if method == "rkl_seq" else -torch.log1p(-torch.sigmoid(last))
     torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# reward models
+
+def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
+    """Which samples each reward model gets as positives (label 1) and negatives: Init-SFT π_SFT's against
+    π_init's, Init-Demo and SFT-Demo the demonstrations against π_init's / π_SFT's, Bradley–Terry the chosen
+    against the rejected; every one from π_init's weights. Stubs: train_reward_model records its arguments,
+    the sampler tags each response with the model that drew it."""
+    trained = {}
+    monkeypatch.setattr(afd_mini, "train_reward_model", lambda run, name, init, pos, neg, pairwise=False:
+                        trained.update({name: (init, pos, neg, pairwise)}) or [0.0])
+
+    class StubRun:
+        cfg = dataclasses.replace(afd_mini.Config(), rm_samples=3)
+        seed, rng = 0, np.random.default_rng(0)
+        demos = [([1, k], ["demo", k]) for k in range(5)]
+        data = {"pref": [(SimpleNamespace(tokens=[2, k]), f"chosen {k}", f"rejected {k}") for k in range(2)]}
+        world = SimpleNamespace(encode_response=lambda text: text.split())
+
+        def load(self, name):
+            return name, {}   # a model is its name here: the stub sampler tags its responses with it
+
+        def sample_responses(self, model, prompts, seed):
+            return [[model, p[1]] for p in prompts]   # the prompt's id: pairs stay with their prompt
+
+    afd_mini.stage_reward_models(StubRun())
+    assert set(trained) == set(afd_mini.REWARD_MODELS)
+
+    def drawn_by(samples):
+        tags = {r[0] for _, r in samples}
+        assert all(p[1] == r[1] for p, r in samples), "a response is paired with another prompt"
+        return tags.pop() if len(tags) == 1 else tags
+
+    expected = {"init_sft": ("sft", "pretrain"), "init_demo": ("demo", "pretrain"), "sft_demo": ("demo", "sft")}
+    for name, (pos, neg) in expected.items():
+        init, got_pos, got_neg, pairwise = trained[name]
+        assert (drawn_by(got_pos), drawn_by(got_neg), init, pairwise) == (pos, neg, "pretrain", False), name
+    init, chosen, rejected, pairwise = trained["pairwise_bt"]
+    assert init == "pretrain" and pairwise
+    assert chosen == [([2, k], ["chosen", str(k)]) for k in range(2)]
+    assert rejected == [([2, k], ["rejected", str(k)]) for k in range(2)]
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_train_reward_model_scores_positives_above_negatives(pairwise, tmp_path):
+    """Distinguishable positives (tokens 3, 4) and negatives (5, 6): after training, the classifier scores
+    every positive above 0 and every negative below (its logit, labels 1 and 0); Bradley–Terry every chosen
+    response above its rejected one."""
+    class StubRun:
+        cfg = dataclasses.replace(afd_mini.Config(), rm_steps=30, rm_batch=8, rm_lr=1e-2, progress=False)
+        rng, device, world = np.random.default_rng(0), torch.device("cpu"), SimpleNamespace(eos_id=0)
+        batch = afd_mini.Run.batch
+
+        def path(self, name):
+            return str(tmp_path / name)
+
+    pos = [([1, 2], r) for r in ([3, 4, 0], [3, 0], [4, 4, 0])]
+    neg = [([1, 2], r) for r in ([5, 6, 0], [6, 0], [5, 5, 0])]
+    afd_mini.train_reward_model(StubRun(), "rm", tiny(GPT, vocab=8), pos, neg, pairwise)
+    rm, _ = load_checkpoint(str(tmp_path / "rm_rm.pt"))
+    with torch.no_grad():
+        s_pos, s_neg = (sequence_scores(rm, *afd_mini.to_batch(*zip(*data), 0, "cpu")) for data in (pos, neg))
+    if pairwise:
+        assert (s_pos > s_neg).all(), f"Bradley–Terry: chosen {s_pos} not above rejected {s_neg}"
+    else:
+        assert (s_pos > 0).all() and (s_neg < 0).all(), f"classifier: positives {s_pos}, negatives {s_neg}"
 
 
 # -----------------------------------------------------------------------------
