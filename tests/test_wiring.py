@@ -10,6 +10,9 @@ Bugs each test guards against:
   wrong mask; the AIRL form's log π added instead of subtracted.
 - test_stage_adversarial_rewards_*: a method given the wrong reward transform (GAIL's for AIRL's) or level, the
   sequence reward read at a pad instead of the last response token.
+- test_stage_reward_models_*, test_train_reward_model_*: a reward model's classes swapped (Init-SFT trained
+  with π_init's samples as positives, the classifier's or Bradley–Terry's scores passed the wrong way round),
+  a reward model trained on the wrong samples, responses paired with other prompts.
 - test_kl_shaped_advantages_*: the KL penalty's sign flipped (a bonus for leaving π_SFT), the penalty not summed
   over the response, the token-level baseline including the sample itself or the wrong group, the whitening
   missing or centring.
@@ -43,7 +46,8 @@ import torch.nn.functional as F
 import afd_mini
 import objectives as obj
 from data import World
-from model import GPT, GPTConfig, Rollout, ScalarGPT, sequence_scores, token_logprobs, token_scores
+from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, token_logprobs,
+                   token_scores)
 
 CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
 
@@ -176,6 +180,88 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
         seq = torch.stack([row[-1] if disc.form == "scalar" else row.sum() for row in h])
         expected = -torch.log1p(-torch.sigmoid(seq)) if method == "js" else seq
     torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
+
+
+# -----------------------------------------------------------------------------
+# reward models
+
+def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
+    """Which samples each reward model gets as positives (label 1) and negatives, and which model it starts from
+    (the log-ratio's reference π_neg): Init-SFT π_SFT's against π_init's from π_init, Init-Demo the demonstrations
+    against π_init's from π_init, SFT-Demo the demonstrations against π_SFT's from π_SFT, Bradley–Terry the
+    chosen against the rejected from π_init, the scalar ablation as Init-SFT with a scalar head. The held-out
+    pairs come from the same classes on prompts the training pairs never use. Stubs: train_reward_model
+    records its arguments, the sampler tags each response with the model that drew it."""
+    trained = {}
+    monkeypatch.setattr(afd_mini, "train_reward_model",
+                        lambda run, name, base, pos, neg, held_pos, held_neg, form, pairwise=False:
+                        trained.update({name: (base, pos, neg, held_pos, held_neg, form, pairwise)}) or [0.0])
+
+    class StubRun:
+        cfg = dataclasses.replace(afd_mini.Config(), rm_samples=6)
+        seed, rng, control = 0, np.random.default_rng(0), False
+        demos = [([1, k], ["demo", k]) for k in range(20)]
+        data = {"pref": [(SimpleNamespace(tokens=[2, k]), f"chosen {k}", f"rejected {k}") for k in range(20)]}
+        world = SimpleNamespace(encode_response=lambda text: text.split())
+
+        def load(self, name):
+            return name, {}   # a model is its name here: the stub sampler tags its responses with it
+
+        def sample_responses(self, model, prompts, seed):
+            return [[model, p[1]] for p in prompts]   # the prompt's id: pairs stay with their prompt
+
+    afd_mini.stage_reward_models(StubRun())
+    assert set(trained) == set(afd_mini.REWARD_MODELS)
+
+    def drawn_by(samples):
+        tags = {r[0] for _, r in samples}
+        assert all(p[1] == r[1] for p, r in samples), "a response is paired with another prompt"
+        return tags.pop() if len(tags) == 1 else tags
+
+    expected = {"init_sft": ("sft", "pretrain", "pretrain", "airl"), "init_demo": ("demo", "pretrain", "pretrain", "airl"),
+                "sft_demo": ("demo", "sft", "sft", "airl"), "init_sft_scalar": ("sft", "pretrain", "pretrain", "scalar")}
+    for name, (pos, neg, base, form) in expected.items():
+        got_base, got_pos, got_neg, held_pos, held_neg, got_form, pairwise = trained[name]
+        assert (drawn_by(got_pos), drawn_by(got_neg), got_base, got_form, pairwise) == (pos, neg, base, form, False)
+        assert (drawn_by(held_pos), drawn_by(held_neg)) == (pos, neg), name
+        train_ids = {p[1] for p, _ in got_pos + got_neg}
+        assert not train_ids & {p[1] for p, _ in held_pos + held_neg}, f"{name}: a held-out prompt is trained on"
+    base, chosen, rejected, held_chosen, held_rejected, form, pairwise = trained["pairwise_bt"]
+    assert base == "pretrain" and form == "airl" and pairwise
+    assert held_chosen + chosen == [([2, k], ["chosen", str(k)]) for k in range(20)]   # held out: the first pairs
+    assert [r for _, r in held_rejected + rejected] == [["rejected", str(k)] for k in range(20)], "pairs unpaired"
+
+
+@pytest.mark.parametrize("form", ["airl", "scalar"])
+@pytest.mark.parametrize("name", ["init_sft", "pairwise_bt"])
+def test_train_reward_model_scores_positives_above_negatives(name, form, tmp_path):
+    """Distinguishable positives (tokens 3, 4) and negatives (5, 6): after training, the classifier scores
+    every positive above 0 and every negative below (its logit, labels 1 and 0); Bradley–Terry every chosen
+    response above its rejected one. Read back through load_reward_model, as Best-of-N and RL read it."""
+    base = tiny(GPT, vocab=8)
+
+    class StubRun:
+        cfg = dataclasses.replace(afd_mini.Config(), rm_steps=30, rm_batch=8, rm_lr=1e-2, progress=False)
+        rng, device, world = np.random.default_rng(0), torch.device("cpu"), SimpleNamespace(eos_id=0)
+        batch = afd_mini.Run.batch
+
+        def path(self, name):
+            return str(tmp_path / name)
+
+        def load(self, name):
+            return load_checkpoint(self.path(name + ".pt")) if name.startswith("rm_") else (base, {})
+
+    pos = [([1, 2], r) for r in ([3, 4, 0], [3, 0], [4, 4, 0])]
+    neg = [([1, 2], r) for r in ([5, 6, 0], [6, 0], [5, 5, 0])]
+    pairwise = name == "pairwise_bt"
+    afd_mini.train_reward_model(StubRun(), name, base, pos, neg, pos, neg, form, pairwise)
+    rm = afd_mini.load_reward_model(StubRun(), name)
+    with torch.no_grad():
+        s_pos, s_neg = (rm(*afd_mini.to_batch(*zip(*data), 0, "cpu")) for data in (pos, neg))
+    if pairwise:
+        assert (s_pos > s_neg).all(), f"Bradley–Terry: chosen {s_pos} not above rejected {s_neg}"
+    else:
+        assert (s_pos > 0).all() and (s_neg < 0).all(), f"classifier: positives {s_pos}, negatives {s_neg}"
 
 
 # -----------------------------------------------------------------------------
