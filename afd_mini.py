@@ -98,6 +98,7 @@ class Config:
     clip_eps: float = 0.2
     pg_lr: float = 3e-4
     kl_coef: float = 0.05         # weight of KL(π ‖ π_SFT) in the reward
+    rm_kl_coef: float = 1.0       # the same for RL on the Init-SFT reward model (rl_init_sft): see stage_rl_init_sft
     disc: str = "airl"            # discriminator form of rkl_seq, rkl_tok, js: airl (log q_φ − log π) | scalar (head)
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
@@ -206,7 +207,7 @@ def parse_args(argv):
     return cfg
 
 
-ZERO_ALLOWED = {"seed", "kl_coef", "disc_warmup"}   # numbers that may be 0; the world checks its own (q, ...)
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # numbers that may be 0; the world checks its own (q, ...)
 
 
 def validate(cfg):
@@ -403,9 +404,10 @@ def stage_sft(run):
 #   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
 #   then PPO-clipped steps.
 
-def policy_optimisation(run, stage, reward_fn, disc=None):
+def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
     """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
-    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first."""
+    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first.
+    kl_coef: the KL penalty's weight, cfg.kl_coef unless given."""
     cfg = run.cfg
     policy, _ = run.load("sft")
     ref, _ = run.load("sft")
@@ -433,7 +435,8 @@ def policy_optimisation(run, stage, reward_fn, disc=None):
             reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
-            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef, cfg.group_size)
+            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
+                                           cfg.group_size)
         for _ in range(cfg.ppo_epochs):
             with autocast(run.device):
                 logp = token_logprobs(policy, tokens, mask)
@@ -731,13 +734,19 @@ def auc(pos, neg):
 
 
 def stage_rl_init_sft(run):
-    """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N)."""
+    """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N).
+
+    Its own KL weight λ = rm_kl_coef, because the log-ratio reward has a scale of its own: at its optimum
+    r = log π_SFT − log π_init, and the KL-regularised optimum max_π E_π[r] − λ KL(π ‖ π_SFT) is
+        π* ∝ π_SFT · exp(r/λ) = π_SFT^(1 + 1/λ) · π_init^(−1/λ),
+    1/λ steps past π_SFT along the Init-SFT direction. λ = 1 is one step; the adversarial runs' λ = 0.05 would
+    be twenty, which a learned ratio does not survive (README, sensitivity)."""
     rm = load_reward_model(run, "init_sft")
 
     def reward_fn(prompts, roll, pi_logp):
         with torch.no_grad(), autocast(run.device):
             return rm(roll.tokens, roll.response_mask).float()
-    return policy_optimisation(run, "rl_init_sft", reward_fn)
+    return policy_optimisation(run, "rl_init_sft", reward_fn, kl_coef=run.cfg.rm_kl_coef)
 
 
 def stage_control(run):
@@ -831,7 +840,7 @@ def describe(run, prompts, responses):
     return {
         "off_support": modes.count("off") / len(modes),
         "mode_freq": freq,
-        "mode_entropy": float(-(on * np.log(on)).sum()),   # among on-support responses, in nats
+        "mode_entropy": float(-(on * np.log(on)).sum()) + 0.0,   # among on-support responses, in nats (+ 0.0: no −0)
         "distinct": float(np.mean([len(set(v)) / len(v) for v in per_prompt.values()])),
         "gold_reward": float(np.mean([world.gold_reward(p, r) for p, r in zip(prompts, responses)])),
         "length": float(np.mean([len(r) for r in responses])),
