@@ -1,10 +1,10 @@
 """
 afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
 
-    python afd_mini.py                      # the default run (about 5 minutes on 2 CPU cores)
+    python afd_mini.py                      # the default run (about 4 minutes on 2 CPU cores)
     python afd_mini.py --quick              # every stage, small: a first contact in under a minute
     python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
-    python afd_mini.py --seeds=3            # three seeds, mean ± std in the report
+    python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
     python afd_mini.py --help               # every option with its default
 
 It reads top to bottom as the papers' story, in a world whose expert density is known exactly:
@@ -13,11 +13,15 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
     pretrain       π_init  = next-token prediction on the base corpus
     sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
     rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
+                   in AIRL's form, logit log q_φ − log π with q_φ a language model (--disc=scalar: a score head)
     rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
     js             GAIL: reward −log(1 − D), Jensen–Shannon
-    rkl_oracle     the same policy-gradient loop with the exact log β: the upper bound the discriminators approximate
-    reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry
-    best_of_n      Best-of-N over π_SFT samples for every reward model (and the closed form, and the gold reward)
+    rkl_seq_scalar rkl_seq with a scalar-head discriminator: the ablation of the discriminator's form
+    rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward, exact reverse KL
+    js_oracle      the GAIL reward of the exact D*: what js's objective asks for
+    reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
+                   log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
+    best_of_n      Best-of-N over π_SFT samples for every reward model, every classifier's exact optimum, the gold reward
     rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
     control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
     evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
@@ -585,9 +589,8 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
     curve = {"loss": [], "heldout_loss": [], "heldout_step": []}
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
         if step % max(1, cfg.rm_steps // 4) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
-            with torch.no_grad():
-                curve["heldout_loss"].append(loss_of(score_rm(run, logits, held_pos),
-                                                     score_rm(run, logits, held_neg)).item())
+            held = [score(run, None, pairs, lambda _, t, k: logits(t, k)) for pairs in (held_pos, held_neg)]
+            curve["heldout_loss"].append(loss_of(*held).item())
             curve["heldout_step"].append(step)
         i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
         i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
@@ -605,11 +608,6 @@ def load_reward_model(run, name):
     rm = Discriminator(model, extra["form"], "seq")
     base = run.load(extra["base"])[0] if extra["form"] == "airl" else None   # π_neg, the log-ratio's reference
     return lambda tokens, mask: rm.logits(tokens, mask, token_logprobs(base, tokens, mask) if base else None)
-
-
-def score_rm(run, logits, pairs, chunk=512):
-    return torch.cat([logits(*run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
-                      for i in range(0, len(pairs), chunk)]).float()
 
 
 def stage_reward_models(run):
