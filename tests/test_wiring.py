@@ -539,3 +539,36 @@ def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
     policy, _ = afd_mini.policy_optimisation(run, "test", lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
     i = run.loaded.index(policy)   # the model the loop trained; the other is its reference
     assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
+
+
+def test_stage_rl_init_sft_uses_the_reward_models_own_kl_weight(monkeypatch, tmp_path):
+    """RL on the Init-SFT reward model runs with --rm_kl_coef, not the adversarial runs' --kl_coef (with 0.05 it
+    exploits the unbounded log-ratio: README, sensitivity), and its reward is the reward model's logit."""
+    loop = {}
+    monkeypatch.setattr(afd_mini, "policy_optimisation", lambda run, stage, reward_fn, disc=None, kl_coef=None:
+                        loop.update(stage=stage, reward_fn=reward_fn, kl_coef=kl_coef) or (None, {}))
+    monkeypatch.setattr(afd_mini, "load_reward_model", lambda run, name: loop.update(rm=name) or
+                        (lambda tokens, mask: mask.sum(-1).float()))
+    run = SimpleNamespace(cfg=dataclasses.replace(afd_mini.Config(), kl_coef=0.05, rm_kl_coef=0.7),
+                          device=torch.device("cpu"))
+    afd_mini.stage_rl_init_sft(run)
+    assert loop["stage"] == "rl_init_sft" and loop["rm"] == "init_sft" and loop["kl_coef"] == 0.7
+    tokens, mask = afd_mini.to_batch([[1], [2]], [[3, 0], [4, 4, 0]], 0, "cpu")
+    roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
+    assert loop["reward_fn"](None, roll, None).tolist() == [2.0, 3.0]
+
+
+def test_ranks_spearman_and_auc_against_brute_force():
+    """The calibration numbers: ranks with ties averaged, Spearman's ρ as Pearson's r of the ranks, and the AUC as
+    the fraction of (pos, neg) pairs ordered right, ties counting one half, each against a loop written here."""
+    x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0]
+    brute = [1 + sum(v < xi for v in x) + (sum(v == xi for v in x) - 1) / 2 for xi in x]   # average rank of ties
+    assert afd_mini.ranks(x).tolist() == brute
+    y = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0, 2.0]
+    ry = [1 + sum(v < yi for v in y) + (sum(v == yi for v in y) - 1) / 2 for yi in y]
+    assert afd_mini.spearman(x, y) == pytest.approx(np.corrcoef(brute, ry)[0, 1])
+    assert afd_mini.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+    pos, neg = [0.3, 0.9, 0.5, 0.5], [0.1, 0.5, 0.7]
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg]
+    assert afd_mini.auc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
+    assert afd_mini.auc(pos, []) is None
