@@ -211,10 +211,14 @@ def effect_conditions(has_control=True):
                            ("mode_entropy", "mode entropy")]:
             out.append((effect, label, f"{key}[sft] − {key}[{p}]",
                         lambda r, p=p, key=key: pol(r, "sft", key) - pol(r, p, key)))
-    for n in PREREGISTERED_N:   # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
-        out.append((f"extrapolation: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
-                    f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
-                    lambda r, n=n: _bon_at(r, "init_sft", n) - _need(r, "demonstrations", "gold_reward")))
+    worlds = [("extrapolation", lambda r: r)] + ([("control world: extrapolation", lambda r: _need(r, "control"))]
+                                                 if has_control else [])
+    for prefix, world in worlds:   # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
+        for n in PREREGISTERED_N:
+            out.append((f"{prefix}: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
+                        f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
+                        lambda r, world=world, n=n: _bon_at(world(r), "init_sft", n)
+                        - _need(world(r), "demonstrations", "gold_reward")))
     for m in ADVERSARIAL:   # a discriminator worth its name orders responses like the log-ratio it estimates
         out.append((f"calibration: {m}'s discriminator logit ranks its policy's samples like log β − log π",
                     "Spearman ρ > 0", f"calibration.{m}.spearman",

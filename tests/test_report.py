@@ -222,7 +222,7 @@ def test_best_of_n_is_judged_at_the_preregistered_n_not_the_best():
     runs = [fake_run(s) for s in range(3)]
     for r in runs:   # far above the demonstrations at N = 8 only: not one of the N fixed in advance
         r["bon"]["init_sft"]["gold_reward"] = [0.5 if n != 8 else 5.0 for n in BON_N]
-    effects = report.effects(runs)
+    effects = [e for e in report.effects(runs) if e["effect"].startswith("extrapolation")]   # the signed world
     for n in report.PREREGISTERED_N:
         assert _row(effects, f"Best-of-{n}", "extrapolation")["verdict"] == "does not hold"
 
