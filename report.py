@@ -211,9 +211,10 @@ def effect_conditions(has_control=True):
                            ("mode_entropy", "mode entropy")]:
             out.append((effect, label, f"{key}[sft] − {key}[{p}]",
                         lambda r, p=p, key=key: pol(r, "sft", key) - pol(r, p, key)))
-    worlds = [("extrapolation", lambda r: r)] + ([("control world: extrapolation", lambda r: _need(r, "control"))]
-                                                 if has_control else [])
-    for prefix, world in worlds:   # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
+    main, control = (lambda r: r), (lambda r: _need(r, "control"))   # the signed world and the control world
+    in_control = lambda prefix: [(prefix, control)] if has_control else []
+    for prefix, world in [("extrapolation", main), *in_control("control world: extrapolation")]:
+        # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
         for n in PREREGISTERED_N:
             out.append((f"{prefix}: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
                         f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
@@ -226,9 +227,8 @@ def effect_conditions(has_control=True):
     out.append(("RL on the Init-SFT reward model ends above π_SFT's gold reward", "gold reward",
                 "gold_reward[rl_init_sft] − gold_reward[sft]",
                 lambda r: pol(r, "rl_init_sft", "gold_reward") - pol(r, "sft", "gold_reward")))
-    worlds = [("heterogeneity", lambda r: r)] + ([("control world", lambda r: _need(r, "control"))]
-                                                 if has_control else [])
-    for prefix, world in worlds:   # reward models trained against demonstrations learn their fingerprint
+    for prefix, world in [("heterogeneity", main), *in_control("control world")]:
+        # reward models trained against demonstrations learn their fingerprint
         for ref, rm, what in [("init_sft", "init_demo", "the Init-Demo reward model than with the Init-SFT one"),
                               ("init_sft", "sft_demo", "the SFT-Demo reward model than with the Init-SFT one"),
                               ("init_sft_optimum", "init_demo_optimum", "the Init-Demo optimum than with Init-SFT's"),
@@ -242,7 +242,7 @@ def effect_conditions(has_control=True):
         for n in PREREGISTERED_N:
             out.append(("the Init-SFT advantage shrinks without the demonstrator's signature", f"N = {n}",
                         f"gap − control gap, gap = bon.init_sft[N={n}] − max(bon.init_demo, bon.sft_demo)",
-                        lambda r, n=n: _rm_gap(r, n) - _rm_gap(_need(r, "control"), n)))
+                        lambda r, n=n: _rm_gap(r, n) - _rm_gap(control(r), n)))
     return out
 
 def _combine(verdicts):
