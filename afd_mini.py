@@ -21,7 +21,7 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
     js_oracle      the GAIL reward of the exact D*: what js's objective asks for
     reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
                    log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
-    best_of_n      Best-of-N over π_SFT samples for every reward model, every classifier's exact optimum, the gold reward
+    best_of_n      Best-of-N over π_SFT samples for every reward model, each classifier's exact optimum, gold reward
     rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
     control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
     evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
@@ -124,7 +124,8 @@ class Config:
                            max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
 
 
-WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand", "max_new_tokens"}
+WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand",
+               "max_new_tokens"}
 PRESETS = {
     "default": {},
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
@@ -211,7 +212,7 @@ def parse_args(argv):
     return cfg
 
 
-ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # numbers that may be 0; the world checks its own (q, ...)
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # may be 0; the world checks its own knobs (q, ...)
 
 
 def validate(cfg):
@@ -855,7 +856,8 @@ STAGE_FNS = {
     "js": lambda run: stage_adversarial(run, "js"),
     "rkl_seq_scalar": lambda run: stage_adversarial(run, "rkl_seq_scalar"),
     "rkl_oracle": lambda run: stage_oracle(run, "rkl_oracle"),
-    "js_oracle": lambda run: stage_oracle(run, "js_oracle"), "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
+    "js_oracle": lambda run: stage_oracle(run, "js_oracle"),
+    "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
     "rl_init_sft": stage_rl_init_sft, "control": stage_control, "evaluate": stage_evaluate,
 }
 
@@ -949,7 +951,8 @@ def assemble(run):
                    "adversarial": adversarial},
         "stage_seconds": {"world": run.times["world"], **{s: stage(s)["seconds"] for s in STAGES}},
         "config": dataclasses.asdict(run.cfg),
-        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}} if "bon" in control else {}),
+        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}}
+           if "bon" in control else {}),
     }
 
 

@@ -218,8 +218,10 @@ def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
         assert all(p[1] == r[1] for p, r in samples), "a response is paired with another prompt"
         return tags.pop() if len(tags) == 1 else tags
 
-    expected = {"init_sft": ("sft", "pretrain", "pretrain", "airl"), "init_demo": ("demo", "pretrain", "pretrain", "airl"),
-                "sft_demo": ("demo", "sft", "sft", "airl"), "init_sft_scalar": ("sft", "pretrain", "pretrain", "scalar")}
+    expected = {"init_sft": ("sft", "pretrain", "pretrain", "airl"),   # positives, negatives, π_neg, form
+                "init_demo": ("demo", "pretrain", "pretrain", "airl"),
+                "sft_demo": ("demo", "sft", "sft", "airl"),
+                "init_sft_scalar": ("sft", "pretrain", "pretrain", "scalar")}
     for name, (pos, neg, base, form) in expected.items():
         got_base, got_pos, got_neg, held_pos, held_neg, got_form, pairwise = trained[name]
         assert (drawn_by(got_pos), drawn_by(got_neg), got_base, got_form, pairwise) == (pos, neg, base, form, False)
@@ -536,7 +538,8 @@ def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
     before = [kl(0), kl(1)]
     run = TinyRun(models, prompt, max_new_tokens=1, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2,
                   pg_lr=1e-2, kl_coef=1.0)
-    policy, _ = afd_mini.policy_optimisation(run, "test", lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
+    policy, _ = afd_mini.policy_optimisation(run, "test",
+                                             lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
     i = run.loaded.index(policy)   # the model the loop trained; the other is its reference
     assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
 
