@@ -207,7 +207,7 @@ def kl_k3(logp, ref_logp):
     # ---- exercise 7: end solution
 
 
-def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size):
+def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True):
     """The advantages of afd_mini's policy-gradient loop: the reward minus the k1 penalty to the reference,
     a leave-one-out baseline, whitened. reward: (B,) one per response, or (B, T) per token; k1: (B, T) per-token
     log π − log π_ref (kl_k1) on the policy's samples; rows in groups of group_size samples of one prompt.
@@ -217,9 +217,11 @@ def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size):
     Token rewards:    r̃_{b,t} = (r_{b,t} − λ k1_{b,t}) m_{b,t},
                       A_{b,t} = (Σ_{t'≥t} r̃_{b,t'} − mean_{j≠b} Σ_{t'} r̃_{j,t'}) m_{b,t}
     (j over the other members of b's group; λ = kl_coef). Token level: the sample's reward-to-go minus the other
-    samples' mean return, a baseline independent of y_b. Then A ← A / std(A), the unbiased (N − 1) std over the
-    batch, over response tokens for token rewards, floored at 1e-6: no centring (the baseline did that), one
-    step size whatever the reward's scale.
+    samples' mean return, a baseline independent of y_b. Either way, with these advantages held constant,
+        E[−∇ policy_gradient_loss] = ∇ (E_π[Σ_t r_t] − λ KL(π ‖ π_ref))      (tested by enumeration).
+    whiten=True then divides A by std(A), the unbiased (N − 1) std over the batch, over response tokens for
+    token rewards, floored at 1e-6: no centring (the baseline did that), one step size whatever the reward's
+    scale; it rescales the gradient by a batch-dependent constant, so the identity above holds for whiten=False.
     The sign: by kl_k1's identity, r − λ Σ_t k1 adds λ ∇KL(π ‖ π_ref) to the loss's expected gradient, a
     penalty; with + it would push π away from π_ref.
     """
@@ -232,6 +234,8 @@ def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size):
         returns = shaped.sum(-1)
         mean_of_others = returns - leave_one_out_advantages(returns, group_size)
         adv = (rewards_to_go(shaped, mask) - mean_of_others[:, None]) * mask
+    if not whiten:
+        return adv
     return adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
 
 

@@ -187,6 +187,37 @@ def test_kl_mc_estimators_are_unbiased_in_their_own_direction():
 # -----------------------------------------------------------------------------
 # policy optimisation
 
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_reference(level):
+    """The policy-gradient loop's advantages, by enumeration over every pair of samples of one prompt (a group of
+    2, y_1, y_2 ~ π independently): E[∇ policy_gradient_loss] = −∇(E_π[R] − λ KL(π ‖ π_ref)). R is a random
+    reward per response (sequence level) or per (state, token) summed over the response (token level: the
+    reward-to-go). Fails for a baseline that includes the sample itself, a penalty with the wrong sign or not
+    summed over tokens, reward-to-go summed the wrong way."""
+    theta, ref = random_policy(TREE, 30, grad=True), random_policy(TREE, 31)
+    g = torch.Generator().manual_seed(32)
+    logp, ref_logp = token_logp(theta, TREE), token_logp(ref, TREE)
+    k1 = obj.kl_k1(logp, ref_logp).detach()                      # a reward term: held constant
+    if level == "sequence":
+        reward = torch.randn(N, generator=g)
+        expected_return = lambda p: (p * reward).sum()
+    else:
+        table = torch.randn(TREE.n_states, VOCAB, generator=g)
+        reward = torch.where(TREE.mask, table[TREE.state, TREE.action], 0.0)
+        expected_return = lambda p: (p * reward.sum(-1)).sum()
+    lam = 0.7
+    p = seq_logp(theta, TREE).exp()
+    w = p.detach()
+    loss = 0.0
+    for i, j in itertools.product(range(N), repeat=2):   # the group (y_i, y_j), probability π(y_i) π(y_j)
+        rows = [i, j]
+        adv = obj.kl_shaped_advantages(reward[rows], k1[rows], TREE.mask[rows], lam, group_size=2, whiten=False)
+        loss = loss + w[i] * w[j] * obj.policy_gradient_loss(logp[rows], TREE.mask[rows], adv)
+    objective = expected_return(p) - lam * kl(seq_logp(theta, TREE), seq_logp(ref, TREE))
+    assert_close(grad(loss, theta), -grad(objective, theta), atol=1e-8, rtol=0,
+                 msg=f"kl_shaped_advantages ({level} rewards): E[∇PG loss] != −∇(E_π[R] − λ KL(π ‖ π_ref))")
+
+
 def test_leave_one_out_advantages_hand_example():
     r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
     assert_close(obj.leave_one_out_advantages(r, 3), torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]),
