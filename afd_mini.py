@@ -31,10 +31,11 @@ one and everything after it). All the maths lives in objectives.py; the model in
 """
 import copy
 import dataclasses
-import difflib
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,11 +44,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cli
 import exercises
 import objectives as obj
+import report
 from data import World, WorldConfig, load_tokenizer
-from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, maybe_compile, sample,
-                   save_checkpoint, sequence_scores, token_logprobs, token_scores)
+from methods import ADVERSARIAL, CONTROL_LEARNED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, ORACLES, POLICIES, POLICY, \
+    REWARD_MODEL, STAGES
+from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, sample, save_checkpoint,
+                   sequence_scores, token_logprobs, token_scores)
 
 # -----------------------------------------------------------------------------------------------------------
 # Configuration: plain defaults, overridden by a preset, an optional JSON config file, then --key=value.
@@ -60,13 +65,14 @@ class Config:
     seed: int = 0
     seeds: int = 1                # run seeds seed, seed+1, ..., and report mean ± std over them
     device: str = "auto"          # auto | cpu | cuda | mps
-    compile: bool = False         # torch.compile the models (worth it on a GPU)
     preset: str = "default"       # default | quick | gpu
     quick: bool = False           # shorthand for --preset=quick
     redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
     control: bool = True          # also run the control world (no signature) for the reward-model ablation
     stop_after: str = ""          # stop after this stage (the rerun resumes from there)
-    progress: bool = True         # tqdm bars
+    progress: bool = True         # progress bars on a terminal, a few plain lines per stage elsewhere
+    cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
+    clear_cache: bool = False     # empty the cache first
     # the world (data/world.py documents each knob)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
@@ -124,8 +130,6 @@ class Config:
                            max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
 
 
-WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand",
-               "max_new_tokens"}
 PRESETS = {
     "default": {},
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
@@ -135,113 +139,40 @@ PRESETS = {
     "gpu": dict(n_base=200000, n_demo=4000, n_pref=10000, n_eval=1024, n_layer=6, n_head=8, n_embd=256,
                 pretrain_steps=6000, pretrain_batch=256, pretrain_lr=1e-3, sft_steps=1500, sft_batch=128,
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
-                bon_prompts=512, bon_max_n=256, eval_samples=4, compile=True),
-}
-STAGES = ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-          "reward_models", "best_of_n", "rl_init_sft", "control", "evaluate"]
-ADVERSARIAL = {  # method -> (discriminator level, reward transform of its logit h, form; None = --disc)
-    "rkl_seq": ("seq", obj.airl_reward, None),             # reverse KL, trajectory-level D
-    "rkl_tok": ("tok", obj.airl_reward, None),             # reverse KL, state-action (occupancy) D
-    "js": ("seq", obj.gail_reward, None),                  # Jensen–Shannon (GAIL)
-    "rkl_seq_scalar": ("seq", obj.airl_reward, "scalar"),  # the ablation: rkl_seq with a scalar-head D
+                bon_prompts=512, bon_max_n=256, eval_samples=4),
 }
 # Options that change no number: a run with other values of these can resume the same output directory.
-RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset"}
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, before anything is written."""
-
-
-def parse_value(key, text, default):
-    kind = type(default)
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--{key}={text}: expected a boolean (true/false)")
-    try:
-        return kind(text)
-    except ValueError:
-        raise UsageError(f"--{key}={text}: expected {kind.__name__}, e.g. --{key}={default}") from None
+RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache", "clear_cache"}
+UsageError = cli.UsageError
 
 
 def parse_args(argv):
-    """defaults → preset → --config=FILE (JSON) → --key=value; every value type-checked, every key known."""
-    fields = {f.name: f.default for f in dataclasses.fields(Config)}
-    given, config_file = {}, None
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(__doc__.split("\n\n")[1] + "\nOptions (default):")
-            for k, v in fields.items():
-                print(f"  --{k}={v}")
-            raise SystemExit(0)
-        if not arg.startswith("--"):
-            raise UsageError(f"unexpected argument {arg!r}: options look like --key=value (see --help)")
-        key, eq, text = arg[2:].partition("=")
-        if key == "config":
-            config_file = text
-            continue
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields) + ["config"], n=3)
-            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help"
-            raise UsageError(f"unknown option --{key}{hint}")
-        if not eq and type(fields[key]) is not bool:
-            raise UsageError(f"--{key} needs a value: --{key}=...")
-        given[key] = parse_value(key, text if eq else "true", fields[key])   # a bare --flag means true
-    preset = "quick" if given.get("quick") else given.get("preset", "default")
-    if preset not in PRESETS:
-        raise UsageError(f"--preset={preset}: allowed presets are {', '.join(PRESETS)}")
-    values = {**fields, **PRESETS[preset], "preset": preset}
-    if config_file is not None:
-        try:
-            with open(config_file) as f:
-                from_file = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--config={config_file}: cannot read a JSON object from it ({e})") from None
-        if not isinstance(from_file, dict):
-            raise UsageError(f"--config={config_file}: expected a JSON object of options, got {type(from_file).__name__}")
-        for key, value in from_file.items():
-            if key not in fields:
-                raise UsageError(f"unknown option {key!r} in {config_file}; see --help")
-            values[key] = parse_value(key, str(value), fields[key])
-    values.update(given)
-    cfg = Config(**values)
-    validate(cfg)
-    return cfg
+    """defaults → preset → --config=FILE (JSON) → --key=value, checked (cli.py)."""
+    return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1])
 
 
-ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # may be 0; the world checks its own knobs (q, ...)
+# -----------------------------------------------------------------------------------------------------------
+# Random seeds, all in one place. Each stage reseeds numpy and torch from (seed, its index in STAGES) when it
+# starts (Run.begin), so that a resumed run draws exactly what an uninterrupted one does, and a stage's draws do
+# not depend on which stages ran before it. Sampling takes its own torch.Generator, seeded by purpose:
+
+def sampling_seed(seed, purpose, i=0):
+    """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout only).
+    Run.sample_responses adds each chunk's offset to it."""
+    return {
+        "rollout": seed * 100003 + i,       # policy optimisation: the policy's samples at iteration i
+        "disc_warmup": seed * 7 + 3,        # π_SFT's samples for --disc_warmup
+        "rm_init": seed * 7 + 1,            # the reward models' samples of π_init and π_SFT ...
+        "rm_sft": seed * 7 + 2,
+        "rm_init_heldout": seed * 7 + 101,  # ... and their held-out ones
+        "rm_sft_heldout": seed * 7 + 102,
+        "best_of_n": seed,                  # π_SFT's N samples of each Best-of-N prompt
+        "evaluate": seed + 3000,            # every policy's evaluation samples
+    }[purpose]
 
 
-def validate(cfg):
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or f.name in WORLD_KNOBS:
-            continue
-        if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
-            raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
-    if cfg.disc not in ("airl", "scalar"):
-        raise UsageError(f"--disc={cfg.disc}: allowed discriminator forms are airl, scalar")
-    if cfg.device not in ("auto", "cpu", "cuda", "mps"):
-        raise UsageError(f"--device={cfg.device}: allowed devices are auto, cpu, cuda, mps")
-    for name in filter(None, cfg.redo.split(",")):
-        if name not in STAGES + ["all"]:
-            raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(STAGES)}")
-    if cfg.stop_after and cfg.stop_after not in STAGES:
-        raise UsageError(f"--stop_after={cfg.stop_after}: stages are {', '.join(STAGES)}")
-    if cfg.bon_max_n & (cfg.bon_max_n - 1):
-        raise UsageError(f"--bon_max_n={cfg.bon_max_n}: must be a power of two (N = 1, 2, 4, ...)")
-    try:
-        World(cfg.world_config(), load_tokenizer())   # some limits need the world itself (the longest response)
-    except ValueError as e:   # name the option the user typed, not the world's field
-        raise UsageError(str(e).replace("WorldConfig.max_response_tokens", "--max_new_tokens")
-                         .replace("WorldConfig.", "--")) from None
-    try:
-        get_device(cfg.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+EXPERT_SAMPLES_SEED = 2000    # + seed: numpy's stream for the expert's evaluation samples (the world samples β)
+CALIBRATION_POINTS_SEED = 0   # which 300 evaluation samples the calibration figure draws
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -284,7 +215,29 @@ def optimiser_step(opt, model, loss, stage, step):
 
 
 def bar(cfg, iterable, stage):
+    """A progress bar on a terminal; in a log file (stderr not a terminal) a few plain lines instead of
+    megabytes of carriage-return updates; nothing with --progress=false."""
+    if cfg.progress and not sys.stderr.isatty():
+        return PlainProgress(iterable, stage)
     return tqdm(iterable, desc=f"{stage:>13}", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+
+
+class PlainProgress:
+    """One line at a quarter, half and three quarters of the way, with the latest set_postfix values."""
+
+    def __init__(self, iterable, desc):
+        self.items, self.desc, self.postfix = list(iterable), desc, ""
+
+    def __iter__(self):
+        n = len(self.items)
+        marks = {n * k // 4 for k in (1, 2, 3)} - {0}
+        for i, item in enumerate(self.items):
+            if i in marks:
+                print(f"  {self.desc}: {i}/{n} {self.postfix}", file=sys.stderr, flush=True)
+            yield item
+
+    def set_postfix(self, **values):
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
 
 def new_generator(device, seed):
@@ -304,7 +257,7 @@ class Run:
         self.device = get_device(cfg.device)
         self.dir = os.path.join(cfg.out_dir, f"seed_{seed}", *(["control"] if control else []))
         self.times = {}
-        t0 = time.time()   # stage 1, the world: deterministic and cheap, so rebuilt on every run rather than saved
+        t0 = time.time()   # stage 0, the world: deterministic and cheap, so rebuilt on every run rather than saved
         self.tok = load_tokenizer()
         self.world = World(cfg.world_config(), self.tok)
         self.data = self.world.make_datasets(seed, cfg.n_base, cfg.n_demo, cfg.n_pref, cfg.n_eval)
@@ -331,7 +284,14 @@ class Run:
                          vocab_size=self.world.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
 
     def load(self, name):
-        return load_checkpoint(self.path(name + ".pt"), device=self.device)   # (model, extra)
+        """(model, extra) of <name>.pt. A file that does not load (corrupt, truncated) is one line naming it and
+        the stage that rewrites it."""
+        path = self.path(name + ".pt")
+        try:
+            return load_checkpoint(path, device=self.device)
+        except Exception as e:
+            raise StageError(f"{path} does not load ({type(e).__name__}: {str(e)[:80]}); recompute it with "
+                             f"--redo={'control' if self.control else writer_of(name)}") from None
 
     def rollout(self, model, prompts, seed):
         """Sample one response per prompt (token lists) at temperature 1: a Rollout, log-probs included."""
@@ -350,13 +310,12 @@ class Run:
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 2: π_init, a small GPT pretrained on the base corpus (next-token prediction on whole sequences).
+# Stage 1, pretrain: π_init, a small GPT pretrained on the base corpus (next-token prediction on whole sequences).
 
 def stage_pretrain(run):
     cfg = run.cfg
     model = GPT(run.gpt_config()).to(run.device)
     opt = model.configure_optimizer(0.1, cfg.pretrain_lr, device_type=run.device.type)
-    fwd = maybe_compile(model, cfg.compile)
     losses = []
     for step in (pbar := bar(cfg, range(cfg.pretrain_steps), "pretrain")):
         lr_schedule(opt, cfg.pretrain_lr, step, cfg.pretrain_steps)
@@ -366,7 +325,7 @@ def stage_pretrain(run):
                                 run.world.eos_id, run.device)
         targets = tokens[:, 1:].masked_fill(~real[:, 1:], -1)
         with autocast(run.device):
-            _, loss = fwd(tokens[:, :-1], targets)
+            _, loss = model(tokens[:, :-1], targets)
         optimiser_step(opt, model, loss, "pretrain", step)
         losses.append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
@@ -383,7 +342,7 @@ def lr_schedule(opt, peak, step, total, warmup=20):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 3: π_SFT = argmin_π KL(β ‖ π), i.e. maximum likelihood on the demonstrations' response tokens.
+# Stage 2, sft: π_SFT = argmin_π KL(β ‖ π), i.e. maximum likelihood on the demonstrations' response tokens.
 
 def stage_sft(run):
     cfg = run.cfg
@@ -402,7 +361,9 @@ def stage_sft(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 4: reverse KL (rkl_seq, rkl_tok, js, rkl_oracle), and stage 5's rl_init_sft. One policy-gradient loop
+# Stages 3-8, the policies of methods.POLICIES trained by policy optimisation: reverse KL and Jensen–Shannon by a
+# learned discriminator (adversarial: rkl_seq, rkl_tok, js, rkl_seq_scalar) or the exact one (oracle: rkl_oracle,
+# js_oracle), and stage 11's rl_init_sft. One policy-gradient loop
 # for every reward: a discriminator's (AIRL, GAIL; sequence- or token-level), the exact expert's (the oracle),
 # or a reward model's (RL on the Init-SFT RM).
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
@@ -423,7 +384,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
     for it in (pbar := bar(cfg, range(cfg.rl_iters), stage)):
         idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
         prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
-        roll = run.rollout(policy, [p.tokens for p in prompts], seed=run.seed * 100003 + it)
+        roll = run.rollout(policy, [p.tokens for p in prompts], seed=sampling_seed(run.seed, "rollout", it))
         tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
         with torch.no_grad(), autocast(run.device):
             pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
@@ -504,14 +465,14 @@ def disc_step(run, disc, opt, demo, pol, stage, step):
 
 
 def stage_adversarial(run, method):
-    level, transform, form = ADVERSARIAL[method]
+    method_ = POLICY[method]
     cfg = run.cfg
     sft, _ = run.load("sft")
-    disc = new_discriminator(sft, form or cfg.disc, level)
+    disc = new_discriminator(sft, method_.form or cfg.disc, method_.level)
     if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples: the first rewards mean something
         opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
         prompts = [p for p, _ in run.demos[:cfg.rm_samples]]
-        samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=run.seed * 7 + 3)))
+        samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=sampling_seed(run.seed, "disc_warmup"))))
         b = cfg.rl_prompts * cfg.group_size
         for step in bar(cfg, range(cfg.disc_warmup), f"{method} D"):
             batches = [run.batch(data, run.rng.integers(len(data), size=b)) for data in (run.demos, samples)]
@@ -521,7 +482,7 @@ def stage_adversarial(run, method):
 
     def reward_fn(prompts, roll, pi_logp):
         with torch.no_grad(), autocast(run.device):
-            return transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
+            return method_.transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
 
     policy, extra = policy_optimisation(run, method, reward_fn, disc)
     save_checkpoint(run.path(method + "_disc.pt"), disc.model)
@@ -532,7 +493,7 @@ def stage_oracle(run, method):
     """The exact discriminator D* = β/(β + π): its logit log β(y|x) − log π(y|x) needs the expert's density, which
     only our world has. rkl_oracle takes the AIRL reward of it (exact reverse KL), js_oracle the GAIL reward
     (exact Jensen–Shannon): what each learned discriminator's objective asks for."""
-    transform = {"rkl_oracle": obj.airl_reward, "js_oracle": obj.gail_reward}[method]
+    transform = POLICY[method].transform
 
     def reward_fn(prompts, roll, pi_logp):
         return transform(oracle_reward(run.world, prompts, responses_of(roll),
@@ -550,7 +511,7 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 5: reward extrapolation. A reward model is a discriminator trained once, on fixed samples: a binary
+# Stage 9, reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples: a binary
 # classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
 #   r(x, y) = log q_φ(y|x) − log π_neg(y|x),   q_φ initialised from π_neg, the negative class's model,
 # so r = 0 at the start and, at the BCE optimum, r = log p_pos − log p_neg (objectives.classifier_optimum):
@@ -558,18 +519,12 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 #   Init-Demo, SFT-Demo (ablations): positives the demonstrations → log β − log π_init, log β − log π_SFT
 #   pairwise_bt: Bradley–Terry on the gold preference pairs (log-ratio form: DPO's implicit reward, β = 1)
 #   init_sft_scalar: the Init-SFT classifier with a scalar head on π_init's backbone (the ablation)
-REWARD_MODELS = {   # name -> (positives, negatives, π_neg: where q_φ starts and the log-ratio's reference, form)
-    "init_sft": ("sft", "init", "pretrain", None),
-    "init_demo": ("demos", "init", "pretrain", None),
-    "sft_demo": ("demos", "sft", "sft", None),
-    "pairwise_bt": ("chosen", "rejected", "pretrain", None),
-    "init_sft_scalar": ("sft", "init", "pretrain", "scalar"),
-}
-CONTROL_REWARD_MODELS = ["init_sft", "init_demo", "sft_demo"]   # what the control world compares (and needs)
+# (methods.REWARD_MODELS: the classes, q_φ's starting point and the form of each)
 
 
 def reward_model_names(run):
-    return CONTROL_REWARD_MODELS if run.control else list(REWARD_MODELS)
+    """The learned reward models a world trains: all of them, or the three the control world compares."""
+    return CONTROL_LEARNED if run.control else LEARNED
 
 
 def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pairwise=False):
@@ -599,7 +554,7 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
         optimiser_step(opt, rm.model, loss, f"reward_models ({name})", step)
         curve["loss"].append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
-    save_checkpoint(run.path(f"rm_{name}.pt"), rm.model, form=form, base=REWARD_MODELS[name][2])
+    save_checkpoint(run.path(f"rm_{name}.pt"), rm.model, form=form, base=REWARD_MODEL[name].base)
     return curve
 
 
@@ -622,10 +577,11 @@ def stage_reward_models(run):
     prompts = [prompts[i % len(prompts)] for i in range(cfg.rm_samples)]   # π's samples are free: reuse prompts
     held_prompts = [run.demos[i][0] for i in held]
     data, held_data = {"demos": [run.demos[i] for i in train]}, {"demos": [run.demos[i] for i in held]}
-    for key, stage, seed in [("init", "pretrain", 1), ("sft", "sft", 2)]:
-        data[key] = list(zip(prompts, run.sample_responses(models[stage], prompts, seed=run.seed * 7 + seed)))
+    for key, stage in [("init", "pretrain"), ("sft", "sft")]:
+        data[key] = list(zip(prompts, run.sample_responses(models[stage], prompts,
+                                                           seed=sampling_seed(run.seed, f"rm_{key}"))))
         held_data[key] = list(zip(held_prompts, run.sample_responses(models[stage], held_prompts,
-                                                                     seed=run.seed * 7 + seed + 100)))
+                                                                     seed=sampling_seed(run.seed, f"rm_{key}_heldout"))))
     enc = run.world.encode_response
     pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
     n_held_pref = min(128, max(2, len(pref) // 8))
@@ -633,11 +589,15 @@ def stage_reward_models(run):
     held_data["chosen"], held_data["rejected"] = [c for c, _ in pref[:n_held_pref]], [r for _, r in pref[:n_held_pref]]
     curves = {}
     for name in reward_model_names(run):
-        pos, neg, base, form = REWARD_MODELS[name]
-        curves[name] = train_reward_model(run, name, models[base], data[pos], data[neg], held_data[pos],
-                                          held_data[neg], form or cfg.disc, pairwise=name == "pairwise_bt")
+        r = REWARD_MODEL[name]
+        curves[name] = train_reward_model(run, name, models[r.base], data[r.pos], data[r.neg], held_data[r.pos],
+                                          held_data[r.neg], r.form or cfg.disc, pairwise=r.pairwise)
     return None, {"curves": curves}
 
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 10, best_of_n: Best-of-N over π_SFT's samples, ranked by each reward model, by each classifier's exact
+# optimum, and by the gold reward (the ceiling).
 
 @torch.no_grad()
 def score(run, model, pairs, fn, chunk=512):
@@ -660,24 +620,23 @@ def stage_best_of_n(run):
     prompts = run.data["eval_prompts"][:cfg.bon_prompts]
     N = cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
-    pairs = list(zip([p.tokens for p in flat], run.sample_responses(sft, [p.tokens for p in flat], seed=run.seed)))
+    pairs = list(zip([p.tokens for p in flat],
+                     run.sample_responses(sft, [p.tokens for p in flat], seed=sampling_seed(run.seed, "best_of_n"))))
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
                for name in bar(cfg, reward_model_names(run), "best_of_n")}
     logp = {"pretrain": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob)}
     # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
-    beta = torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)
-    rewards["init_sft_optimum"] = obj.classifier_optimum(logp["sft"], logp["pretrain"])
-    rewards["init_demo_optimum"] = obj.classifier_optimum(beta, logp["pretrain"])
-    rewards["sft_demo_optimum"] = obj.classifier_optimum(beta, logp["sft"])
+    logp["demos"] = torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)
+    logp["init"] = logp["pretrain"]
+    for name in OPTIMA:
+        rewards[name] = obj.classifier_optimum(logp[REWARD_MODEL[name].pos], logp[REWARD_MODEL[name].neg])
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
     rewards["gold"] = gold
     off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
     bon = {name: best_of_n_curve(r, gold, off, N) for name, r in rewards.items()}
     vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
                                          "spearman": spearman(rewards[name], rewards[opt])}
-                  for name, opt in [("init_sft", "init_sft_optimum"), ("init_demo", "init_demo_optimum"),
-                                    ("sft_demo", "sft_demo_optimum"), ("init_sft_scalar", "init_sft_optimum")]
-                  if name in rewards}
+                  for name, opt in LEARNED_VS_OPTIMUM.items() if name in rewards}
     return None, {"bon": bon, "reward_models": vs_optimum}
 
 
@@ -732,6 +691,9 @@ def auc(pos, neg):
     return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+# -----------------------------------------------------------------------------------------------------------
+# Stage 11, rl_init_sft: policy optimisation (the loop of stages 3-8) on the Init-SFT reward model.
+
 def stage_rl_init_sft(run):
     """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N).
 
@@ -747,6 +709,9 @@ def stage_rl_init_sft(run):
             return rm(roll.tokens, roll.response_mask).float()
     return policy_optimisation(run, "rl_init_sft", reward_fn, kl_coef=run.cfg.rm_kl_coef)
 
+
+# -----------------------------------------------------------------------------------------------------------
+# Stage 12, control: stages 2, 9 and 10 again in the control world.
 
 def stage_control(run):
     """The control world: the same demonstrator without its signature. π_init is shared (the base corpus does not
@@ -767,27 +732,26 @@ def demo_gold_reward(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 6: evaluate every policy on held-out prompts, exactly: the world knows log β for any response.
-POLICIES = ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-            "rl_init_sft"]
+# Stage 13, evaluate: every policy of methods.POLICIES on held-out prompts, exactly: the world knows log β.
 
 
 def stage_evaluate(run):
     cfg, world = run.cfg, run.world
     prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
-    rng = np.random.default_rng(run.seed + 2000)
+    rng = np.random.default_rng(run.seed + EXPERT_SAMPLES_SEED)
     expert = list(zip([p.tokens for p in prompts],
                       [world.encode_response(world.expert_response(p, rng)) for p in prompts]))
     expert_on_expert = torch.tensor(world.expert_logprobs(prompts, [r for _, r in expert]), dtype=torch.float32)
     sft, _ = run.load("sft")
     policies, calibration, points = {}, {}, {}
-    for name in (pbar := bar(cfg, POLICIES, "evaluate")):
-        if name == "expert":
+    for name in (pbar := bar(cfg, [p.name for p in POLICIES], "evaluate")):
+        if POLICY[name].kind == "expert":
             own, logp_own, logp_expert = expert, expert_on_expert, expert_on_expert
         else:
-            model, _ = run.load("pretrain" if name == "init" else name)
+            model, _ = run.load(POLICY[name].checkpoint)
             own = list(zip([p.tokens for p in prompts],
-                           run.sample_responses(model, [p.tokens for p in prompts], seed=run.seed + 3000)))
+                           run.sample_responses(model, [p.tokens for p in prompts],
+                                                sampling_seed(run.seed, "evaluate"))))
             logp_own = score(run, model, own, seq_logprob)
             logp_expert = score(run, model, expert, seq_logprob)   # the policy's log-prob of expert samples
         responses = [r for _, r in own]
@@ -796,19 +760,18 @@ def stage_evaluate(run):
         stats["forward_kl"], stats["reverse_kl"] = policy_kls(beta_on_expert=expert_on_expert,
                                                               pi_on_expert=logp_expert,
                                                               pi_on_own=logp_own, beta_on_own=beta_own)
-        if name != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
+        if POLICY[name].kind != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
         policies[name] = stats
         pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
         if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
-            level, _, form = ADVERSARIAL[name]
-            disc = Discriminator(run.load(name + "_disc")[0], form or cfg.disc, level)
+            disc = Discriminator(run.load(name + "_disc")[0], POLICY[name].form or cfg.disc, POLICY[name].level)
             logit = score(run, disc, own, lambda d, t, k: d.response_logits(t, k, token_logprobs(model, t, k)))
             true = beta_own - logp_own
             off = torch.tensor([m == "off" for m in modes_of(world, prompts, responses)])
             calibration[name] = {"pearson": pearson(logit, true), "spearman": spearman(logit, true),
                                  "auc_off_support": auc(logit[~off], logit[off])}
-            keep = np.random.default_rng(0).permutation(len(own))[:300]
+            keep = np.random.default_rng(CALIBRATION_POINTS_SEED).permutation(len(own))[:300]
             points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
     return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
 
@@ -847,19 +810,198 @@ def describe(run, prompts, responses):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Running the stages: skip what is finished, save atomically, assemble metrics.json.
+# Running the stages: skip what is finished, reuse what another run computed with the same inputs, save
+# atomically. metrics.json's layout is report.assemble's.
 
 STAGE_FNS = {
     "pretrain": stage_pretrain, "sft": stage_sft,
-    "rkl_seq": lambda run: stage_adversarial(run, "rkl_seq"),
-    "rkl_tok": lambda run: stage_adversarial(run, "rkl_tok"),
-    "js": lambda run: stage_adversarial(run, "js"),
-    "rkl_seq_scalar": lambda run: stage_adversarial(run, "rkl_seq_scalar"),
-    "rkl_oracle": lambda run: stage_oracle(run, "rkl_oracle"),
-    "js_oracle": lambda run: stage_oracle(run, "js_oracle"),
+    **{m: (lambda run, m=m: stage_adversarial(run, m)) for m in ADVERSARIAL},
+    **{m: (lambda run, m=m: stage_oracle(run, m)) for m in ORACLES},
     "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
     "rl_init_sft": stage_rl_init_sft, "control": stage_control, "evaluate": stage_evaluate,
 }
+assert list(STAGE_FNS) == STAGES, "methods.STAGES and the stage functions disagree"
+
+
+def stage_files(run, stage):
+    """The files a stage writes under the run's directory, besides <stage>.json."""
+    if stage == "control":   # its own folder: stages sft, reward_models and best_of_n of the control world
+        inside = ["sft.json", "sft.pt", "reward_models.json", *[f"rm_{name}.pt" for name in CONTROL_LEARNED],
+                  "best_of_n.json"]
+        return [os.path.join("control", f) for f in inside] if run.cfg.control else []
+    if stage == "reward_models":
+        return [f"rm_{name}.pt" for name in reward_model_names(run)]
+    if stage in ("best_of_n", "evaluate"):
+        return []
+    return [stage + ".pt"] + ([stage + "_disc.pt"] if stage in ADVERSARIAL else [])
+
+
+def writer_of(name):
+    """The stage that writes <name>.pt."""
+    if name.startswith("rm_"):
+        return "reward_models"
+    return name[:-len("_disc")] if name.endswith("_disc") else name
+
+
+# What each stage's result depends on: the world (every stage), the options it reads, the stages it consumes.
+WORLD = sorted(cli.WORLD_KNOBS | {"n_base", "n_demo", "n_pref", "n_eval"})
+POLICY_OPTIMISATION = ["rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr"]
+
+
+def reads(cfg, stage):
+    """(the options stage reads, the stages whose results it consumes)."""
+    kind = POLICY[stage].kind if stage in POLICY else None
+    if stage == "pretrain":
+        return ["n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr"], []
+    if stage == "sft":
+        return ["sft_steps", "sft_batch", "sft_lr"], ["pretrain"]
+    if kind == "adversarial":
+        return (POLICY_OPTIMISATION + ["kl_coef", "disc_steps", "disc_lr", "disc_warmup"]
+                + ["disc"] * (POLICY[stage].form is None) + ["rm_samples"] * (cfg.disc_warmup > 0)), ["sft"]
+    if kind == "oracle":
+        return POLICY_OPTIMISATION + ["kl_coef"], ["sft"]
+    if stage == "reward_models":
+        return ["rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc"], ["pretrain", "sft"]
+    if stage == "best_of_n":
+        return ["bon_prompts", "bon_max_n"], ["pretrain", "sft", "reward_models"]
+    if kind == "rm_rl":
+        return POLICY_OPTIMISATION + ["rm_kl_coef"], ["sft", "reward_models"]
+    if stage == "control":   # stages sft, reward_models and best_of_n in the control world
+        return ["control", *[o for s in ["sft", "reward_models", "best_of_n"] for o in reads(cfg, s)[0]]], ["pretrain"]
+    assert stage == "evaluate", stage
+    return ["eval_samples", "disc"], ["pretrain", "sft", *[p.name for p in POLICIES if p.checkpoint not in
+                                                            (None, "pretrain", "sft")]]
+
+
+def code_version():
+    """A hash of the code that computes results: a stage computed by other code is never reused. (The report,
+    the exercises and the docs are not part of it.)"""
+    root = os.path.dirname(os.path.abspath(__file__))
+    names = ["afd_mini.py", "model.py", "objectives.py", "methods.py", "cli.py"] + \
+        sorted(os.path.join("data", f) for f in os.listdir(os.path.join(root, "data"))
+               if f.endswith((".py", ".tiktoken")))
+    h = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(root, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
+def stage_key(run, stage, keys):
+    """What stage's result depends on apart from the code: the seed, the world, the options it reads, the keys of
+    the stages it consumes, and how the numbers are computed (torch version, device, CPU threads: another thread
+    count can change an adversarial result by nats). keys: the stages before it."""
+    options, upstream = reads(run.cfg, stage)
+    inputs = {"stage": stage, "seed": run.seed, "options": {k: getattr(run.cfg, k) for k in WORLD + options},
+              "upstream": {s: keys[s] for s in upstream},
+              "numerics": [torch.__version__, run.device.type, torch.get_num_threads()]}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(key):
+    """A stage's fingerprint: its key and the code version. Equal fingerprints, equal results."""
+    return hashlib.sha256(f"{key} {CODE_VERSION}".encode()).hexdigest()[:16]
+
+
+def cache_root(cfg):
+    """Where finished stages are shared between output directories: --cache, else $AFD_MINI_CACHE, else
+    $XDG_CACHE_HOME/afd-mini (~/.cache/afd-mini). None with --cache=off."""
+    if cfg.cache == "off":
+        return None
+    if cfg.cache != "auto":
+        return cfg.cache
+    return os.environ.get("AFD_MINI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "afd-mini")
+
+
+def clear_cache(root, log):
+    """Remove the cache's entries (folders holding an entry.json), nothing else."""
+    n = 0
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if os.path.exists(os.path.join(root, name, "entry.json")):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            n += 1
+    log(f"cache {root}: {n} entries removed")
+
+
+def readable(path):
+    """Whether a result file loads: JSON parses, a checkpoint unpickles."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        else:
+            torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def read_stage(run, stage):
+    """<stage>.json of a finished stage; one line naming the file and the fix if it does not parse."""
+    path = run.path(stage + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise StageError(f"{path} is unreadable ({type(e).__name__}); recompute it with --redo={stage}") from None
+
+
+def finished(run, stage, fp):
+    """Whether <stage>.json in the run's directory holds this fingerprint's result, with every file it wrote."""
+    if not os.path.exists(run.path(stage + ".json")):
+        return False
+    if read_stage(run, stage).get("fingerprint") != fp:
+        return False   # written by other code, or on another thread count / device: recomputed
+    for f in stage_files(run, stage):
+        if not readable(os.path.join(run.dir, f)):
+            raise StageError(f"{os.path.join(run.dir, f)} is missing or unreadable; recompute it with --redo={stage}")
+    return True
+
+
+def restore(run, stage, key, fp, log):
+    """Copy a cached result of this key into the run's directory, if there is one with this fingerprint whose
+    files all load. Returns the directory it was first computed in, or None."""
+    root = cache_root(run.cfg)
+    entry = os.path.join(root, key) if root else None
+    if entry is None or not os.path.isdir(entry):
+        return None
+    files = stage_files(run, stage) + [stage + ".json"]
+    try:
+        with open(os.path.join(entry, "entry.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = None
+    if meta is None or not all(readable(os.path.join(entry, f)) for f in files):
+        log(f"seed {run.seed} · {stage}: cache entry {entry} is corrupt, ignored")
+        return None
+    if meta.get("fingerprint") != fp:
+        log(f"seed {run.seed} · {stage}: cache entry {entry} is from another code version, ignored")
+        return None
+    for f in files:   # the stage's json last: it marks the stage finished
+        os.makedirs(os.path.dirname(os.path.join(run.dir, f)), exist_ok=True)
+        shutil.copyfile(os.path.join(entry, f), os.path.join(run.dir, f) + ".tmp")
+        os.replace(os.path.join(run.dir, f) + ".tmp", os.path.join(run.dir, f))
+    return meta["origin"]
+
+
+def store(run, stage, key, fp, log):
+    """Copy a finished stage into the cache (best effort: a cache that cannot be written is only a notice)."""
+    root = cache_root(run.cfg)
+    if root is None:
+        return
+    entry, tmp = os.path.join(root, key), os.path.join(root, f"{key}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in stage_files(run, stage) + [stage + ".json"]:
+            os.makedirs(os.path.dirname(os.path.join(tmp, f)), exist_ok=True)
+            shutil.copyfile(os.path.join(run.dir, f), os.path.join(tmp, f))
+        write_json(os.path.join(tmp, "entry.json"), {"stage": stage, "fingerprint": fp, "origin": run.dir})
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"seed {run.seed} · {stage}: not cached ({e})")
 
 
 def write_json(path, obj_):
@@ -870,28 +1012,13 @@ def write_json(path, obj_):
 
 
 def result_config(cfg):
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "compile", "seed"}}
-
-
-def check_out_dir(cfg, seeds):
-    """Refuse to mix results of two configurations in one output directory (before writing anything)."""
-    if "all" in cfg.redo.split(","):
-        return
-    for seed in seeds:
-        path = os.path.join(cfg.out_dir, f"seed_{seed}", "config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                old = json.load(f)
-            diff = sorted(k for k, v in result_config(cfg).items() if old.get(k) != v)
-            if diff:
-                raise UsageError(f"{cfg.out_dir} holds a run with other values of {', '.join(diff)}; "
-                                 f"use another --out_dir, or --redo=all to overwrite it")
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "seed"}}
 
 
 NOW = {"stage": "start-up"}   # what is running, for the message on Ctrl-C
 
 
-def execute(run, stage):
+def execute(run, stage, fp=None):
     """Run one stage: its model (if any) to <stage>.pt, its results to <stage>.json, written last."""
     NOW["stage"] = f"seed {run.seed}, stage {stage}" + (" (control world)" if run.control else "")
     os.makedirs(run.dir, exist_ok=True)
@@ -901,79 +1028,42 @@ def execute(run, stage):
     if model is not None:
         save_checkpoint(run.path(stage + ".pt"), model)
     extra["seconds"] = time.time() - t0
+    extra["fingerprint"] = fp
     write_json(run.path(stage + ".json"), extra)
     return extra
 
 
 def run_seed(cfg, seed, log):
+    """Every stage of one seed, in order: done earlier here (same fingerprint) → skipped; in the cache → copied;
+    else computed (and cached). --redo=STAGE recomputes it and every stage after it."""
     run = Run(cfg, seed)
     os.makedirs(run.dir, exist_ok=True)
     write_json(run.path("config.json"), result_config(cfg))
     redo = cfg.redo.split(",")
     first_redo = 0 if "all" in redo else min([STAGES.index(s) for s in redo if s in STAGES], default=len(STAGES))
-    dirty = False
+    keys = {}
     for i, stage in enumerate(STAGES):
-        if os.path.exists(run.path(stage + ".json")) and not dirty and i < first_redo:
+        key = keys[stage] = stage_key(run, stage, keys)
+        fp = fingerprint(key)
+        if i == first_redo:   # recomputed, and every stage after it is stale: forget them before anything else
+            for later in STAGES[i:]:
+                if os.path.exists(run.path(later + ".json")):
+                    os.remove(run.path(later + ".json"))
+        if i < first_redo and finished(run, stage, fp):
             log(f"seed {seed} · {stage}: done earlier, skipped")
+        elif i < first_redo and (origin := restore(run, stage, key, fp, log)):
+            log(f"seed {seed} · {stage}: reused, same inputs as {origin}")
         else:
-            if not dirty:   # every stage after a recomputed one is stale: forget it before anything else
-                for later in STAGES[i + 1:]:
-                    if os.path.exists(run.path(later + ".json")):
-                        os.remove(run.path(later + ".json"))
-            dirty = True
-            extra = execute(run, stage)
+            extra = execute(run, stage, fp)
+            store(run, stage, key, fp, log)
             log(f"seed {seed} · {stage}: {extra['seconds']:.1f} s")
         if stage == cfg.stop_after:
             log(f"stopped after {stage} (--stop_after); rerun without it to resume")
             return None
-    metrics = assemble(run)
+    metrics = report.assemble(lambda name: read_stage(run, name), seed, run.times["world"], demo_gold_reward(run),
+                              dataclasses.asdict(cfg))
     write_json(run.path("metrics.json"), metrics)
     return metrics
-
-
-def assemble(run):
-    def stage(name):
-        with open(run.path(name + ".json")) as f:
-            return json.load(f)
-    ev, bon, rm, control = stage("evaluate"), stage("best_of_n"), stage("reward_models"), stage("control")
-    adversarial = {m: stage(m)["curve"] for m in [*ADVERSARIAL, "rkl_oracle", "js_oracle", "rl_init_sft"]}
-    return {
-        "seed": run.seed,
-        "policies": ev["policies"],
-        "demonstrations": {"gold_reward": demo_gold_reward(run)},
-        "bon": bon["bon"],
-        "reward_models": {**bon["reward_models"],
-                          "final_loss": {k: v["loss"][-1] for k, v in rm["curves"].items()},
-                          "heldout_loss": {k: v["heldout_loss"] for k, v in rm["curves"].items()}},
-        "calibration": ev["calibration"],
-        "calibration_points": ev["calibration_points"],
-        "curves": {"pretrain_loss": stage("pretrain")["curve"], "sft_loss": stage("sft")["curve"],
-                   "adversarial": adversarial},
-        "stage_seconds": {"world": run.times["world"], **{s: stage(s)["seconds"] for s in STAGES}},
-        "config": dataclasses.asdict(run.cfg),
-        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}}
-           if "bon" in control else {}),
-    }
-
-
-def summary(metrics, out_dir):
-    w = max(len(name) for name in [*metrics["policies"], *metrics["bon"]]) + 1
-    lines = [f"{'policy':<{w}} {'KL(β‖π)':>9} {'KL(π‖β)':>9} {'off-supp':>9} {'gold':>6} {'length':>7}"]
-    for name, p in metrics["policies"].items():
-        lines.append(f"{name:<{w}} {p['forward_kl']:9.2f} {p['reverse_kl']:9.2f} {p['off_support']:9.2f} "
-                     f"{p['gold_reward']:6.3f} {p['length']:7.1f}")
-    lines.append(f"demonstrations' gold reward {metrics['demonstrations']['gold_reward']:.3f}; Best-of-N gold "
-                 "reward at N = " + ", ".join(str(n) for n in metrics["bon"]["init_sft"]["n"]) + ":")
-    for name, b in metrics["bon"].items():
-        lines.append(f"  {name:<{w}} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
-    final = {e["effect"]: e for e in metrics["effects"]}   # an effect's combined row comes last
-    k = len(metrics["seeds"])
-    lines.append(f"expected effects over {k} seed{'s' * (k > 1)}"
-                 + (" (paired 95% intervals):" if k >= 3 else " (indicative only; run --seeds=5):"))
-    for e in final.values():
-        lines.append(f"  {e['verdict']:<14} {e['effect']} ({e['seeds_holding']}/{e['seeds']} seeds)")
-    lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -985,20 +1075,22 @@ def main(argv=None):
     try:
         cfg = parse_args(argv)
         seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-        check_out_dir(cfg, seeds)
+        cli.check_out_dir(cfg.out_dir, seeds, result_config(cfg), cfg.redo)
+        NOW["lock"] = cli.lock_out_dir(cfg.out_dir)   # held until the process ends
         log = lambda s: tqdm.write(s, file=sys.stderr)   # one line per stage, bars or not
+        if cfg.clear_cache and cache_root(cfg):
+            clear_cache(cache_root(cfg), log)
         runs = []
         for seed in seeds:
             metrics = run_seed(cfg, seed, log)
             if metrics is None:
                 return 0
             runs.append(metrics)
-        import report   # matplotlib is only needed from here on
         mean, std = report.aggregate(runs)
         top = {**mean, "std": std, "seeds": seeds, "effects": report.effects(runs)}
         write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
         report.write_report(cfg.out_dir, runs)
-        print(summary(top, cfg.out_dir))
+        print(report.summary(top, cfg.out_dir))
         return 0
     except UsageError as e:
         print(f"afd_mini: error: {e}", file=sys.stderr)
@@ -1008,10 +1100,11 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         print(f"\nafd_mini: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
-              "resume",
-              file=sys.stderr)
+              "resume", file=sys.stderr)
         return 130
 
+
+CODE_VERSION = code_version()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
 """
 The report: turns the per-seed metrics of afd_mini.py into report.md and six figures.
 
-afd_mini.py runs K seeds, writes <out_dir>/seed_<s>/metrics.json for each and then calls
+afd_mini.py runs K seeds and calls assemble for each: the layout of metrics.json lives here. Then it calls
 write_report(out_dir, runs). This file
+  0. assembles one seed's metrics.json from its stages' results, and prints the run's summary,
   1. aggregates the seeds (mean and sample standard deviation of every number),
   2. judges the effects the two papers predict on paired differences over seeds (a 95% interval
      of the mean difference: holds, does not hold, or inconclusive),
@@ -27,51 +28,62 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display, Agg by default
 from matplotlib.lines import Line2D
 
+from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, MODE_SEEKING, POLICIES, REWARD_MODELS, STAGES
 from objectives import generalized_jsd
 
-# the reverse-KL (mode-seeking) family; the oracles are trained on the exact discriminator's logit log β − log π
-MODE_SEEKING = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"]
-ADVERSARIAL = ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]  # the ones with a learned discriminator
-REWARD_MODELS = ["init_sft", "init_sft_optimum", "init_sft_scalar", "init_demo", "init_demo_optimum", "sft_demo",
-                 "sft_demo_optimum", "pairwise_bt", "gold"]
-LEARNED_VS_OPTIMUM = {"init_sft": "init_sft_optimum", "init_demo": "init_demo_optimum",
-                      "sft_demo": "sft_demo_optimum", "init_sft_scalar": "init_sft_optimum"}
-
-POLICY_LABELS = {
-    "expert": "expert π_β",
-    "init": "π_init",
-    "sft": "π_SFT (forward KL)",
-    "rkl_seq": "reverse KL, AIRL-form sequence D",
-    "rkl_tok": "reverse KL, AIRL-form token D",
-    "js": "Jensen–Shannon (GAIL), AIRL-form D",
-    "rkl_seq_scalar": "reverse KL, scalar-head sequence D",
-    "rkl_oracle": "reverse KL, exact reward",
-    "js_oracle": "Jensen–Shannon, exact D*",
-    "rl_init_sft": "RL on Init-SFT reward",
-}
-RM_LABELS = {
-    "init_sft": "Init-SFT",
-    "init_sft_optimum": "Init-SFT optimum (log π_SFT − log π_init)",
-    "init_sft_scalar": "Init-SFT, scalar head",
-    "init_demo_optimum": "Init-Demo optimum (log β − log π_init)",
-    "sft_demo_optimum": "SFT-Demo optimum (log β − log π_SFT)",
-    "init_demo": "Init-Demo",
-    "sft_demo": "SFT-Demo",
-    "pairwise_bt": "preference (Bradley–Terry)",
-    "gold": "gold reward (oracle)",
-}
-RM_STYLE = {  # Init-SFT stands out; the gold reward is the ceiling, drawn as a dotted reference
-    "init_sft": dict(color="C0", lw=2.5, marker="o"),
-    "init_sft_optimum": dict(color="C0", lw=1.2, marker="o", ls="--", mfc="white"),
-    "init_sft_scalar": dict(color="C9", lw=1.2, marker="o", ls="-."),
-    "init_demo": dict(color="C1", lw=1.5, marker="s"),
-    "init_demo_optimum": dict(color="C1", lw=1.2, marker="s", ls="--", mfc="white"),
-    "sft_demo": dict(color="C3", lw=1.5, marker="^"),
-    "sft_demo_optimum": dict(color="C3", lw=1.2, marker="^", ls="--", mfc="white"),
-    "pairwise_bt": dict(color="C2", lw=1.5, marker="D"),
-    "gold": dict(color="black", lw=1.2, marker=".", ls=":"),
-}
+# every method, label and style comes from the one table, methods.py
+POLICY_LABELS = {p.name: p.label for p in POLICIES}
+POLICY_STYLE = {p.name: p.style for p in POLICIES}   # (colour, marker), the same in every figure
+RM_NAMES = [r.name for r in REWARD_MODELS]
+RM_LABELS = {r.name: r.label for r in REWARD_MODELS}
+RM_STYLE = {r.name: r.style for r in REWARD_MODELS}   # Init-SFT stands out; gold is the dotted ceiling
 DPI = 120
+
+# -----------------------------------------------------------------------------
+# one seed's metrics.json, and the summary printed at the end of a run
+
+def assemble(stage, seed, world_seconds, demo_gold_reward, config):
+    """One seed's metrics.json from its stages' results: stage(name) → <name>.json's dict."""
+    ev, bon, rm, control = stage("evaluate"), stage("best_of_n"), stage("reward_models"), stage("control")
+    adversarial = {p.name: stage(p.name)["curve"] for p in POLICIES if p.kind in ("adversarial", "oracle", "rm_rl")}
+    return {
+        "seed": seed,
+        "policies": ev["policies"],
+        "demonstrations": {"gold_reward": demo_gold_reward},
+        "bon": bon["bon"],
+        "reward_models": {**bon["reward_models"],
+                          "final_loss": {k: v["loss"][-1] for k, v in rm["curves"].items()},
+                          "heldout_loss": {k: v["heldout_loss"] for k, v in rm["curves"].items()}},
+        "calibration": ev["calibration"],
+        "calibration_points": ev["calibration_points"],
+        "curves": {"pretrain_loss": stage("pretrain")["curve"], "sft_loss": stage("sft")["curve"],
+                   "adversarial": adversarial},
+        "stage_seconds": {"world": world_seconds, **{s: stage(s)["seconds"] for s in STAGES}},
+        "config": config,
+        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}}
+           if "bon" in control else {}),
+    }
+
+
+def summary(metrics, out_dir):
+    """The lines afd_mini.py prints at the end: every policy, Best-of-N, and the verdict on every effect."""
+    w = max(len(name) for name in [*metrics["policies"], *metrics["bon"]]) + 1
+    lines = [f"{'policy':<{w}} {'KL(β‖π)':>9} {'KL(π‖β)':>9} {'off-supp':>9} {'gold':>6} {'length':>7}"]
+    for name, p in metrics["policies"].items():
+        lines.append(f"{name:<{w}} {p['forward_kl']:9.2f} {p['reverse_kl']:9.2f} {p['off_support']:9.2f} "
+                     f"{p['gold_reward']:6.3f} {p['length']:7.1f}")
+    lines.append(f"demonstrations' gold reward {metrics['demonstrations']['gold_reward']:.3f}; Best-of-N gold "
+                 "reward at N = " + ", ".join(str(n) for n in metrics["bon"]["init_sft"]["n"]) + ":")
+    for name, b in metrics["bon"].items():
+        lines.append(f"  {name:<{w}} " + " ".join(f"{g:.3f}" for g in b["gold_reward"]))
+    final = {e["effect"]: e for e in metrics["effects"]}   # an effect's combined row comes last
+    k = len(metrics["seeds"])
+    lines.append(f"expected effects over {k} seed{'s' * (k > 1)}"
+                 + (" (paired 95% intervals):" if k >= 3 else " (indicative only; run --seeds=5):"))
+    for e in final.values():
+        lines.append(f"  {e['verdict']:<14} {e['effect']} ({e['seeds_holding']}/{e['seeds']} seeds)")
+    lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
+    return "\n".join(lines)
 
 # -----------------------------------------------------------------------------
 # aggregation over seeds
@@ -345,22 +357,18 @@ def fig_intuition(path):
 # figures 2-6: from the aggregated metrics. err is the tree of error-bar half-widths (error_bars)
 
 def _policy_order(policies):
-    known = [p for p in ["expert", "init", "sft", *MODE_SEEKING, "rl_init_sft"] if p in policies]
+    known = [p for p in POLICY_LABELS if p in policies]
     return known + sorted(p for p in policies if p not in known)
+
+DISC_FORM = {"disc": "AIRL-form"}   # what a label's {disc} reads: the run's --disc, set by write_report
 
 def _policy_label(p):
     if p in POLICY_LABELS:
-        return POLICY_LABELS[p]
+        return POLICY_LABELS[p].format(**DISC_FORM)
     if p.startswith("bon_") and "@" in p:  # e.g. bon_init_sft@16
         rm, n = p[4:].split("@")
         return f"Best-of-{n}, {RM_LABELS.get(rm, rm)} RM"
     return p
-
-POLICY_STYLE = {  # (colour, marker), the same in every figure
-    "expert": ("black", "*"), "init": ("0.55", "o"), "sft": ("C0", "o"), "rkl_seq": ("C3", "s"),
-    "rkl_tok": ("C1", "^"), "js": ("C4", "D"), "rkl_seq_scalar": ("C6", "s"), "rkl_oracle": ("C5", "v"),
-    "js_oracle": ("C9", "D"), "rl_init_sft": ("C2", "P"),
-}
 
 def _policy_style(p, i=0):
     return POLICY_STYLE.get(p, (["C9", "C8", "C6", "C7"][i % 4], "X"))
@@ -419,7 +427,7 @@ def fig_divergence_plane(path, mean, err, linthresh=0.1):
     _save(fig, path)
 
 def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, title=""):
-    for rm in [r for r in REWARD_MODELS if r in bon] + [r for r in bon if r not in REWARD_MODELS]:
+    for rm in [r for r in RM_NAMES if r in bon] + [r for r in bon if r not in RM_NAMES]:
         err = _get(bon_err, rm, "gold_reward")
         ax.errorbar(bon[rm]["kl"], bon[rm]["gold_reward"], yerr=err, capsize=2, ms=5,
                     label=RM_LABELS.get(rm, rm), **RM_STYLE.get(rm, {}))
@@ -501,8 +509,7 @@ def _curve(ax, y, ys, **style):
 def fig_curves(path, mean, err, err_label=""):
     curves, cerr = mean["curves"], _get(err, "curves") or {}
     adv, adv_err = curves.get("adversarial", {}), cerr.get("adversarial") or {}
-    methods = [m for m in [*MODE_SEEKING, "rl_init_sft"] if m in adv] + \
-              sorted(m for m in adv if m not in MODE_SEEKING + ["rl_init_sft"])
+    methods = [m for m in POLICY_LABELS if m in adv] + sorted(m for m in adv if m not in POLICY_LABELS)
     colors = {m: _policy_style(m, i)[0] for i, m in enumerate(methods)}
     fig = Figure(layout="constrained", figsize=(13, 7))
     axes = fig.subplots(2, 3)
@@ -565,7 +572,7 @@ def _table(header, rows):
 def _bon_table(world, world_std, title):
     """The Best-of-N section for one world (the main one or the control)."""
     bon, bon_std = world["bon"], _get(world_std, "bon")
-    rms = [r for r in REWARD_MODELS if r in bon] + [r for r in bon if r not in REWARD_MODELS]
+    rms = [r for r in RM_NAMES if r in bon] + [r for r in bon if r not in RM_NAMES]
     demo = _fmt(world["demonstrations"]["gold_reward"], _get(world_std, "demonstrations", "gold_reward"))
     lines = [f"## {title}", "", "Gold reward of the response ranked best among N samples of π_SFT, "
              f"KL(Best-of-N ‖ π_SFT) = log N − (N−1)/N. Demonstrations: {demo}.", ""]
@@ -732,6 +739,7 @@ def write_report(out_dir, runs):
     """Aggregate the runs, judge the effects, draw the figures and write out_dir/report.md. Returns its path."""
     runs = sorted(runs, key=lambda r: r.get("seed", 0))
     mean, std = aggregate(runs)
+    DISC_FORM["disc"] = {"scalar": "scalar-head"}.get(_get(mean, "config", "disc"), "AIRL-form")
     if len(runs) == 1:
         std = None  # one seed: no spread anywhere
     err, err_label = error_bars(std, len(runs))

@@ -197,7 +197,7 @@ def test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_refere
     theta, ref = random_policy(TREE, 30, grad=True), random_policy(TREE, 31)
     g = torch.Generator().manual_seed(32)
     logp, ref_logp = token_logp(theta, TREE), token_logp(ref, TREE)
-    k1 = obj.kl_k1(logp, ref_logp).detach()                      # a reward term: held constant
+    k1 = (logp - ref_logp).detach()                               # k1 = log π − log π_ref: a reward term, constant
     if level == "sequence":
         reward = torch.randn(N, generator=g)
         expected_return = lambda p: (p * reward).sum()

@@ -211,7 +211,7 @@ def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
             return [[model, p[1]] for p in prompts]   # the prompt's id: pairs stay with their prompt
 
     afd_mini.stage_reward_models(StubRun())
-    assert set(trained) == set(afd_mini.REWARD_MODELS)
+    assert set(trained) == set(afd_mini.LEARNED)
 
     def drawn_by(samples):
         tags = {r[0] for _, r in samples}
@@ -428,7 +428,7 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
     torch.manual_seed(0)
     models = {"pretrain": (GPT(config), {}), "sft": (spread(GPT(config), seed=4), {}),
               **{f"rm_{name}": (ScalarGPT(config), {"form": "scalar", "base": "pretrain"})
-                 for name in afd_mini.REWARD_MODELS}}
+                 for name in afd_mini.LEARNED}}
 
     class BonRun:   # what stage_best_of_n asks of a Run; it records what it samples
         rollout, batch = afd_mini.Run.rollout, afd_mini.Run.batch

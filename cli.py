@@ -1,0 +1,174 @@
+"""
+cli.py: the command line of afd_mini.py, kept apart from the pipeline (as nanoGPT keeps its configurator).
+
+    defaults (afd_mini.Config) → a preset → --config=FILE (JSON) → --key=value
+
+Every value is type-checked, every key known, and every constraint between options checked before any work
+starts, so that bad input is one line on stderr (exit status 2) and never a traceback minutes later or a
+half-written output directory. Also here: the output directory's guards (a run of other options refused, one
+run at a time).
+"""
+import dataclasses
+import difflib
+import json
+import os
+
+from data import World, load_tokenizer
+from methods import STAGES
+from model import get_device
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, before anything is written."""
+
+
+def parse_value(key, text, default):
+    kind = type(default)
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--{key}={text}: expected a boolean (true/false)")
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"--{key}={text}: expected {kind.__name__}, e.g. --{key}={default}") from None
+
+
+def parse_args(argv, config_class, presets, usage):
+    """argv → a validated config_class instance. usage: the text --help prints above the options."""
+    fields = {f.name: f.default for f in dataclasses.fields(config_class)}
+    given, config_file = {}, None
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage + "\nOptions (default):")
+            for k, v in fields.items():
+                print(f"  --{k}={v}")
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: options look like --key=value (see --help)")
+        key, eq, text = arg[2:].partition("=")
+        if key == "config":
+            config_file = text
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields) + ["config"], n=3)
+            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see --help"
+            raise UsageError(f"unknown option --{key}{hint}")
+        if not eq and type(fields[key]) is not bool:
+            raise UsageError(f"--{key} needs a value: --{key}=...")
+        given[key] = parse_value(key, text if eq else "true", fields[key])   # a bare --flag means true
+    preset = "quick" if given.get("quick") else given.get("preset", "default")
+    if preset not in presets:
+        raise UsageError(f"--preset={preset}: allowed presets are {', '.join(presets)}")
+    values = {**fields, **presets[preset], "preset": preset}
+    if config_file is not None:
+        try:
+            with open(config_file) as f:
+                from_file = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--config={config_file}: cannot read a JSON object from it ({e})") from None
+        if not isinstance(from_file, dict):
+            raise UsageError(f"--config={config_file}: expected a JSON object of options, got {type(from_file).__name__}")
+        for key, value in from_file.items():
+            if key not in fields:
+                raise UsageError(f"unknown option {key!r} in {config_file}; see --help")
+            values[key] = parse_value(key, str(value), fields[key])
+    values.update(given)
+    cfg = config_class(**values)
+    validate(cfg)
+    return cfg
+
+
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # may be 0; the world checks its own knobs (q, ...)
+WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand",
+               "max_new_tokens"}
+
+
+def validate(cfg):
+    """Every option on its own, then every constraint between options; the first violation is raised."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or f.name in WORLD_KNOBS:
+            continue
+        if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
+            raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
+    choices = {"disc": ("airl", "scalar"), "device": ("auto", "cpu", "cuda", "mps")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise UsageError(f"--{key}={getattr(cfg, key)}: allowed values are {', '.join(allowed)}")
+    for name in filter(None, cfg.redo.split(",")):
+        if name not in STAGES + ["all"]:
+            raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(STAGES)}")
+    if cfg.stop_after and cfg.stop_after not in STAGES:
+        raise UsageError(f"--stop_after={cfg.stop_after}: stages are {', '.join(STAGES)}")
+    # between options: what would otherwise fail minutes later, deep inside a stage
+    at_least = [("group_size", 2, "the leave-one-out baseline needs two samples of each prompt"),
+                ("rm_batch", 2, "a reward-model batch holds rm_batch/2 positives and as many negatives"),
+                ("n_demo", 16, "an eighth of the demonstrations is held out to watch the reward models"),
+                ("n_pref", 16, "an eighth of the preference pairs is held out likewise")]
+    for key, low, why in at_least:
+        if getattr(cfg, key) < low:
+            raise UsageError(f"--{key}={getattr(cfg, key)}: must be at least {low} ({why})")
+    if cfg.bon_max_n & (cfg.bon_max_n - 1):
+        raise UsageError(f"--bon_max_n={cfg.bon_max_n}: must be a power of two (N = 1, 2, 4, ...)")
+    if cfg.bon_prompts > cfg.n_eval:
+        raise UsageError(f"--bon_prompts={cfg.bon_prompts}: at most --n_eval={cfg.n_eval} (Best-of-N runs on the "
+                         "held-out prompts)")
+    if cfg.n_embd % cfg.n_head:
+        raise UsageError(f"--n_embd={cfg.n_embd}: must be a multiple of --n_head={cfg.n_head} (the heads split it)")
+    if cfg.seed + cfg.seeds > 2 ** 31 // 100003:
+        raise UsageError(f"--seed={cfg.seed}: seeds up to {2 ** 31 // 100003 - cfg.seeds} (each seeds a generator)")
+    try:
+        World(cfg.world_config(), load_tokenizer())   # some limits need the world itself (the longest response)
+    except ValueError as e:   # name the option the user typed, not the world's field
+        raise UsageError(str(e).replace("WorldConfig.max_response_tokens", "--max_new_tokens")
+                         .replace("WorldConfig.", "--")) from None
+    try:
+        get_device(cfg.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise UsageError(f"--out_dir={cfg.out_dir}: that is a file, not a directory; name a directory")
+    if cfg.cache not in ("auto", "off") and os.path.exists(cfg.cache) and not os.path.isdir(cfg.cache):
+        raise UsageError(f"--cache={cfg.cache}: that is a file; allowed are auto, off or a directory")
+
+
+def check_out_dir(out_dir, seeds, config, redo):
+    """Refuse to mix results of two configurations in one output directory (before writing anything).
+    config: the options that change results (afd_mini.result_config), as saved in seed_<s>/config.json."""
+    if "all" in redo.split(","):
+        return
+    for seed in seeds:
+        path = os.path.join(out_dir, f"seed_{seed}", "config.json")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                raise UsageError(f"{path} is unreadable (corrupt or truncated); use --redo=all to recompute "
+                                 "this output directory, or another --out_dir") from None
+            diff = sorted(k for k, v in config.items() if old.get(k) != v)
+            if diff:
+                raise UsageError(f"{out_dir} holds a run with other values of {', '.join(diff)}; "
+                                 f"use another --out_dir, or --redo=all to overwrite it")
+
+
+def lock_out_dir(out_dir):
+    """One run at a time in an output directory: an exclusive lock on <out_dir>/.lock for the life of this
+    process. The operating system releases it when the process ends, however it ends, so a crashed run never
+    leaves it stuck. Returns the open lock file (keep a reference). Where fcntl is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, ".lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"{out_dir} is in use by another afd_mini run; wait for it, or use another --out_dir") \
+            from None
+    return f

@@ -1,0 +1,119 @@
+"""
+methods.py: the one table of afd-mini's methods. The pipeline's stages (afd_mini.STAGES), what each stage
+trains, what evaluate measures, the effects report.py judges, and every label and plot style are read from it.
+
+Adding a method is one entry here. A policy trained by adversarial imitation with another reward transform,
+for instance FAIRL (objectives.fairl_reward, reward −h·e^h, forward KL in occupancy), would be
+    Policy("fkl_seq", "adversarial", "forward KL (FAIRL), {disc} sequence D", ("C8", "h"),
+           level="seq", transform=obj.fairl_reward),
+and the pipeline trains it as a stage, evaluates it, and the report draws and judges it as mode-seeking... which
+FAIRL is not: it would need its own entry in report.effect_conditions.
+"""
+from dataclasses import dataclass
+
+import objectives as obj
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A policy the pipeline evaluates.
+    kind:  expert (the world's demonstrator, sampled exactly), pretrain (π_init), sft (π_SFT, forward KL),
+           adversarial (reverse KL or JS with a learned discriminator), oracle (the same loop with the exact
+           discriminator logit log β − log π), rm_rl (policy optimisation on a reward model).
+    label: its name in figures and tables; {disc} becomes the discriminator form of the run (--disc).
+    style: (colour, marker), the same in every figure.
+    level, form, transform (adversarial and oracle): the discriminator's level (seq: one logit per response,
+           tok: one per token), its form (airl | scalar; None = --disc) and the reward of its logit h."""
+    name: str
+    kind: str
+    label: str
+    style: tuple
+    level: str = None
+    form: str = None
+    transform: object = None
+
+    @property
+    def mode_seeking(self):   # the reverse-KL family (Jensen–Shannon included): expected to seek modes
+        return self.kind in ("adversarial", "oracle")
+
+    @property
+    def checkpoint(self):     # the stage whose <stage>.pt holds this policy
+        return {"pretrain": "pretrain", "expert": None}.get(self.kind, self.name)
+
+
+POLICIES = [
+    Policy("expert", "expert", "expert π_β", ("black", "*")),
+    Policy("init", "pretrain", "π_init", ("0.55", "o")),
+    Policy("sft", "sft", "π_SFT (forward KL)", ("C0", "o")),
+    Policy("rkl_seq", "adversarial", "reverse KL, {disc} sequence D", ("C3", "s"),
+           level="seq", transform=obj.airl_reward),
+    Policy("rkl_tok", "adversarial", "reverse KL, {disc} token D", ("C1", "^"),
+           level="tok", transform=obj.airl_reward),
+    Policy("js", "adversarial", "Jensen–Shannon (GAIL), {disc} D", ("C4", "D"),
+           level="seq", transform=obj.gail_reward),
+    Policy("rkl_seq_scalar", "adversarial", "reverse KL, scalar-head sequence D", ("C6", "s"),   # the ablation
+           level="seq", form="scalar", transform=obj.airl_reward),
+    Policy("rkl_oracle", "oracle", "reverse KL, exact reward", ("C5", "v"), transform=obj.airl_reward),
+    Policy("js_oracle", "oracle", "Jensen–Shannon, exact D*", ("C9", "D"), transform=obj.gail_reward),
+    Policy("rl_init_sft", "rm_rl", "RL on Init-SFT reward", ("C2", "P")),
+]
+POLICY = {p.name: p for p in POLICIES}
+ADVERSARIAL = [p.name for p in POLICIES if p.kind == "adversarial"]   # the ones with a learned discriminator
+ORACLES = [p.name for p in POLICIES if p.kind == "oracle"]
+MODE_SEEKING = [p.name for p in POLICIES if p.mode_seeking]
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """A reward that ranks π_SFT's samples in Best-of-N.
+    kind:    learned (a classifier trained on samples: positives 1, negatives 0), optimum (the exact optimum
+             log p_pos − log p_neg of a learned one's objective, which only our world can compute), gold.
+    pos, neg: the classes: sft, init (samples of π_SFT, π_init), demos, chosen / rejected (preference pairs);
+             for an optimum, whose log-probabilities: sft, init, demos (= the expert β).
+    base:    the checkpoint q_φ starts from and the log-ratio's reference (learned).
+    form:    airl (log q_φ − log π_neg) | scalar (a score head); None = --disc.
+    optimum: the name of its exact optimum's entry, if any.
+    control: also trained in the control world (the demonstrator without its signature).
+    pairwise: Bradley–Terry on pairs instead of a classifier."""
+    name: str
+    kind: str
+    label: str
+    style: dict
+    pos: str = None
+    neg: str = None
+    base: str = None
+    form: str = None
+    optimum: str = None
+    control: bool = False
+    pairwise: bool = False
+
+
+# The learned ones train in this order (each draws its minibatches from the stage's one random stream).
+REWARD_MODELS = [
+    RewardModel("init_sft", "learned", "Init-SFT", dict(color="C0", lw=2.5, marker="o"),
+                pos="sft", neg="init", base="pretrain", optimum="init_sft_optimum", control=True),
+    RewardModel("init_sft_optimum", "optimum", "Init-SFT optimum (log π_SFT − log π_init)",
+                dict(color="C0", lw=1.2, marker="o", ls="--", mfc="white"), pos="sft", neg="init"),
+    RewardModel("init_demo", "learned", "Init-Demo", dict(color="C1", lw=1.5, marker="s"),
+                pos="demos", neg="init", base="pretrain", optimum="init_demo_optimum", control=True),
+    RewardModel("init_demo_optimum", "optimum", "Init-Demo optimum (log β − log π_init)",
+                dict(color="C1", lw=1.2, marker="s", ls="--", mfc="white"), pos="demos", neg="init"),
+    RewardModel("sft_demo", "learned", "SFT-Demo", dict(color="C3", lw=1.5, marker="^"),
+                pos="demos", neg="sft", base="sft", optimum="sft_demo_optimum", control=True),
+    RewardModel("sft_demo_optimum", "optimum", "SFT-Demo optimum (log β − log π_SFT)",
+                dict(color="C3", lw=1.2, marker="^", ls="--", mfc="white"), pos="demos", neg="sft"),
+    RewardModel("pairwise_bt", "learned", "preference (Bradley–Terry)", dict(color="C2", lw=1.5, marker="D"),
+                pos="chosen", neg="rejected", base="pretrain", pairwise=True),
+    RewardModel("init_sft_scalar", "learned", "Init-SFT, scalar head", dict(color="C9", lw=1.2, marker="o", ls="-."),
+                pos="sft", neg="init", base="pretrain", form="scalar", optimum="init_sft_optimum"),   # the ablation
+    RewardModel("gold", "gold", "gold reward (oracle)", dict(color="black", lw=1.2, marker=".", ls=":")),
+]
+REWARD_MODEL = {r.name: r for r in REWARD_MODELS}
+LEARNED = [r.name for r in REWARD_MODELS if r.kind == "learned"]
+CONTROL_LEARNED = [r.name for r in REWARD_MODELS if r.kind == "learned" and r.control]
+OPTIMA = [r.name for r in REWARD_MODELS if r.kind == "optimum"]
+LEARNED_VS_OPTIMUM = {r.name: r.optimum for r in REWARD_MODELS if r.optimum}
+
+# The pipeline's stages, in order (afd_mini.py runs them; each stage's random streams are seeded from its index).
+STAGES = ["pretrain", "sft", *ADVERSARIAL, *ORACLES, "reward_models", "best_of_n",
+          *[p.name for p in POLICIES if p.kind == "rm_rl"], "control", "evaluate"]
