@@ -117,9 +117,8 @@ def validate(cfg):
         raise UsageError(f"--bon_prompts={cfg.bon_prompts}: at most --n_eval={cfg.n_eval} (Best-of-N runs on the "
                          "held-out prompts)")
     if cfg.n_embd % cfg.n_head:
-        raise UsageError(f"--n_embd={cfg.n_embd}: must be a multiple of --n_head={cfg.n_head} (the heads split it)")
-    if cfg.seed + cfg.seeds > 2 ** 31 // 100003:
-        raise UsageError(f"--seed={cfg.seed}: seeds up to {2 ** 31 // 100003 - cfg.seeds} (each seeds a generator)")
+        raise UsageError(f"--n_head={cfg.n_head} does not divide --n_embd={cfg.n_embd}: each head gets an equal "
+                         "share of the embedding")
     try:
         World(cfg.world_config(), load_tokenizer())   # some limits need the world itself (the longest response)
     except ValueError as e:   # name the option the user typed, not the world's field

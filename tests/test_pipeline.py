@@ -1,4 +1,5 @@
-"""End-to-end tests of afd_mini.py: the --quick run, resuming, several seeds, and bad input.
+"""End-to-end tests of afd_mini.py: the --quick run, resuming, reusing cached stages, several seeds, bad input and
+corrupt files.
 
 The quick run is shared by the tests of this module (one pipeline run, then a resume), so the whole file
 costs about two quick runs.
@@ -10,11 +11,14 @@ of each piece on hand-made inputs is in test_wiring.py."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import afd_mini
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICY_KEYS = ["forward_kl", "reverse_kl", "off_support", "mode_freq", "distinct", "gold_reward", "length"]
@@ -27,15 +31,24 @@ def afd(*args, cwd=ROOT):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """--quick, stopped after SFT, then rerun to the end: (out_dir, mtimes after the first call, second call)."""
+    """--quick, stopped after SFT, then rerun to the end: (out_dir, mtimes after the first call, second call).
+    The second call shows progress as a log file gets it (stderr is a pipe here). Both fill the test session's
+    stage cache (conftest.py)."""
     out = str(tmp_path_factory.mktemp("quick"))
     first = afd("--quick", f"--out_dir={out}", "--stop_after=sft", "--progress=false")
     assert first.returncode == 0, first.stderr
     seed_dir = os.path.join(out, "seed_0")
     mtimes = {f: os.stat(os.path.join(seed_dir, f)).st_mtime_ns for f in os.listdir(seed_dir)}
-    second = afd("--quick", f"--out_dir={out}", "--progress=false")
+    second = afd("--quick", f"--out_dir={out}")
     assert second.returncode == 0, second.stderr
     return out, mtimes, second
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(quick_run):
+    _, _, second = quick_run
+    assert "\r" not in second.stderr, "carriage-return progress bars in a log file"
+    assert "  pretrain:" not in second.stderr                   # skipped stages show nothing
+    assert "  rkl_seq: " in second.stderr and len(second.stderr.splitlines()) < 200
 
 
 def finite_leaves(tree, path="metrics"):
@@ -121,15 +134,77 @@ def test_resume_skips_finished_stages(quick_run):
     assert "rkl_seq.json" not in mtimes and os.path.exists(os.path.join(seed_dir, "rkl_seq.json"))
 
 
+def metrics_without_timing(out):
+    """seed 0's metrics.json but its stage times and the options that change no number (afd_mini.RUN_ONLY)."""
+    with open(os.path.join(out, "seed_0", "metrics.json")) as f:
+        m = json.load(f)
+    del m["stage_seconds"]
+    m["config"] = {k: v for k, v in m["config"].items() if k not in afd_mini.RUN_ONLY}
+    return m
+
+
 def test_same_seed_same_metrics_and_resuming_changes_nothing(quick_run, tmp_path):
     """An uninterrupted run with the same seed reproduces the interrupted-and-resumed one exactly."""
     out, _, _ = quick_run
+    res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false", "--cache=off")
+    assert res.returncode == 0, res.stderr
+    assert metrics_without_timing(out) == metrics_without_timing(str(tmp_path))
+
+
+def test_a_run_of_reused_stages_writes_the_metrics_of_a_fresh_run(quick_run, tmp_path):
+    """Another output directory, the same options: every stage comes from the cache, and metrics.json is the
+    fresh run's (test_same_seed_same_metrics_and_resuming_changes_nothing: the resumed run equals a fresh one)."""
+    out, _, _ = quick_run
     res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false")
     assert res.returncode == 0, res.stderr
-    resumed, fresh = (json.load(open(os.path.join(d, "seed_0", "metrics.json"))) for d in (out, str(tmp_path)))
-    for m in (resumed, fresh):
-        del m["stage_seconds"], m["config"]["out_dir"]
-    assert resumed == fresh
+    for stage in ["pretrain", "sft", "rkl_seq", "reward_models", "control", "evaluate"]:
+        assert f"seed 0 · {stage}: reused, same inputs as {out}" in res.stderr, res.stderr
+    assert metrics_without_timing(str(tmp_path)) == metrics_without_timing(out)
+
+
+def entry_of(cache, stage_json):
+    """The cache entry holding the result that stage_json (a finished stage's .json) records."""
+    with open(stage_json) as f:
+        fp = json.load(f)["fingerprint"]
+    for name in os.listdir(cache):
+        path = os.path.join(cache, name, "entry.json")
+        if os.path.exists(path) and json.load(open(path))["fingerprint"] == fp:
+            return os.path.join(cache, name)
+    raise AssertionError(f"no cache entry for {stage_json}")
+
+
+def test_corrupt_or_other_code_cache_entries_are_ignored_with_a_notice(quick_run, tmp_path):
+    out, _, _ = quick_run
+    cache = str(tmp_path / "cache")
+    shutil.copytree(os.environ["AFD_MINI_CACHE"], cache)
+    pretrain = entry_of(cache, os.path.join(out, "seed_0", "pretrain.json"))
+    sft = entry_of(cache, os.path.join(out, "seed_0", "sft.json"))
+    with open(os.path.join(pretrain, "pretrain.pt"), "r+b") as f:
+        f.truncate(100)
+    meta = json.load(open(os.path.join(sft, "entry.json")))
+    with open(os.path.join(sft, "entry.json"), "w") as f:
+        json.dump({**meta, "fingerprint": "0" * 16}, f)   # as an entry written by other code looks
+    res = afd("--quick", f"--out_dir={tmp_path / 'out'}", f"--cache={cache}", "--stop_after=sft", "--progress=false")
+    assert res.returncode == 0, res.stderr
+    assert f"seed 0 · pretrain: cache entry {pretrain} is corrupt, ignored" in res.stderr, res.stderr
+    assert f"seed 0 · sft: cache entry {sft} is from another code version, ignored" in res.stderr, res.stderr
+    assert "reused" not in res.stderr
+    recomputed, original = (json.load(open(os.path.join(d, "seed_0", "sft.json"))) for d in (tmp_path / "out", out))
+    assert recomputed["curve"] == original["curve"]
+
+
+@pytest.mark.parametrize("name, stage", [("sft.pt", "sft"), ("rkl_seq.json", "rkl_seq"), ("rm_init_sft.pt",
+                                                                                           "reward_models")])
+def test_a_corrupt_result_file_is_one_line_naming_it_and_the_fix(quick_run, tmp_path, name, stage):
+    out, _, _ = quick_run
+    copy = tmp_path / "out"
+    shutil.copytree(os.path.join(out, "seed_0"), copy / "seed_0")
+    with open(copy / "seed_0" / name, "r+b") as f:
+        f.truncate(20)
+    res = afd("--quick", f"--out_dir={copy}", "--progress=false")
+    lines = [line for line in res.stderr.strip().splitlines() if "done earlier" not in line]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert name in lines[0] and f"--redo={stage}" in lines[0] and "Traceback" not in res.stderr, lines[0]
 
 
 def test_recomputing_a_stage_forgets_the_stages_after_it(tmp_path):
