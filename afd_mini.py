@@ -17,7 +17,8 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
     rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
     js             GAIL: reward −log(1 − D), Jensen–Shannon
     rkl_seq_scalar rkl_seq with a scalar-head discriminator: the ablation of the discriminator's form
-    rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward, exact reverse KL
+    rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward is the exact
+                   reverse-KL reward log β − log π (still KL-penalised to π_SFT and PPO-clipped, as every method)
     js_oracle      the GAIL reward of the exact D*: what js's objective asks for
     reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
                    log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
@@ -491,8 +492,9 @@ def stage_adversarial(run, method):
 
 def stage_oracle(run, method):
     """The exact discriminator D* = β/(β + π): its logit log β(y|x) − log π(y|x) needs the expert's density, which
-    only our world has. rkl_oracle takes the AIRL reward of it (exact reverse KL), js_oracle the GAIL reward
-    (exact Jensen–Shannon): what each learned discriminator's objective asks for."""
+    only our world has. rkl_oracle takes the AIRL reward of it (the exact reverse-KL reward), js_oracle the GAIL
+    reward (the exact Jensen–Shannon reward): what each learned discriminator's objective asks for. Both run in
+    the same KL-penalised, PPO-clipped loop as the learned ones, so only the reward differs."""
     transform = POLICY[method].transform
 
     def reward_fn(prompts, roll, pi_logp):
@@ -533,9 +535,19 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
     rm = new_discriminator(base, form, "seq")
     opt = torch.optim.AdamW(rm.model.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
 
-    def logits(tokens, mask):
-        with torch.no_grad(), autocast(run.device):
-            ref = token_logprobs(base, tokens, mask) if form == "airl" else None
+    # The AIRL form's reference log π_neg is frozen, and so are the samples: the per-token log-probs of every
+    # response under it are computed once, not at every step (a quarter of a step's work).
+    reference = {}
+
+    def logits(pairs, idx):
+        tokens, mask = run.batch(pairs, idx)
+        ref = None
+        if form == "airl":
+            if id(pairs) not in reference:
+                flat = score(run, base, pairs, lambda m, t, k: token_logprobs(m, t, k)[k])   # row by row
+                reference[id(pairs)] = flat.split([len(r) for _, r in pairs])
+            ref = torch.zeros(tokens.shape, device=run.device)
+            ref[mask] = torch.cat([reference[id(pairs)][i] for i in idx]).to(run.device)
         with autocast(run.device):
             return rm.logits(tokens, mask, ref)
 
@@ -545,12 +557,13 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
     curve = {"loss": [], "heldout_loss": [], "heldout_step": []}
     for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
         if step % max(1, cfg.rm_steps // 4) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
-            held = [score(run, None, pairs, lambda _, t, k: logits(t, k)) for pairs in (held_pos, held_neg)]
+            with torch.no_grad():
+                held = [logits(pairs, range(len(pairs))) for pairs in (held_pos, held_neg)]
             curve["heldout_loss"].append(loss_of(*held).item())
             curve["heldout_step"].append(step)
         i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
         i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
-        loss = loss_of(logits(*run.batch(pos, i_pos)), logits(*run.batch(neg, i_neg)))
+        loss = loss_of(logits(pos, i_pos), logits(neg, i_neg))
         optimiser_step(opt, rm.model, loss, f"reward_models ({name})", step)
         curve["loss"].append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")

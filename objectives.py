@@ -7,7 +7,8 @@ distributions over responses match. Which divergence is minimised decides the al
 
     pretrain
     → SFT = forward KL, KL(β ‖ π)                              sft_loss
-    → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_reinforce_loss
+    → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_mc as the reward (reverse_kl_reinforce_loss:
+                                                               the same estimator as one loss, tested and taught)
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
@@ -243,7 +244,9 @@ def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True):
 # Discriminator-based imitation: reverse KL (and friends) without knowing β
 
 def _mean(x, mask):
-    return x.mean() if mask is None else (x * mask).sum() / mask.sum()
+    # mask: bool, or weights (the enumeration tests pass probabilities); off-mask values are zeroed first, as in
+    # _response, so that a NaN there cannot reach the mean
+    return x.mean() if mask is None else (_response(x, mask != 0) * mask).sum() / mask.sum()
 
 
 def discriminator_loss(logits_expert, logits_policy, mask_expert=None, mask_policy=None):
@@ -336,7 +339,7 @@ def classifier_reward_loss(scores_pos, scores_neg, mask_pos=None, mask_neg=None)
     The same BCE as discriminator_loss, trained once on fixed samples instead of against a moving policy.
     Init-SFT (the paper's choice): positives from π_SFT, negatives from π_init; its optimum is
     classifier_optimum. Init-Demo and SFT-Demo take demonstrations as positives and learn the
-    demonstrator's fingerprint rather than quality (PAPERS.md).
+    demonstrator's fingerprint rather than quality, the Inverse-RLignment paper argues (README: measured here).
     """
     return discriminator_loss(scores_pos, scores_neg, mask_pos, mask_neg)
 
