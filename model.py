@@ -47,10 +47,11 @@ class KVCache:
 
     Each layer's buffer grows a few slots at a time, like a Python list, rather than being max_len
     slots long from the start. Attention reads the keys (and values) of one row and head as one run
-    of memory; in a max_len buffer the slots not yet filled lie between one run and the next, and on
-    the CPU this was measured on, those gaps made the sampler's attention about twice as slow (most
-    likely the hardware prefetcher, which follows a stream of addresses, loses it at each gap). With at most
-    `spare` empty slots the runs read as one stream; the price is a copy every spare + 1 steps."""
+    of memory. In a max_len buffer the slots not yet filled lie between one run and the next, and on
+    the 2-core CPU this was measured on, such gaps made the sampler's attention about twice as slow
+    (most likely because the hardware prefetcher, which follows a stream of addresses, loses it at
+    each gap; gaps of up to 5 slots cost nothing there). With at most `spare` empty slots the runs
+    read as one stream; the price is copying the cache every spare + 1 steps."""
 
     spare = 4  # empty slots a new buffer gets beyond those needed now
 
