@@ -6,7 +6,7 @@ depend on the machine and on whatever else it is running.
   model of the same size defined below, so that the cache and padding plumbing in model.py is
   seen to cost training nothing;
 - sampling tokens/s with the KV cache, and without it (the whole context recomputed every step,
-  as nanoGPT's generate does);
+  as nanoGPT's generate does), and their ratio, the KV cache speed-up;
 - peak memory: of the accelerator on CUDA, of the whole process (RSS, torch included) on CPU.
 
 Each measurement alternates the two contenders and keeps the best round, which is the least
@@ -15,6 +15,9 @@ disturbed by other work on the machine.
     python bench.py              # a table
     python bench.py --json       # the same numbers as one JSON object
     python bench.py --device=cuda
+    python bench.py --rounds=10  # more rounds: steadier numbers on a busy machine
+
+On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS), which is printed.
 """
 
 import argparse
@@ -80,13 +83,13 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
-def best_rounds(contenders, device):
-    """{name: best seconds} over ROUNDS rounds, each running every contender once, after one
+def best_rounds(contenders, device, rounds=ROUNDS):
+    """{name: best seconds} over rounds rounds, each running every contender once, after one
     untimed warm-up each."""
     for fn in contenders.values():
         fn()
     best = {name: float("inf") for name in contenders}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, fn in contenders.items():
             best[name] = min(best[name], timed(fn, device))
     return best
@@ -107,6 +110,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per measurement (best one kept)")
     args = parser.parse_args()
     device = get_device(args.device)
     torch.manual_seed(0)
@@ -124,7 +128,7 @@ def main():
         "plain": train_step_fn(plain, torch.optim.AdamW(plain.parameters(), lr=1e-4, betas=(0.9, 0.95),
                                                         **({"fused": True} if device.type == "cuda" else {})),
                                x, y, device, steps),
-    }, device)
+    }, device, args.rounds)
     train_tokens = steps * TRAIN_BATCH * config.block_size
 
     # Sampling: a fresh model, same prompts and seed for both, so both produce the same tokens.
@@ -140,7 +144,7 @@ def main():
             roll = sample(model, prompts, MAX_NEW_TOKENS, eos_id=0, generator=gen, use_cache=use_cache)
             produced[use_cache] = int(roll.response_mask.sum())
         return run
-    sampling = best_rounds({"cached": sampler(True), "uncached": sampler(False)}, device)
+    sampling = best_rounds({"cached": sampler(True), "uncached": sampler(False)}, device, args.rounds)
 
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
@@ -149,6 +153,8 @@ def main():
 
     results = {
         "device": str(device),
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
         "params": ours.num_params(),
         "train_tokens_per_s": train_tokens / train["ours"],
         "train_tokens_per_s_plain": train_tokens / train["plain"],
@@ -165,6 +171,7 @@ def main():
     memory = "peak GPU memory allocated" if device.type == "cuda" else "peak process RSS (torch included)"
     rows = [
         ("device", results["device"]),
+        ("torch threads", results["threads"]),
         ("parameters", f"{results['params']:,}"),
         (f"train tokens/s, ours (batch {TRAIN_BATCH} x {config.block_size})", f"{results['train_tokens_per_s']:,.0f}"),
         ("train tokens/s, plain nanoGPT-style", f"{results['train_tokens_per_s_plain']:,.0f}"),
@@ -172,7 +179,7 @@ def main():
         (f"sample tokens/s, KV cache ({SAMPLE_BATCH} prompts, {MAX_NEW_TOKENS} new)",
          f"{results['sample_tokens_per_s_cached']:,.0f}"),
         ("sample tokens/s, no cache (full context each step)", f"{results['sample_tokens_per_s_uncached']:,.0f}"),
-        ("  cached / uncached", f"{results['cache_speedup']:.1f}x"),
+        ("KV cache speed-up (cached / uncached tokens/s)", f"{results['cache_speedup']:.1f}x"),
         ("tokens sampled per call", f"{results['sample_tokens']:,}"),
         (memory + ", MiB", f"{results['peak_memory_mib']:,.0f}"),
     ]

@@ -43,23 +43,38 @@ class GPTConfig:
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that each decoding step
     feeds only the new token instead of the whole context. All rows share one length: the
-    sampler left-pads its prompts so that every row's next token lands in the same column."""
+    sampler left-pads its prompts so that every row's next token lands in the same column.
+
+    Each layer's buffer grows a few slots at a time, like a Python list, rather than being max_len
+    slots long from the start. Attention reads the keys (and values) of one row and head as one run
+    of memory. In a max_len buffer the slots not yet filled lie between one run and the next, and on
+    the 2-core CPU this was measured on, such gaps made the sampler's attention about twice as slow
+    (most likely because the hardware prefetcher, which follows a stream of addresses, loses it at
+    each gap; gaps of up to 5 slots cost nothing there). With at most `spare` empty slots the runs
+    read as one stream; the price is copying the cache every spare + 1 steps."""
+
+    spare = 4  # empty slots a new buffer gets beyond those needed now
 
     def __init__(self, n_layer, max_len):
         self.n_layer, self.max_len = n_layer, max_len
-        self.k = self.v = None
+        self.k, self.v = [None] * n_layer, [None] * n_layer  # per layer: (B, n_head, capacity, head_dim)
         self.length = 0  # slots filled so far
 
     def append(self, layer, k, v):
         """Store k, v (B, n_head, T, head_dim) after the cached ones; return all of them."""
-        if self.k is None:  # allocated on first use: takes the dtype autocast gives k and v
+        start, end = self.length, self.length + k.size(2)
+        if self.k[layer] is None or end > self.k[layer].size(2):  # full: move to a longer buffer
             B, nh, _, hs = k.shape
-            self.k = k.new_zeros(self.n_layer, B, nh, self.max_len, hs)
-            self.v = torch.zeros_like(self.k)
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+            size = min(end + self.spare, self.max_len)
+            old_k, old_v = self.k[layer], self.v[layer]
+            # empty, not zeros: only filled slots are ever read. The dtype is the one autocast gave k, v.
+            self.k[layer], self.v[layer] = k.new_empty(B, nh, size, hs), v.new_empty(B, nh, size, hs)
+            if start > 0:
+                self.k[layer][:, :, :start] = old_k[:, :, :start]
+                self.v[layer][:, :, :start] = old_v[:, :, :start]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -143,14 +158,16 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() counts the tied matrix once
 
-    def hidden(self, idx, pos=None, valid=None, kv_cache=None):
+    def hidden(self, idx, pos=None, valid=None, kv_cache=None, mask=None):
         """Final-LayerNorm hidden states (B, T, C) of tokens idx (B, T).
 
         Plain use (training, scoring): hidden(idx) with positions 0..T-1 and a causal mask.
         The sampler also passes, for its left-padded batch,
           pos:      (B, T) position of each token within its own unpadded row,
           valid:    (B, S) False at pad slots, S = cached length + T,
-          kv_cache: a KVCache; idx then holds only the tokens the cache has not seen.
+          kv_cache: a KVCache; idx then holds only the tokens the cache has not seen,
+          mask:     in place of valid, the attention mask itself, (B, 1, T, S), boolean or
+                    additive; the sampler makes the one of its decoding steps just once.
         """
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
@@ -158,8 +175,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
         if pos is None:
             pos = torch.arange(past, past + T, device=idx.device)
-        mask = None  # None = plain causal attention
-        if valid is not None or past > 0:
+        if mask is None and (valid is not None or past > 0):  # no mask = plain causal attention
             q_slot = torch.arange(past, past + T, device=idx.device)[:, None]
             k_slot = torch.arange(past + T, device=idx.device)[None, :]
             mask = k_slot <= q_slot  # (T, S) causal, offset by what is cached
@@ -295,14 +311,21 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     logprobs = torch.zeros(B, L, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cache = KVCache(model.config.n_layer, L) if use_cache else None
+    # The attention mask of a decoding step: the one new token (never a pad) may see every real slot
+    # of its row. Made once, in the additive form (0 = attend, -inf = not) that
+    # scaled_dot_product_attention would otherwise make from a boolean mask, in every layer at every
+    # step; a step takes its first t columns.
+    step_mask = torch.zeros(B, 1, 1, L, device=device).masked_fill(~valid[:, None, None, :], float("-inf"))
 
     was_training = model.training
     model.eval()
     try:
         t = P  # columns filled so far
         for _ in range(max_new_tokens):
-            start = cache.length if use_cache else 0  # the cache has seen tokens[:, :start]
-            h = model.hidden(tokens[:, start:t], pos=pos[:, start:t], valid=valid[:, :t], kv_cache=cache)
+            if use_cache and cache.length > 0:  # a decoding step: only the newest token is new to the cache
+                h = model.hidden(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t], kv_cache=cache)
+            else:  # the prompts (the prefill), or the whole context again when there is no cache
+                h = model.hidden(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
             logits = model.lm_head(h[:, -1]).float()  # the LM head only where we sample
             token, logprob = _pick(logits, temperature, top_k, generator)
             tokens[:, t] = token.masked_fill(done, eos_id)
