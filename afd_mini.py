@@ -94,7 +94,7 @@ class Config:
     n_head: int = 4
     n_embd: int = 64
     # π_init: pretraining on the base corpus
-    pretrain_steps: int = 3000
+    pretrain_steps: int = 2000   # 3000: held-out base NLL 0.822 nats/token against 0.844, 1.5× the time (seed 0)
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     # π_SFT: forward KL on the demonstrations

@@ -16,6 +16,8 @@ disturbed by other work on the machine.
     python bench.py --json       # the same numbers as one JSON object
     python bench.py --device=cuda
     python bench.py --rounds=10  # more rounds: steadier numbers on a busy machine
+    python bench.py --pipeline   # also the default run's per-stage profile, and a classroom experiment after it
+                                 # reusing its stages (about 4 minutes on 2 CPU cores)
 
 On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS), which is printed.
 """
@@ -111,6 +113,8 @@ def main():
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per measurement (best one kept)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also profile one seed of the default run by stage, and time --kl_coef=0.5 after it")
     args = parser.parse_args()
     device = get_device(args.device)
     torch.manual_seed(0)
@@ -165,6 +169,8 @@ def main():
     }
     results["train_vs_plain"] = results["train_tokens_per_s"] / results["train_tokens_per_s_plain"]
     results["cache_speedup"] = results["sample_tokens_per_s_cached"] / results["sample_tokens_per_s_uncached"]
+    if args.pipeline:
+        results["pipeline"] = pipeline(device)
     if args.json:
         print(json.dumps(results))
         return
@@ -183,9 +189,38 @@ def main():
         ("tokens sampled per call", f"{results['sample_tokens']:,}"),
         (memory + ", MiB", f"{results['peak_memory_mib']:,.0f}"),
     ]
+    if args.pipeline:
+        p = results["pipeline"]
+        rows += [(f"default run, stage {stage}, s", f"{sec:.1f}") for stage, sec in p["stage_seconds"].items()]
+        rows += [(f"{name}, wall s", f"{sec:.1f}") for name, sec in p["wall_seconds"].items()]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value:>12}")
+
+
+def pipeline(device):
+    """--pipeline: where the default run's time goes, and what the stage cache saves. One seed of the default
+    configuration from scratch in a temporary directory (its cache empty, so every stage is computed): the
+    per-stage profile. Then the classroom experiment `--kl_coef=0.5` in another directory with that cache, which
+    reuses every stage that does not read kl_coef."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    import afd_mini
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [f"--cache={os.path.join(tmp, 'cache')}", "--progress=false", f"--device={device.type}"]
+        walls = {}
+        for name, extra in [("default run", []), ("--kl_coef=0.5 after it", ["--kl_coef=0.5"])]:
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                status = afd_mini.main([f"--out_dir={os.path.join(tmp, str(len(walls)))}", *common, *extra])
+            assert status == 0, f"{name}: afd_mini exited with {status}"
+            walls[name] = time.perf_counter() - t0
+        with open(os.path.join(tmp, "0", "seed_0", "metrics.json")) as f:
+            stages = json.load(f)["stage_seconds"]
+    return {"stage_seconds": stages, "wall_seconds": walls}
 
 
 if __name__ == "__main__":

@@ -2,15 +2,15 @@
 The language model of afd-mini, and everything the pipeline asks of it.
 
 - GPT is the policy pi_theta: a GPT-2-style decoder-only transformer. forward() gives the
-  next-token logits and, with targets, the SFT loss (cross-entropy on the response tokens,
-  i.e. the forward KL to the demonstrations up to a constant).
+  next-token logits and, with targets, their mean cross-entropy: pretraining's loss. (SFT's
+  forward KL is objectives.sft_loss on token_logprobs, which masks the prompt.)
 - ScalarGPT is the same backbone with a one-number head: the reward model and the
   discriminator of adversarial imitation.
 - token_logprobs gives log pi_theta(y_t | x, y_<t) for every response token. Every objective
   in objectives.py is computed from it, so SFT, reverse KL and the RL losses see the same
   numbers.
 - sample draws responses in a batch with a KV cache and returns their log-probs.
-- get_device / autocast / maybe_compile / save_checkpoint / load_checkpoint are the plumbing
+- get_device / autocast / save_checkpoint / load_checkpoint are the plumbing
   the training scripts share.
 
 The architecture follows nanoGPT (karpathy/nanoGPT); what it lacks and we add is the KV cache,
@@ -232,8 +232,7 @@ class ScalarGPT(nn.Module):
     @classmethod
     def from_lm(cls, gpt: GPT) -> "ScalarGPT":
         model = cls(gpt.config)
-        # A copy: training one leaves the other alone. gpt may be wrapped by torch.compile.
-        model.gpt.load_state_dict(_strip_compile_prefix(gpt.state_dict()))
+        model.gpt.load_state_dict(gpt.state_dict())   # a copy: training one leaves the other alone
         return model.to(next(gpt.parameters()).device)
 
 
@@ -367,20 +366,10 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-def maybe_compile(model, enabled):
-    return torch.compile(model) if enabled else model
-
-
-def _strip_compile_prefix(state_dict):
-    # torch.compile wraps the model, so its state_dict keys gain an "_orig_mod." prefix.
-    return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
-
-
 def save_checkpoint(path, model, **extra):
-    model = getattr(model, "_orig_mod", model)
     ckpt = {"kind": "scalar" if isinstance(model, ScalarGPT) else "gpt",
             "config": asdict(model.config),
-            "state_dict": _strip_compile_prefix(model.state_dict()),
+            "state_dict": model.state_dict(),
             "extra": extra}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Write elsewhere, then rename: os.replace is atomic, so an interrupted save leaves the old
@@ -393,5 +382,5 @@ def load_checkpoint(path, device="cpu"):
     """(model, extra). weights_only=False: our own files, whose extra may hold any Python object."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
     model = {"gpt": GPT, "scalar": ScalarGPT}[ckpt["kind"]](GPTConfig(**ckpt["config"]))
-    model.load_state_dict(_strip_compile_prefix(ckpt["state_dict"]))
+    model.load_state_dict(ckpt["state_dict"])
     return model.to(device), ckpt["extra"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint, maybe_compile,
+from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint,
                    sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
 
 EOS = 0
@@ -243,7 +243,7 @@ def test_scalar_from_lm_copies_backbone(model):
 def test_checkpoint_roundtrip(model, tmp_path):
     idx = torch.randint(0, 37, (2, 9))
     path = str(tmp_path / "ckpt" / "policy.pt")
-    save_checkpoint(path, maybe_compile(model, True), step=7)  # compiled: keys carry "_orig_mod."
+    save_checkpoint(path, model, step=7)
     loaded, extra = load_checkpoint(path)
     assert isinstance(loaded, GPT) and extra == {"step": 7}
     torch.testing.assert_close(loaded(idx)[0], model(idx)[0])
