@@ -1,34 +1,37 @@
 """
 afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
 
-    python afd_mini.py                      # the default run (about 4 minutes on 2 CPU cores)
+    python afd_mini.py                      # the default run (about 3 minutes on 2 CPU cores)
     python afd_mini.py --quick              # every stage, small: a first contact in under a minute
     python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
     python afd_mini.py --help               # every option with its default
 
-It reads top to bottom as the papers' story, in a world whose expert density is known exactly:
+It reads top to bottom as the papers' story, in a world whose expert density is known exactly. The stages, in
+the order of STAGES (methods.py holds the one table of methods they are derived from):
 
-    world          data/: prompts, the expert π_β (exact log-likelihood), base corpus, demonstrations
-    pretrain       π_init  = next-token prediction on the base corpus
-    sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
-    rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
-                   in AIRL's form, logit log q_φ − log π with q_φ a language model (--disc=scalar: a score head)
-    rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
-    js             GAIL: reward −log(1 − D), Jensen–Shannon
-    rkl_seq_scalar rkl_seq with a scalar-head discriminator: the ablation of the discriminator's form
-    rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward is the exact
-                   reverse-KL reward log β − log π (still KL-penalised to π_SFT and PPO-clipped, as every method)
-    js_oracle      the GAIL reward of the exact D*: what js's objective asks for
-    reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
-                   log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
-    best_of_n      Best-of-N over π_SFT samples for every reward model, each classifier's exact optimum, gold reward
-    rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
-    control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
-    evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
+     0 world          data/: prompts, the expert π_β (exact log-likelihood), base corpus, demonstrations
+     1 pretrain       π_init  = next-token prediction on the base corpus
+     2 sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
+     3 rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
+                      in AIRL's form, logit log q_φ − log π with q_φ a language model (--disc=scalar: a score head)
+     4 rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
+     5 js             GAIL: reward −log(1 − D), Jensen–Shannon
+     6 rkl_seq_scalar rkl_seq with a scalar-head discriminator: the ablation of the discriminator's form
+     7 rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward is the exact
+                      reverse-KL reward log β − log π (still KL-penalised to π_SFT and PPO-clipped, as every method)
+     8 js_oracle      the GAIL reward of the exact D*: what js's objective asks for
+     9 reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
+                      log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
+    10 best_of_n      Best-of-N over π_SFT samples for every reward model, each classifier's exact optimum, gold reward
+    11 rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
+    12 control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
+    13 evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
 
 Every stage saves its result under <out_dir>/seed_<s>/; a rerun skips finished stages (--redo=STAGE recomputes
-one and everything after it). All the maths lives in objectives.py; the model in model.py; the world in data/.
+one and everything after it), and a stage another run already computed from the same inputs is copied from the
+stage cache. All the maths lives in objectives.py; the model in model.py; the world in data/; the command line in
+cli.py; metrics.json's layout and the report in report.py.
 """
 import copy
 import dataclasses
@@ -94,7 +97,7 @@ class Config:
     n_head: int = 4
     n_embd: int = 64
     # π_init: pretraining on the base corpus
-    pretrain_steps: int = 2000   # 3000: held-out base NLL 0.822 nats/token against 0.844, 1.5× the time (seed 0)
+    pretrain_steps: int = 3000   # 2000 is 1/3 faster but loses the extrapolation effect: docs/RESULTS.md
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
     # π_SFT: forward KL on the demonstrations
