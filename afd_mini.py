@@ -158,7 +158,10 @@ def parse_args(argv):
 # -----------------------------------------------------------------------------------------------------------
 # Random seeds, all in one place. Each stage reseeds numpy and torch from (seed, its index in STAGES) when it
 # starts (Run.begin), so that a resumed run draws exactly what an uninterrupted one does, and a stage's draws do
-# not depend on which stages ran before it. Sampling takes its own torch.Generator, seeded by purpose:
+# not depend on which stages ran before it. The world's datasets come from World.make_datasets(seed). Sampling
+# takes its own torch.Generator, seeded by purpose. (The values are the ones earlier versions used, so that
+# results reproduce; two purposes may share a value, e.g. seed 0's first rollout and its Best-of-N samples, but
+# they sample different models for different stages, so nothing measured depends on the coincidence.)
 
 def sampling_seed(seed, purpose, i=0):
     """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout only).

@@ -15,7 +15,16 @@ import objectives as obj
 
 
 @dataclass(frozen=True)
-class Policy:
+class Method:
+    """What every entry has: its name (in metrics.json), kind, label (in figures and tables) and plot style."""
+    name: str
+    kind: str
+    label: str
+    style: object
+
+
+@dataclass(frozen=True)
+class Policy(Method):
     """A policy the pipeline evaluates.
     kind:  expert (the world's demonstrator, sampled exactly), pretrain (π_init), sft (π_SFT, forward KL),
            adversarial (reverse KL or JS with a learned discriminator), oracle (the same loop with the exact
@@ -24,10 +33,6 @@ class Policy:
     style: (colour, marker), the same in every figure.
     level, form, transform (adversarial and oracle): the discriminator's level (seq: one logit per response,
            tok: one per token), its form (airl | scalar; None = --disc) and the reward of its logit h."""
-    name: str
-    kind: str
-    label: str
-    style: tuple
     level: str = None
     form: str = None
     transform: object = None
@@ -64,7 +69,7 @@ MODE_SEEKING = [p.name for p in POLICIES if p.mode_seeking]
 
 
 @dataclass(frozen=True)
-class RewardModel:
+class RewardModel(Method):
     """A reward that ranks π_SFT's samples in Best-of-N.
     kind:    learned (a classifier trained on samples: positives 1, negatives 0), optimum (the exact optimum
              log p_pos − log p_neg of a learned one's objective, which only our world can compute), gold.
@@ -74,11 +79,8 @@ class RewardModel:
     form:    airl (log q_φ − log π_neg) | scalar (a score head); None = --disc.
     optimum: the name of its exact optimum's entry, if any.
     control: also trained in the control world (the demonstrator without its signature).
-    pairwise: Bradley–Terry on pairs instead of a classifier."""
-    name: str
-    kind: str
-    label: str
-    style: dict
+    pairwise: Bradley–Terry on pairs instead of a classifier.
+    style: keyword arguments of matplotlib's plot."""
     pos: str = None
     neg: str = None
     base: str = None
