@@ -1,7 +1,7 @@
 """
 afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
 
-    python afd_mini.py                      # the default run (about 3 minutes on 2 CPU cores)
+    python afd_mini.py                      # the default run (about 3½ minutes on 2 CPU cores)
     python afd_mini.py --quick              # every stage, small: a first contact in under a minute
     python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
@@ -1091,11 +1091,12 @@ def main(argv=None):
     if unfinished:
         print(f"afd_mini: {unfinished}", file=sys.stderr)
         return 1
+    lock = None
     try:
         cfg = parse_args(argv)
         seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
         cli.check_out_dir(cfg.out_dir, seeds, result_config(cfg), cfg.redo)
-        NOW["lock"] = cli.lock_out_dir(cfg.out_dir)   # held until the process ends
+        lock = cli.lock_out_dir(cfg.out_dir)   # held until this run ends (released below, or by the system)
         log = lambda s: tqdm.write(s, file=sys.stderr)   # one line per stage, bars or not
         if cfg.clear_cache and cache_root(cfg):
             clear_cache(cache_root(cfg), log)
@@ -1117,10 +1118,16 @@ def main(argv=None):
     except StageError as e:
         print(f"afd_mini: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # stdout closed early (python afd_mini.py --help | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"\nafd_mini: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
               "resume", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 CODE_VERSION = code_version()

@@ -124,3 +124,11 @@ def test_a_second_run_on_a_locked_output_directory_is_refused_and_a_crash_leaves
                             "os.kill(os.getpid(), 9)"], cwd=ROOT, timeout=120)
     assert crash.returncode != 0                      # killed while holding the lock ...
     cli.lock_out_dir(str(tmp_path)).close()           # ... which the system released
+
+
+def test_a_finished_run_releases_its_lock_in_the_same_process(tmp_path):
+    """main() called twice on one output directory (a notebook, a script): the first call's lock is gone."""
+    argv = [f"--out_dir={tmp_path}", "--quick", "--stop_after=pretrain", "--progress=false", "--cache=off"]
+    assert afd_mini.main(argv) == 0
+    assert afd_mini.main(argv) == 0
+

@@ -82,7 +82,7 @@ def test_kv_cache_matches_full_forward_at_every_step(model):
     """Drive the cache the way the sampler does (left padding, per-row positions, one token per
     step) and compare each step's logits with a full forward pass of the unpadded row."""
     continuations = [[20, 21, 22, 23, 24], [25, 26, 27, 28, 29], [30, 31, 32, 33, 34]]
-    B, P, n_steps = len(PROMPTS), max(map(len, PROMPTS)), 5
+    P, n_steps = max(map(len, PROMPTS)), 5
     pad = torch.tensor([P - len(p) for p in PROMPTS])
     tokens = torch.tensor([[EOS] * (P - len(p)) + p + c for p, c in zip(PROMPTS, continuations)])
     slot = torch.arange(P + n_steps)[None, :]

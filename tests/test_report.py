@@ -1,6 +1,5 @@
 """Tests of report.py on hand-made metrics: aggregation, effect checks, figures, report.md."""
 
-import copy
 import json
 import math
 import os
