@@ -531,7 +531,8 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 
 
 def reward_model_names(run):
-    """The learned reward models a world trains: all of them, or the three the control world compares."""
+    """The learned reward models a world trains: all of them, or the three the control world compares
+    (stage_files lists their checkpoints the same way)."""
     return CONTROL_LEARNED if run.control else LEARNED
 
 
@@ -643,10 +644,9 @@ def stage_best_of_n(run):
                      run.sample_responses(sft, [p.tokens for p in flat], seed=sampling_seed(run.seed, "best_of_n"))))
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
                for name in bar(cfg, reward_model_names(run), "best_of_n")}
-    logp = {"pretrain": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob)}
     # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
-    logp["demos"] = torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)
-    logp["init"] = logp["pretrain"]
+    logp = {"init": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob),
+            "demos": torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)}
     for name in OPTIMA:
         rewards[name] = obj.classifier_optimum(logp[REWARD_MODEL[name].pos], logp[REWARD_MODEL[name].neg])
     gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
@@ -732,6 +732,9 @@ def stage_rl_init_sft(run):
 # -----------------------------------------------------------------------------------------------------------
 # Stage 12, control: stages 2, 9 and 10 again in the control world.
 
+CONTROL_STAGES = ["sft", "reward_models", "best_of_n"]   # what the control world redoes, in order
+
+
 def stage_control(run):
     """The control world: the same demonstrator without its signature. π_init is shared (the base corpus does not
     depend on it); SFT, the Init-SFT, Init-Demo and SFT-Demo reward models and Best-of-N are redone there, so that
@@ -740,7 +743,7 @@ def stage_control(run):
     if not run.cfg.control:
         return None, {}
     ctrl = Run(run.cfg, run.seed, control=True)
-    for stage in ["sft", "reward_models", "best_of_n"]:
+    for stage in CONTROL_STAGES:
         extra = execute(ctrl, stage)
     return None, {"bon": extra["bon"], "reward_models": extra["reward_models"],
                   "demonstrations": {"gold_reward": demo_gold_reward(ctrl)}}
@@ -842,14 +845,14 @@ STAGE_FNS = {
 assert list(STAGE_FNS) == STAGES, "methods.STAGES and the stage functions disagree"
 
 
-def stage_files(run, stage):
-    """The files a stage writes under the run's directory, besides <stage>.json."""
-    if stage == "control":   # its own folder: stages sft, reward_models and best_of_n of the control world
-        inside = ["sft.json", "sft.pt", "reward_models.json", *[f"rm_{name}.pt" for name in CONTROL_LEARNED],
-                  "best_of_n.json"]
-        return [os.path.join("control", f) for f in inside] if run.cfg.control else []
+def stage_files(run, stage, control=False):
+    """The files a stage writes under the run's directory, besides <stage>.json (control=True: in the control
+    world's folder, where it trains only its own reward models)."""
+    if stage == "control":   # its own folder: the control world's stages, each with its .json
+        subs = CONTROL_STAGES if run.cfg.control else []
+        return [os.path.join("control", f) for sub in subs for f in [sub + ".json", *stage_files(run, sub, True)]]
     if stage == "reward_models":
-        return [f"rm_{name}.pt" for name in reward_model_names(run)]
+        return [f"rm_{name}.pt" for name in (CONTROL_LEARNED if control else LEARNED)]
     if stage in ("best_of_n", "evaluate"):
         return []
     return [stage + ".pt"] + ([stage + "_disc.pt"] if stage in ADVERSARIAL else [])
@@ -886,7 +889,7 @@ def reads(cfg, stage):
     if kind == "rm_rl":
         return POLICY_OPTIMISATION + ["rm_kl_coef"], ["sft", "reward_models"]
     if stage == "control":   # stages sft, reward_models and best_of_n in the control world
-        return ["control", *[o for s in ["sft", "reward_models", "best_of_n"] for o in reads(cfg, s)[0]]], ["pretrain"]
+        return ["control", *[o for s in CONTROL_STAGES for o in reads(cfg, s)[0]]], ["pretrain"]
     assert stage == "evaluate", stage
     return ["eval_samples", "disc"], ["pretrain", "sft", *[p.name for p in POLICIES if p.checkpoint not in
                                                             (None, "pretrain", "sft")]]
