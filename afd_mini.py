@@ -11,7 +11,7 @@ It reads top to bottom as the papers' story, in a world whose expert density is 
 the order of STAGES (methods.py holds the one table of methods they are derived from):
 
      0 world          data/: prompts, the expert π_β (exact log-likelihood), base corpus, demonstrations
-     1 pretrain       π_init  = next-token prediction on the base corpus
+     1 pretrain       π_init  = next-token prediction on the base corpus: maximum likelihood, as SFT's
      2 sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
      3 rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
                       in AIRL's form, logit log q_φ − log π with q_φ a language model (--disc=scalar: a score head)
@@ -327,12 +327,12 @@ def stage_pretrain(run):
     for step in (pbar := bar(cfg, range(cfg.pretrain_steps), "pretrain")):
         lr_schedule(opt, cfg.pretrain_lr, step, cfg.pretrain_steps)
         idx = run.rng.integers(len(run.base), size=cfg.pretrain_batch)
-        # the whole sequence is a target (no prompt mask): the base model learns prompts and responses alike
-        tokens, real = to_batch([[]] * len(idx), [run.base[i][0] + run.base[i][1] for i in idx],
-                                run.world.eos_id, run.device)
-        targets = tokens[:, 1:].masked_fill(~real[:, 1:], -1)
+        # maximum likelihood, as SFT's, but every token after the first is a target: the base model learns
+        # prompts and responses alike
+        seqs = [run.base[i][0] + run.base[i][1] for i in idx]
+        tokens, mask = to_batch([s[:1] for s in seqs], [s[1:] for s in seqs], run.world.eos_id, run.device)
         with autocast(run.device):
-            _, loss = model(tokens[:, :-1], targets)
+            loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)
         optimiser_step(opt, model, loss, "pretrain", step)
         losses.append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")

@@ -2,13 +2,15 @@
 The language model of afd-mini, and everything the pipeline asks of it.
 
 - GPT is the policy pi_theta: a GPT-2-style decoder-only transformer. forward() gives the
-  next-token logits and, with targets, their mean cross-entropy: pretraining's loss. (SFT's
-  forward KL is objectives.sft_loss on token_logprobs, which masks the prompt.)
+  next-token logits and, with targets, their mean cross-entropy, as nanoGPT's does. (The
+  pipeline's maximum likelihood, pretraining's and SFT's, is objectives.sft_loss on
+  token_logprobs, which masks the prompt.)
 - ScalarGPT is the same backbone with a one-number head: the reward model and the
   discriminator of adversarial imitation.
 - token_logprobs gives log pi_theta(y_t | x, y_<t) for every response token. Every objective
   in objectives.py is computed from it, so SFT, reverse KL and the RL losses see the same
-  numbers.
+  numbers. It, and the score head's sequence_scores and token_scores, pack several short rows
+  of a padded batch into one (packed), so the padding costs nothing.
 - sample draws responses in a batch with a KV cache and returns their log-probs.
 - get_device / autocast / save_checkpoint / load_checkpoint are the plumbing
   the training scripts share.
@@ -192,10 +194,11 @@ class GPT(nn.Module):
             kv_cache.length += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, pos=None, mask=None):
         """Logits (B, T, V) for the next token at every position; with targets (B, T), also the
-        mean cross-entropy over the positions whose target is not IGNORE_INDEX."""
-        logits = self.lm_head(self.hidden(idx))
+        mean cross-entropy over the positions whose target is not IGNORE_INDEX. pos and mask as
+        in hidden (token_logprobs' packed rows pass both)."""
+        logits = self.lm_head(self.hidden(idx, pos=pos, mask=mask))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -226,8 +229,8 @@ class ScalarGPT(nn.Module):
         nn.init.zeros_(self.score_head.weight)
         nn.init.zeros_(self.score_head.bias)
 
-    def forward(self, idx):
-        return self.score_head(self.gpt.hidden(idx)).squeeze(-1).float()
+    def forward(self, idx, pos=None, mask=None):
+        return self.score_head(self.gpt.hidden(idx, pos=pos, mask=mask)).squeeze(-1).float()
 
     @classmethod
     def from_lm(cls, gpt: GPT) -> "ScalarGPT":
@@ -242,22 +245,66 @@ def token_logprobs(model: GPT, tokens, response_mask):
     tokens (B, T): prompt + response, right-padded (causality makes the pad value irrelevant).
     The logits at position t-1 predict token t, hence the shift; token 0 is always a prompt
     token. Per-token values: the caller decides whether to sum (sequence log-likelihood) or
-    average them."""
-    logits, _ = model(tokens[:, :-1])
-    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return F.pad(logp, (1, 0)).masked_fill(~response_mask, 0.0)
+    average them. The model sees each row only up to the token before its last response token,
+    packed with the others (packed)."""
+    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).amax(dim=1)
+    logits, b, t = packed(lambda idx, pos, mask: model(idx, pos=pos, mask=mask)[0], tokens, last)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[b, t + 1, None]).squeeze(-1)
+    out = torch.zeros(tokens.shape, device=tokens.device)
+    return out.index_put((b, t + 1), logp).masked_fill(~response_mask, 0.0)
 
 
 def sequence_scores(model: ScalarGPT, tokens, response_mask):
     """(B,) score at each row's last response token (not at a pad after it)."""
-    positions = torch.arange(tokens.size(1), device=tokens.device)
-    last = (positions * response_mask).argmax(dim=1)
-    return model(tokens).gather(1, last[:, None]).squeeze(1)
+    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).argmax(dim=1)
+    scores, b, t = packed(model, tokens, last + 1)
+    return scores[t == last[b]]   # one per row, in row order
 
 
 def token_scores(model: ScalarGPT, tokens, response_mask):
     """(B, T) state-action score at every response token, 0 elsewhere."""
-    return model(tokens).masked_fill(~response_mask, 0.0)
+    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).amax(dim=1)
+    scores, b, t = packed(model, tokens, last + response_mask.any(dim=1))
+    return torch.zeros(tokens.shape, device=tokens.device).index_put((b, t), scores).masked_fill(~response_mask, 0.0)
+
+
+def packed(forward, tokens, n):
+    """forward(idx, pos, mask) on the first n[b] tokens of each row b of tokens (B, T), without
+    the padding: returns its output at every one of those tokens, flattened in row order (N, ...),
+    and their (b, t). A right-padded batch of short and long responses is about half padding.
+    Here several rows share one packed row (pack), and each token attends only to its own row's
+    past at its own positions: the same numbers as one row at a time (tests/test_model.py), on
+    about half the tokens."""
+    dev = tokens.device
+    where, width = pack(n.tolist())
+    b = torch.repeat_interleave(torch.arange(len(n), device=dev), n)   # (b, t): every token used
+    t = torch.arange(len(b), device=dev) - torch.repeat_interleave(n.cumsum(0) - n, n)
+    if len(b) == 0:   # nothing to compute
+        return torch.zeros(0, device=dev), b, t
+    row, offset = torch.tensor(where, dtype=torch.long, device=dev).unbind(1)
+    row, col = row[b], offset[b] + t                                   # ... and its packed slot
+    idx = torch.zeros(int(row.max()) + 1, width, dtype=torch.long, device=dev)
+    pos = torch.zeros_like(idx)
+    owner = torch.full_like(idx, -1)   # which row of tokens a slot holds; -1: none
+    idx[row, col], pos[row, col], owner[row, col] = tokens[b, t], t, b
+    causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+    mask = (owner[:, :, None] == owner[:, None, :]) & causal   # its own row's past; a pad sees pads
+    return forward(idx, pos, mask[:, None])[row, col], b, t
+
+
+def pack(lengths):
+    """Where sequences of these lengths go when several share a row: (row, offset) for each, and
+    the rows' width (the longest). First fit, longest first: each sequence goes into the first
+    row with room for it."""
+    width = max(lengths, default=0)
+    where, room = [(0, 0)] * len(lengths), []   # a sequence of length 0 takes no room
+    for i in sorted((i for i in range(len(lengths)) if lengths[i]), key=lambda i: -lengths[i]):
+        r = next((r for r, left in enumerate(room) if left >= lengths[i]), len(room))
+        if r == len(room):
+            room.append(width)
+        where[i] = (r, width - room[r])
+        room[r] -= lengths[i]
+    return where, width
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint,
+from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint, pack,
                    sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
 
 EOS = 0
@@ -137,6 +137,63 @@ def test_token_logprobs_matches_per_row_cross_entropy(model):
     assert (out[~mask] == 0).all()
     out.sum().backward()  # differentiable
     assert model.lm_head.weight.grad is not None
+
+
+def rows_that_share_packed_rows():
+    """A batch whose rows the packing puts several to a row, with junk (not the pad value) after
+    each row's response and one row without a response: (rows, (prompt, response) lengths,
+    tokens, mask)."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [(2, 1), (1, 2), (9, 6), (3, 2), (1, 1), (4, 9), (2, 3), (2, 0)]   # (prompt, response)
+    rows = [torch.randint(1, 37, (p + r,), generator=g).tolist() for p, r in lengths]
+    tokens = torch.randint(1, 37, (len(rows), max(map(len, rows)) + 2), generator=g)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for b, (r, (p, k)) in enumerate(zip(rows, lengths)):
+        tokens[b, :len(r)] = torch.tensor(r)
+        mask[b, p:p + k] = True
+    where, _ = pack([p + k - 1 if k else 0 for p, k in lengths])
+    assert len({r for r, _ in where}) < len(rows) - 2   # several rows share packed rows: the tests can fail
+    return rows, lengths, tokens, mask
+
+
+def test_token_logprobs_of_rows_that_share_a_packed_row(model):
+    """token_logprobs packs several short rows into one: a token that saw another row's tokens, or its
+    own at another position, gets another log-prob than the row alone gives. Tokens after the
+    response must not matter, and a row with no response gets zeros."""
+    rows, lengths, tokens, mask = rows_that_share_packed_rows()
+    out = token_logprobs(model, tokens, mask)
+    for b, (r, (p, k)) in enumerate(zip(rows, lengths)):
+        if k:
+            ce = F.cross_entropy(full_logits(model, r)[:-1], torch.tensor(r[1:]), reduction="none")
+            torch.testing.assert_close(out[b, p:p + k], -ce[p - 1:], atol=1e-5, rtol=0)
+    assert (out[~mask] == 0).all()
+    assert (token_logprobs(model, tokens, torch.zeros_like(mask)) == 0).all()
+
+
+def test_scalar_scores_of_rows_that_share_a_packed_row():
+    torch.manual_seed(0)
+    rm = _spread_weights(ScalarGPT(tiny_config()))
+    rows, lengths, tokens, mask = rows_that_share_packed_rows()
+    seq, tok = sequence_scores(rm, tokens, mask), token_scores(rm, tokens, mask)
+    for b, (r, (p, k)) in enumerate(zip(rows, lengths)):
+        alone = rm(torch.tensor([r]))[0]
+        if k:
+            torch.testing.assert_close(seq[b], alone[-1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(tok[b, p:p + k], alone[p:], atol=1e-5, rtol=0)
+    assert (tok[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("lengths, rows", [([5, 1, 4, 2, 3, 3, 5], 5), ([1] * 7, 7), ([6], 1), ([3, 0, 2], 2),
+                                           ([2, 7, 7, 1, 6, 3, 3, 4], 5)])   # rows: by hand, first fit decreasing
+def test_pack_places_every_sequence_without_overlap(lengths, rows):
+    where, width = pack(lengths)
+    assert width == max(lengths)
+    taken = set()
+    for (r, o), n in zip(where, lengths):
+        slots = {(r, o + i) for i in range(n)}
+        assert o >= 0 and o + n <= width and not taken & slots
+        taken |= slots
+    assert {r for (r, _), n in zip(where, lengths) if n} == set(range(rows))
 
 
 def test_sampler_logprobs(model):
