@@ -247,7 +247,7 @@ def token_logprobs(model: GPT, tokens, response_mask):
     token. Per-token values: the caller decides whether to sum (sequence log-likelihood) or
     average them. The model sees each row only up to the token before its last response token,
     packed with the others (packed)."""
-    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).amax(dim=1)
+    last = last_response_token(response_mask)
     logits, b, t = packed(lambda idx, pos, mask: model(idx, pos=pos, mask=mask)[0], tokens, last)
     logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[b, t + 1, None]).squeeze(-1)
     out = torch.zeros(tokens.shape, device=tokens.device)
@@ -256,16 +256,22 @@ def token_logprobs(model: GPT, tokens, response_mask):
 
 def sequence_scores(model: ScalarGPT, tokens, response_mask):
     """(B,) score at each row's last response token (not at a pad after it)."""
-    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).argmax(dim=1)
+    last = last_response_token(response_mask)
     scores, b, t = packed(model, tokens, last + 1)
     return scores[t == last[b]]   # one per row, in row order
 
 
 def token_scores(model: ScalarGPT, tokens, response_mask):
     """(B, T) state-action score at every response token, 0 elsewhere."""
-    last = (torch.arange(tokens.size(1), device=tokens.device) * response_mask).amax(dim=1)
-    scores, b, t = packed(model, tokens, last + response_mask.any(dim=1))
-    return torch.zeros(tokens.shape, device=tokens.device).index_put((b, t), scores).masked_fill(~response_mask, 0.0)
+    n = last_response_token(response_mask) + response_mask.any(dim=1)   # no response: nothing to score
+    scores, b, t = packed(model, tokens, n)
+    out = torch.zeros(tokens.shape, device=tokens.device)
+    return out.index_put((b, t), scores).masked_fill(~response_mask, 0.0)
+
+
+def last_response_token(response_mask):
+    """(B,) the position of each row's last response token (0 for a row without one)."""
+    return (torch.arange(response_mask.size(1), device=response_mask.device) * response_mask).amax(dim=1)
 
 
 def packed(forward, tokens, n):
