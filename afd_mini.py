@@ -871,7 +871,9 @@ POLICY_OPTIMISATION = ["rl_iters", "rl_prompts", "group_size", "ppo_epochs", "cl
 
 
 def reads(cfg, stage):
-    """(the options stage reads, the stages whose results it consumes)."""
+    """(the options stage reads, the stages whose results it consumes): what its fingerprint covers. Declared
+    by hand: a stage that starts reading a new option must list it here, or a run that changes the option
+    would reuse a stale result (tests/test_cli.py checks that every option is read by some stage)."""
     kind = POLICY[stage].kind if stage in POLICY else None
     if stage == "pretrain":
         return ["n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr"], []

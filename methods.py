@@ -7,7 +7,8 @@ for instance FAIRL (objectives.fairl_reward, reward −h·e^h, forward KL in occ
     Policy("fkl_seq", "adversarial", "forward KL (FAIRL), {disc} sequence D", ("C8", "h"),
            level="seq", transform=obj.fairl_reward),
 and the pipeline trains it as a stage, evaluates it, and the report draws and judges it as mode-seeking... which
-FAIRL is not: it would need its own entry in report.effect_conditions.
+FAIRL is not: it would need its own entry in report.effect_conditions. A method with options of its own must
+also list them in afd_mini.reads, which the stage cache fingerprints.
 """
 from dataclasses import dataclass
 
