@@ -7,56 +7,40 @@ afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
     python afd_mini.py --help               # every option with its default
 
-It reads top to bottom as the papers' story, in a world whose expert density is known exactly. The stages, in
-the order of STAGES (methods.py holds the one table of methods they are derived from):
-
-     0 world          data/: prompts, the expert π_β (exact log-likelihood), base corpus, demonstrations
-     1 pretrain       π_init  = next-token prediction on the base corpus: maximum likelihood, as SFT's
-     2 sft            π_SFT   = forward KL to the demonstrations, KL(β ‖ π): mass-covering   (objectives.sft_loss)
-     3 rkl_seq        reverse KL, KL(π ‖ β): mode-seeking, by adversarial imitation — AIRL reward, sequence-level D
-                      in AIRL's form, logit log q_φ − log π with q_φ a language model (--disc=scalar: a score head)
-     4 rkl_tok        the same with a token-level (state-action) discriminator, reward-to-go
-     5 js             GAIL: reward −log(1 − D), Jensen–Shannon
-     6 rkl_seq_scalar rkl_seq with a scalar-head discriminator: the ablation of the discriminator's form
-     7 rkl_oracle     the same policy-gradient loop with the exact D* (log β known): the AIRL reward is the exact
-                      reverse-KL reward log β − log π (still KL-penalised to π_SFT and PPO-clipped, as every method)
-     8 js_oracle      the GAIL reward of the exact D*: what js's objective asks for
-     9 reward_models  the paper's reward extrapolation: Init-SFT, Init-Demo, SFT-Demo classifiers + Bradley–Terry,
-                      log-ratio form log q_φ − log π_neg (and a scalar-head Init-SFT, the ablation)
-    10 best_of_n      Best-of-N over π_SFT samples for every reward model, each classifier's exact optimum, gold reward
-    11 rl_init_sft    beyond the paper: policy optimisation on the Init-SFT reward model
-    12 control        the control world (the demonstrator without its signature): SFT, reward models, Best-of-N again
-    13 evaluate       exact forward/reverse KL, modes, off-support, diversity, gold reward for every policy
-
-Every stage saves its result under <out_dir>/seed_<s>/; a rerun skips finished stages (--redo=STAGE recomputes
-one and everything after it), and a stage another run already computed from the same inputs is copied from the
-stage cache. All the maths lives in objectives.py; the model in model.py; the world in data/; the command line in
-cli.py; metrics.json's layout and the report in report.py.
+It reads top to bottom as the papers' story, in a world whose expert density is known exactly: the world
+(data/), π_init by pretraining, π_SFT by forward KL, the reverse-KL and Jensen–Shannon policies by adversarial
+imitation (and by the exact reward, the oracle), the paper's reward extrapolation (reward models, Best-of-N, RL
+on the Init-SFT reward), the same again in the control world without the demonstrator's signature, and an exact
+evaluation of every policy. STAGES, at the end of the file, lists the stages in order with what each reads and
+writes: it is the pipeline. All the maths lives in objectives.py, the model in model.py, the world in data/, the
+table of methods in methods.py; running, resuming and caching the stages in runner.py, the command line in
+cli.py, statistics in stats.py, metrics.json and the report in report.py.
 """
 import copy
 import dataclasses
-import hashlib
-import json
+import functools
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import cli
 import exercises
+import metrics
 import objectives as obj
 import report
+import runner
 from data import World, WorldConfig, load_tokenizer
-from methods import ADVERSARIAL, CONTROL_LEARNED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, ORACLES, POLICIES, POLICY, \
-    REWARD_MODEL, STAGES
+from methods import ADVERSARIAL, CONTROL_LEARNED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY, REWARD_MODEL
 from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, sample, save_checkpoint,
-                   sequence_scores, token_logprobs, token_scores)
+                   sequence_scores, to_batch, token_logprobs, token_scores)
+from runner import Stage
+from stats import auc, pearson, spearman
 
 # -----------------------------------------------------------------------------------------------------------
 # Configuration: plain defaults, overridden by a preset, an optional JSON config file, then --key=value.
@@ -77,7 +61,7 @@ class Config:
     progress: bool = True         # progress bars on a terminal, a few plain lines per stage elsewhere
     cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
     clear_cache: bool = False     # empty the cache first
-    # the world (data/world.py documents each knob)
+    # the world (data/world.py documents each knob; WORLD lists them)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
     base_signature_p: float = 0.1  # how often the base corpus signs: π_init's exposure to the signature
@@ -87,11 +71,11 @@ class Config:
     min_len: int = 2              # their strings have min_len..max_len letters
     max_len: int = 4
     max_operand: int = 9          # add: operands 0..max_operand
+    max_new_tokens: int = 48      # longest response, end token included
     n_base: int = 20000           # base corpus size (pretraining)
     n_demo: int = 2000            # demonstrations
     n_pref: int = 2000            # gold preference pairs
     n_eval: int = 256             # held-out evaluation prompts
-    max_new_tokens: int = 48      # longest response, end token included
     # the model
     n_layer: int = 4
     n_head: int = 4
@@ -127,11 +111,13 @@ class Config:
     # evaluation
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
-    def world_config(self):   # WorldConfig validates these (WORLD_KNOBS) itself
-        return WorldConfig(q=self.q, q_base=self.q_base, base_signature_p=self.base_signature_p,
-                           signature_p=self.signature_p, eps=self.eps,
-                           letters=self.letters, min_len=self.min_len, max_len=self.max_len,
-                           max_operand=self.max_operand, max_response_tokens=self.max_new_tokens)
+    # The world's knobs: data.WorldConfig checks them, and every stage's result depends on them.
+    WORLD: ClassVar[tuple] = ("q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len",
+                              "max_len", "max_operand", "max_new_tokens")
+
+    def world_config(self):
+        knobs = {k: getattr(self, k) for k in self.WORLD}
+        return WorldConfig(max_response_tokens=knobs.pop("max_new_tokens"), **knobs)
 
 
 PRESETS = {
@@ -147,21 +133,24 @@ PRESETS = {
 }
 # Options that change no number: a run with other values of these can resume the same output directory.
 RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache", "clear_cache"}
-UsageError = cli.UsageError
+# What every stage reads (the world and its datasets), and groups of options some stages share.
+EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval")
+POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr")
+DISCRIMINATOR = ("disc_steps", "disc_lr", "disc_warmup")
 
 
-def parse_args(argv):
-    """defaults → preset → --config=FILE (JSON) → --key=value, checked (cli.py)."""
-    return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1])
+def result_config(cfg):
+    """The options that change results, as each seed's config.json records them."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "seed"}}
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Random seeds, all in one place. Each stage reseeds numpy and torch from (seed, its index in STAGES) when it
-# starts (Run.begin), so that a resumed run draws exactly what an uninterrupted one does, and a stage's draws do
-# not depend on which stages ran before it. The world's datasets come from World.make_datasets(seed). Sampling
-# takes its own torch.Generator, seeded by purpose. (The values are the ones earlier versions used, so that
-# results reproduce; two purposes may share a value, e.g. seed 0's first rollout and its Best-of-N samples, but
-# they sample different models for different stages, so nothing measured depends on the coincidence.)
+# Random seeds, all in one place. Each stage reseeds numpy and torch from (seed, the stage's name) when it starts
+# (Run.begin), so that a resumed run draws exactly what an uninterrupted one does, and a stage's draws depend
+# neither on which stages ran before it nor on where it stands in STAGES: a new stage changes no other stage's
+# numbers. The world's datasets come from World.make_datasets(seed). Sampling takes its own torch.Generator,
+# seeded by purpose; two purposes may share a value (seed 0's first rollout and its Best-of-N samples), but they
+# sample different models for different stages, so nothing measured depends on the coincidence.
 
 def sampling_seed(seed, purpose, i=0):
     """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout only).
@@ -180,77 +169,59 @@ def sampling_seed(seed, purpose, i=0):
 
 EXPERT_SAMPLES_SEED = 2000    # + seed: numpy's stream for the expert's evaluation samples (the world samples β)
 CALIBRATION_POINTS_SEED = 0   # which 300 evaluation samples the calibration figure draws
+OLD_INDEX = {name: i for i, name in enumerate(
+    ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "reward_models",
+     "best_of_n", "rl_init_sft", "control", "evaluate"])}
+
+
+def stage_seed(seed, name):
+    """The stage's seed (the control world's stages share their main-world twin's: only the signature differs)."""
+    return OLD_INDEX[name.removeprefix("control_")]
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Small helpers: batches of (prompt, response) token lists ↔ right-padded tensors, the format model.py uses.
+# Small helpers: one optimiser step; the learning-rate schedule; scoring many (prompt, response) pairs in chunks.
 
-class StageError(Exception):
-    pass
-
-
-def to_batch(prompts, responses, pad_id, device):
-    """Lists of prompt and response token lists → tokens (B,T) right-padded, response_mask (B,T)."""
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    tokens = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
-        mask[i, len(p):len(p) + len(r)] = True
-    return tokens.to(device), mask.to(device)
-
-
-def responses_of(rollout):
-    """The sampled response token lists of a Rollout (end token included when produced)."""
-    tokens, mask = rollout.tokens.cpu(), rollout.response_mask.cpu()
-    return [row[m].tolist() for row, m in zip(tokens, mask)]
-
-
-def check_finite(loss, stage, step):
-    if not torch.isfinite(loss):
-        raise StageError(f"stage {stage}: non-finite loss ({loss.item()}) at step {step}; "
-                         f"try a smaller learning rate")
-
-
-def optimiser_step(opt, model, loss, stage, step):
+def optimiser_step(opt, model, loss, step, what=""):
     """One gradient step on a finite loss, gradients clipped to norm 1 (a bad batch cannot wreck the model)."""
-    check_finite(loss, stage, step)
+    if not torch.isfinite(loss):   # the runner names the stage: one line, exit status 1
+        raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}{what}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
 
-def bar(cfg, iterable, stage):
-    """A progress bar on a terminal; in a log file (stderr not a terminal) a few plain lines instead of
-    megabytes of carriage-return updates; nothing with --progress=false."""
-    if cfg.progress and not sys.stderr.isatty():
-        return PlainProgress(iterable, stage)
-    return tqdm(iterable, desc=f"{stage:>13}", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+def lr_schedule(opt, peak, step, total, warmup=20):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    w = min(warmup, total // 10 + 1)
+    lr = peak * (step + 1) / w if step < w else \
+        peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
-class PlainProgress:
-    """One line at a quarter, half and three quarters of the way, with the latest set_postfix values."""
-
-    def __init__(self, iterable, desc):
-        self.items, self.desc, self.postfix = list(iterable), desc, ""
-
-    def __iter__(self):
-        n = len(self.items)
-        marks = {n * k // 4 for k in (1, 2, 3)} - {0}
-        for i, item in enumerate(self.items):
-            if i in marks:
-                print(f"  {self.desc}: {i}/{n} {self.postfix}", file=sys.stderr, flush=True)
-            yield item
-
-    def set_postfix(self, **values):
-        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+@torch.no_grad()
+def score(run, model, pairs, fn, chunk=512):
+    """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
+    with autocast(run.device):
+        out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
+               for i in range(0, len(pairs), chunk)]
+    return torch.cat(out).float().cpu()
 
 
-def new_generator(device, seed):
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
+def seq_logprob(model, tokens, mask):
+    return obj.sequence_logprob(token_logprobs(model, tokens, mask), mask)
+
+
+def expert_logprobs(world, prompts, responses):
+    """log β(y|x) of responses (token lists) to prompts (data.Prompt), exact: the world knows β. (B,)"""
+    return torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
+
+
+def control_config(cfg):
+    """The control world's options: the demonstrator never signs."""
+    return dataclasses.replace(cfg, signature_p=0.0)
 
 
 class Run:
@@ -259,11 +230,10 @@ class Run:
 
     def __init__(self, cfg, seed, control=False):
         if control:
-            cfg = dataclasses.replace(cfg, signature_p=0.0)
+            cfg = control_config(cfg)
         self.cfg, self.seed, self.control = cfg, seed, control
         self.device = get_device(cfg.device)
-        self.dir = os.path.join(cfg.out_dir, f"seed_{seed}", *(["control"] if control else []))
-        self.times = {}
+        self.dir = os.path.join(runner.seed_dir(cfg.out_dir, seed), *(["control"] if control else []))
         t0 = time.time()   # stage 0, the world: deterministic and cheap, so rebuilt on every run rather than saved
         self.tok = load_tokenizer()
         self.world = World(cfg.world_config(), self.tok)
@@ -272,13 +242,20 @@ class Run:
         self.base = [(p.tokens, enc(r)) for p, r in self.data["base"]]
         self.demos = [(p.tokens, enc(r)) for p, r in self.data["demos"]]
         self.demo_prompts = [p for p, _ in self.data["demos"]]
-        self.times["world"] = time.time() - t0
+        self.world_seconds = time.time() - t0
+
+    @functools.cached_property
+    def control_world(self):
+        return Run(self.cfg, self.seed, control=True)
 
     def begin(self, stage):
         """Seed each stage on its own, so that a resumed run draws exactly what an uninterrupted one does."""
-        k = STAGES.index(stage)
+        k = stage_seed(self.seed, stage)
         self.rng = np.random.default_rng((self.seed, k))   # minibatches and prompts, apart from the world's
         torch.manual_seed(self.seed * 1000 + k)
+
+    def bar(self, iterable, desc):
+        return runner.progress(iterable, desc, self.cfg.progress)
 
     def path(self, name):
         if self.control and name.startswith("pretrain"):   # π_init is shared: the base corpus is never signed
@@ -291,26 +268,32 @@ class Run:
                          vocab_size=self.world.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
 
     def load(self, name):
-        """(model, extra) of <name>.pt. A file that does not load (corrupt, truncated) is one line naming it and
-        the stage that rewrites it."""
+        """(model, extra) of <name>.pt; a file that does not load (corrupt, truncated) is one line naming it."""
         path = self.path(name + ".pt")
         try:
             return load_checkpoint(path, device=self.device)
         except Exception as e:
-            raise StageError(f"{path} does not load ({type(e).__name__}: {str(e)[:80]}); recompute it with "
-                             f"--redo={'control' if self.control else writer_of(name)}") from None
+            raise runner.UnreadableFile(path, f"{type(e).__name__}: {str(e)[:80]}") from None
+
+    def save(self, name, model, **extra):
+        save_checkpoint(self.path(name + ".pt"), model, **extra)
 
     def rollout(self, model, prompts, seed):
         """Sample one response per prompt (token lists) at temperature 1: a Rollout, log-probs included."""
-        return sample(model, prompts, self.cfg.max_new_tokens, self.world.eos_id,
-                      generator=new_generator(self.device, seed))
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed)
+        return sample(model, prompts, self.cfg.max_new_tokens, self.world.eos_id, generator=generator)
 
     def sample_responses(self, model, prompts, seed, chunk=512):
         """Response token lists for many prompts, sampled in chunks to bound memory."""
         out = []
         for i in range(0, len(prompts), chunk):
-            out += responses_of(self.rollout(model, prompts[i:i + chunk], seed + i))
+            out += self.rollout(model, prompts[i:i + chunk], seed + i).responses()
         return out
+
+    def sample_pairs(self, model, prompts, seed):
+        """(prompt tokens, response tokens) pairs, one response of `model` per prompt (token lists)."""
+        return list(zip(prompts, self.sample_responses(model, prompts, seed)))
 
     def batch(self, pairs, idx):
         return to_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], self.world.eos_id, self.device)
@@ -324,7 +307,7 @@ def stage_pretrain(run):
     model = GPT(run.gpt_config()).to(run.device)
     opt = model.configure_optimizer(0.1, cfg.pretrain_lr, device_type=run.device.type)
     losses = []
-    for step in (pbar := bar(cfg, range(cfg.pretrain_steps), "pretrain")):
+    for step in (pbar := run.bar(range(cfg.pretrain_steps), "pretrain")):
         lr_schedule(opt, cfg.pretrain_lr, step, cfg.pretrain_steps)
         idx = run.rng.integers(len(run.base), size=cfg.pretrain_batch)
         # maximum likelihood, as SFT's, but every token after the first is a target: the base model learns
@@ -333,19 +316,11 @@ def stage_pretrain(run):
         tokens, mask = to_batch([s[:1] for s in seqs], [s[1:] for s in seqs], run.world.eos_id, run.device)
         with autocast(run.device):
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)
-        optimiser_step(opt, model, loss, "pretrain", step)
+        optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
-    return model, {"curve": losses}
-
-
-def lr_schedule(opt, peak, step, total, warmup=20):
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    w = min(warmup, total // 10 + 1)
-    lr = peak * (step + 1) / w if step < w else \
-        peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
-    for group in opt.param_groups:
-        group["lr"] = lr
+    run.save("pretrain", model)
+    return {"curve": losses}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -356,71 +331,20 @@ def stage_sft(run):
     model, _ = run.load("pretrain")
     opt = model.configure_optimizer(0.0, cfg.sft_lr, device_type=run.device.type)
     losses = []
-    for step in (pbar := bar(cfg, range(cfg.sft_steps), "sft")):
+    for step in (pbar := run.bar(range(cfg.sft_steps), "sft")):
         lr_schedule(opt, cfg.sft_lr, step, cfg.sft_steps)
         tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
         with autocast(run.device):
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
-        optimiser_step(opt, model, loss, "sft", step)
+        optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
         pbar.set_postfix(nll=f"{loss.item():.3f}")
-    return model, {"curve": losses}
+    run.save("sft", model)
+    return {"curve": losses}
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stages 3-8, the policies of methods.POLICIES trained by policy optimisation: reverse KL and Jensen–Shannon by a
-# learned discriminator (adversarial: rkl_seq, rkl_tok, js, rkl_seq_scalar) or the exact one (oracle: rkl_oracle,
-# js_oracle), and stage 11's rl_init_sft. One policy-gradient loop
-# for every reward: a discriminator's (AIRL, GAIL; sequence- or token-level), the exact expert's (the oracle),
-# or a reward model's (RL on the Init-SFT RM).
-#   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
-#   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
-#   then PPO-clipped steps.
-
-def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
-    """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
-    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first.
-    kl_coef: the KL penalty's weight, cfg.kl_coef unless given."""
-    cfg = run.cfg
-    policy, _ = run.load("sft")
-    ref, _ = run.load("sft")
-    ref.requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.pg_lr, weight_decay=0.0)
-    disc_opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
-    curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": []}
-    for it in (pbar := bar(cfg, range(cfg.rl_iters), stage)):
-        idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
-        prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
-        roll = run.rollout(policy, [p.tokens for p in prompts], seed=sampling_seed(run.seed, "rollout", it))
-        tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
-        with torch.no_grad(), autocast(run.device):
-            pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
-        if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
-            for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
-                demo_tokens, demo_mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=len(prompts)))
-                with torch.no_grad(), autocast(run.device):
-                    demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
-                acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
-                                              (tokens, mask, pi_logp), stage, it)
-            curve["disc_acc_expert"].append(acc_demo)
-            curve["disc_acc_policy"].append(acc_pol)
-        with torch.no_grad():
-            reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
-            ref_logp = token_logprobs(ref, tokens, mask)
-            k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
-            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
-                                           cfg.group_size)
-        for _ in range(cfg.ppo_epochs):
-            with autocast(run.device):
-                logp = token_logprobs(policy, tokens, mask)
-            loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
-            optimiser_step(opt, policy, loss, stage, it)
-        mean_reward = (reward.sum(-1) if reward.dim() == 2 else reward).mean().item()
-        curve["reward"].append(mean_reward)
-        curve["kl_ref"].append(k1.sum(-1).mean().item())
-        pbar.set_postfix(reward=f"{mean_reward:.2f}", kl=f"{curve['kl_ref'][-1]:.2f}")
-    return policy, {"curve": curve}
-
+# The discriminator of adversarial imitation (stages 3-6) and of reward extrapolation (stage 9).
 
 @dataclass
 class Discriminator:
@@ -448,6 +372,11 @@ class Discriminator:
         return h.sum(-1) if self.level == "tok" else h
 
 
+def form_of(method, cfg):
+    """The discriminator form of a method or reward model: its own, or --disc."""
+    return method.form or cfg.disc
+
+
 def new_discriminator(start, form, level):
     """A discriminator that starts from the language model `start` (π_SFT for adversarial imitation, the negative
     class's model for a reward model) at h = 0 on start's own samples: the AIRL form's q_φ is a copy of start
@@ -456,7 +385,7 @@ def new_discriminator(start, form, level):
     return Discriminator(model.requires_grad_(True).to(next(start.parameters()).device), form, level)
 
 
-def disc_step(run, disc, opt, demo, pol, stage, step):
+def disc_step(run, disc, opt, demo, pol, step):
     """One discriminator step on (tokens, mask, pi_logp) batches of demonstrations (label 1) and policy samples
     (label 0); returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on
     samples. Token level: every response token is one (state, action) example of its class."""
@@ -467,33 +396,89 @@ def disc_step(run, disc, opt, demo, pol, stage, step):
         else:
             loss = obj.discriminator_loss(h_demo, h_pol, demo[1], pol[1])
             h_demo, h_pol = h_demo[demo[1]], h_pol[pol[1]]
-    optimiser_step(opt, disc.model, loss, stage, step)
+    optimiser_step(opt, disc.model, loss, step, " of the discriminator")
     return (h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item()
 
 
+# -----------------------------------------------------------------------------------------------------------
+# Stages 3-8 and 11, the policies trained by policy optimisation: reverse KL and Jensen–Shannon by a learned
+# discriminator (adversarial: rkl_seq, rkl_tok, js, rkl_seq_scalar) or the exact one (oracle: rkl_oracle,
+# js_oracle), and RL on the Init-SFT reward model (rl_init_sft). One policy-gradient loop for every reward:
+#   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
+#   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
+#   then PPO-clipped steps.
+
+def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
+    """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
+    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first.
+    kl_coef: the KL penalty's weight, cfg.kl_coef unless given."""
+    cfg = run.cfg
+    policy, _ = run.load("sft")
+    ref, _ = run.load("sft")
+    ref.requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.pg_lr, weight_decay=0.0)
+    disc_opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
+    curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": []}
+    for it in (pbar := run.bar(range(cfg.rl_iters), stage)):
+        idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
+        prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
+        roll = run.rollout(policy, [p.tokens for p in prompts], seed=sampling_seed(run.seed, "rollout", it))
+        tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
+        with torch.no_grad(), autocast(run.device):
+            pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
+        if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
+            for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
+                demo_tokens, demo_mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=len(prompts)))
+                with torch.no_grad(), autocast(run.device):
+                    demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
+                acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
+                                              (tokens, mask, pi_logp), it)
+            curve["disc_acc_expert"].append(acc_demo)
+            curve["disc_acc_policy"].append(acc_pol)
+        with torch.no_grad():
+            reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
+            ref_logp = token_logprobs(ref, tokens, mask)
+            k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
+            adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
+                                           cfg.group_size)
+        for _ in range(cfg.ppo_epochs):
+            with autocast(run.device):
+                logp = token_logprobs(policy, tokens, mask)
+            loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
+            optimiser_step(opt, policy, loss, it)
+        mean_reward = (reward.sum(-1) if reward.dim() == 2 else reward).mean().item()
+        curve["reward"].append(mean_reward)
+        curve["kl_ref"].append(k1.sum(-1).mean().item())
+        pbar.set_postfix(reward=f"{mean_reward:.2f}", kl=f"{curve['kl_ref'][-1]:.2f}")
+    run.save(stage, policy)
+    return {"curve": curve}
+
+
 def stage_adversarial(run, method):
+    """Adversarial imitation: the discriminator learns demonstrations vs the policy's samples, and a transform of
+    its logit is the policy's reward (methods.POLICIES: the level, form and transform of each method)."""
     method_ = POLICY[method]
     cfg = run.cfg
     sft, _ = run.load("sft")
-    disc = new_discriminator(sft, method_.form or cfg.disc, method_.level)
+    disc = new_discriminator(sft, form_of(method_, cfg), method_.level)
     if cfg.disc_warmup:   # first a classifier of demonstrations vs π_SFT's samples: the first rewards mean something
         opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0)
-        prompts = [p for p, _ in run.demos[:cfg.rm_samples]]
-        samples = list(zip(prompts, run.sample_responses(sft, prompts, seed=sampling_seed(run.seed, "disc_warmup"))))
         b = cfg.rl_prompts * cfg.group_size
-        for step in bar(cfg, range(cfg.disc_warmup), f"{method} D"):
+        samples = run.sample_pairs(sft, [p for p, _ in run.demos[:b * cfg.disc_warmup]],
+                                   sampling_seed(run.seed, "disc_warmup"))
+        for step in run.bar(range(cfg.disc_warmup), f"{method} D"):
             batches = [run.batch(data, run.rng.integers(len(data), size=b)) for data in (run.demos, samples)]
             with torch.no_grad(), autocast(run.device):   # the policy is π_SFT throughout the warm-up
                 batches = [(t, m, token_logprobs(sft, t, m)) for t, m in batches]
-            disc_step(run, disc, opt, *batches, method, step)
+            disc_step(run, disc, opt, *batches, step)
 
     def reward_fn(prompts, roll, pi_logp):
         with torch.no_grad(), autocast(run.device):
             return method_.transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
 
-    policy, extra = policy_optimisation(run, method, reward_fn, disc)
-    save_checkpoint(run.path(method + "_disc.pt"), disc.model)
-    return policy, extra
+    extra = policy_optimisation(run, method, reward_fn, disc)
+    run.save(method + "_disc", disc.model, form=disc.form)
+    return extra
 
 
 def stage_oracle(run, method):
@@ -504,7 +489,7 @@ def stage_oracle(run, method):
     transform = POLICY[method].transform
 
     def reward_fn(prompts, roll, pi_logp):
-        return transform(oracle_reward(run.world, prompts, responses_of(roll),
+        return transform(oracle_reward(run.world, prompts, roll.responses(),
                                        obj.sequence_logprob(pi_logp, roll.response_mask)))
     return policy_optimisation(run, method, reward_fn)
 
@@ -513,14 +498,12 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
     """The oracle's reward r(y) = log β(y|x) − log π(y|x) (= −reverse_kl_mc) of the policy's responses (token
     lists), whose log π(y|x) are policy_logp_seq (B,); log β is the world's, exact. Maximising E_π[r] minimises
     KL(π ‖ β) (objectives.reverse_kl_reinforce_loss)."""
-    expert = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32,
-                          device=policy_logp_seq.device)
-    return -obj.reverse_kl_mc(policy_logp_seq, expert)
+    return -obj.reverse_kl_mc(policy_logp_seq, expert_logprobs(world, prompts, responses).to(policy_logp_seq.device))
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 9, reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples: a binary
-# classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
+# Stage 9, reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples:
+# a binary classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
 #   r(x, y) = log q_φ(y|x) − log π_neg(y|x),   q_φ initialised from π_neg, the negative class's model,
 # so r = 0 at the start and, at the BCE optimum, r = log p_pos − log p_neg (objectives.classifier_optimum):
 #   Init-SFT (the paper's): positives π_SFT samples, negatives π_init samples → log π_SFT − log π_init
@@ -528,13 +511,6 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 #   pairwise_bt: Bradley–Terry on the gold preference pairs (log-ratio form: DPO's implicit reward, β = 1)
 #   init_sft_scalar: the Init-SFT classifier with a scalar head on π_init's backbone (the ablation)
 # (methods.REWARD_MODELS: the classes, q_φ's starting point and the form of each)
-
-
-def reward_model_names(run):
-    """The learned reward models a world trains: all of them, or the three the control world compares
-    (stage_files lists their checkpoints the same way)."""
-    return CONTROL_LEARNED if run.control else LEARNED
-
 
 def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pairwise=False):
     """Train one reward model; returns its training and held-out loss curves. base: π_neg (a GPT)."""
@@ -562,7 +538,7 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
         return obj.bradley_terry_loss(p, n) if pairwise else obj.classifier_reward_loss(p, n)
 
     curve = {"loss": [], "heldout_loss": [], "heldout_step": []}
-    for step in (pbar := bar(cfg, range(cfg.rm_steps), f"rm {name}")):
+    for step in (pbar := run.bar(range(cfg.rm_steps), f"rm {name}")):
         if step % max(1, cfg.rm_steps // 4) == 0 or step == cfg.rm_steps - 1:   # watch for overfitting
             with torch.no_grad():
                 held = [logits(pairs, range(len(pairs))) for pairs in (held_pos, held_neg)]
@@ -571,10 +547,10 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
         i_pos = run.rng.integers(len(pos), size=cfg.rm_batch // 2)
         i_neg = i_pos if pairwise else run.rng.integers(len(neg), size=cfg.rm_batch // 2)
         loss = loss_of(logits(pos, i_pos), logits(neg, i_neg))
-        optimiser_step(opt, rm.model, loss, f"reward_models ({name})", step)
+        optimiser_step(opt, rm.model, loss, step, f" of reward model {name}")
         curve["loss"].append(loss.item())
         pbar.set_postfix(loss=f"{loss.item():.3f}")
-    save_checkpoint(run.path(f"rm_{name}.pt"), rm.model, form=form, base=REWARD_MODEL[name].base)
+    run.save(f"rm_{name}", rm.model, form=form, base=REWARD_MODEL[name].base)
     return curve
 
 
@@ -584,6 +560,11 @@ def load_reward_model(run, name):
     rm = Discriminator(model, extra["form"], "seq")
     base = run.load(extra["base"])[0] if extra["form"] == "airl" else None   # π_neg, the log-ratio's reference
     return lambda tokens, mask: rm.logits(tokens, mask, token_logprobs(base, tokens, mask) if base else None)
+
+
+def reward_model_names(run):
+    """The learned reward models a world trains: all of them, or the three the control world compares."""
+    return CONTROL_LEARNED if run.control else LEARNED
 
 
 def stage_reward_models(run):
@@ -598,10 +579,8 @@ def stage_reward_models(run):
     held_prompts = [run.demos[i][0] for i in held]
     data, held_data = {"demos": [run.demos[i] for i in train]}, {"demos": [run.demos[i] for i in held]}
     for key, stage in [("init", "pretrain"), ("sft", "sft")]:
-        data[key] = list(zip(prompts, run.sample_responses(models[stage], prompts,
-                                                           seed=sampling_seed(run.seed, f"rm_{key}"))))
-        held_data[key] = list(zip(held_prompts, run.sample_responses(models[stage], held_prompts,
-                                                                     seed=sampling_seed(run.seed, f"rm_{key}_heldout"))))
+        data[key] = run.sample_pairs(models[stage], prompts, sampling_seed(run.seed, f"rm_{key}"))
+        held_data[key] = run.sample_pairs(models[stage], held_prompts, sampling_seed(run.seed, f"rm_{key}_heldout"))
     enc = run.world.encode_response
     pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
     n_held_pref = min(128, max(2, len(pref) // 8))
@@ -611,26 +590,13 @@ def stage_reward_models(run):
     for name in reward_model_names(run):
         r = REWARD_MODEL[name]
         curves[name] = train_reward_model(run, name, models[r.base], data[r.pos], data[r.neg], held_data[r.pos],
-                                          held_data[r.neg], r.form or cfg.disc, pairwise=r.pairwise)
-    return None, {"curves": curves}
+                                          held_data[r.neg], form_of(r, cfg), pairwise=r.pairwise)
+    return {"curves": curves}
 
 
 # -----------------------------------------------------------------------------------------------------------
 # Stage 10, best_of_n: Best-of-N over π_SFT's samples, ranked by each reward model, by each classifier's exact
 # optimum, and by the gold reward (the ceiling).
-
-@torch.no_grad()
-def score(run, model, pairs, fn, chunk=512):
-    """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
-    with autocast(run.device):
-        out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
-               for i in range(0, len(pairs), chunk)]
-    return torch.cat(out).float().cpu()
-
-
-def seq_logprob(model, tokens, mask):
-    return obj.sequence_logprob(token_logprobs(model, tokens, mask), mask)
-
 
 def stage_best_of_n(run):
     """Best-of-N over π_SFT: N samples per prompt, keep the one the reward model ranks highest."""
@@ -640,23 +606,23 @@ def stage_best_of_n(run):
     prompts = run.data["eval_prompts"][:cfg.bon_prompts]
     N = cfg.bon_max_n
     flat = [p for p in prompts for _ in range(N)]
-    pairs = list(zip([p.tokens for p in flat],
-                     run.sample_responses(sft, [p.tokens for p in flat], seed=sampling_seed(run.seed, "best_of_n"))))
+    pairs = run.sample_pairs(sft, [p.tokens for p in flat], sampling_seed(run.seed, "best_of_n"))
+    responses = [r for _, r in pairs]
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
-               for name in bar(cfg, reward_model_names(run), "best_of_n")}
+               for name in run.bar(reward_model_names(run), "best_of_n")}
     # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
     logp = {"init": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob),
-            "demos": torch.tensor(run.world.expert_logprobs(flat, [r for _, r in pairs]), dtype=torch.float32)}
+            "demos": expert_logprobs(run.world, flat, responses)}
     for name in OPTIMA:
         rewards[name] = obj.classifier_optimum(logp[REWARD_MODEL[name].pos], logp[REWARD_MODEL[name].neg])
-    gold = torch.tensor([run.world.gold_reward(p, r) for p, (_, r) in zip(flat, pairs)])
-    rewards["gold"] = gold
-    off = torch.tensor([run.world.mode(p, r) == "off" for p, (_, r) in zip(flat, pairs)], dtype=torch.float32)
+    rewards["gold"] = gold = torch.tensor(run.world.gold_rewards(flat, responses), dtype=torch.float32)
+    off = torch.tensor([m == "off" for m in run.world.modes(flat, responses)], dtype=torch.float32)
     bon = {name: best_of_n_curve(r, gold, off, N) for name, r in rewards.items()}
     vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
                                          "spearman": spearman(rewards[name], rewards[opt])}
                   for name, opt in LEARNED_VS_OPTIMUM.items() if name in rewards}
-    return None, {"bon": bon, "reward_models": vs_optimum}
+    demo_gold = float(np.mean(run.world.gold_rewards(run.demo_prompts, [r for _, r in run.demos])))
+    return {"bon": bon, "reward_models": vs_optimum, "demonstrations": {"gold_reward": demo_gold}}
 
 
 def best_of_n_curve(reward, gold, off, N):
@@ -675,41 +641,6 @@ def best_of_n_curve(reward, gold, off, N):
     return res
 
 
-def pearson(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def ranks(x):
-    """Ranks 1..n of x, ties given their average rank."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    for start, c in zip(first, counts):   # tied runs, in sorted order: each gets the mean of its ranks
-        if c > 1:
-            r[order[start:start + c]] = start + (c + 1) / 2
-    return r
-
-
-def spearman(a, b):
-    """Rank correlation: Pearson's r of the ranks. Robust to the log-ratio's heavy tail (off-support responses
-    sit near −100 nats and would dominate Pearson's r)."""
-    return pearson(ranks(a), ranks(b))
-
-
-def auc(pos, neg):
-    """P(a pos score > a neg score) + ½ P(tie): the area under the ROC curve (Mann–Whitney U / (n_pos n_neg)).
-    None when a class is empty."""
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    r = ranks(np.concatenate([np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)]))
-    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 # -----------------------------------------------------------------------------------------------------------
 # Stage 11, rl_init_sft: policy optimisation (the loop of stages 3-8) on the Init-SFT reward model.
 
@@ -720,7 +651,7 @@ def stage_rl_init_sft(run):
     r = log π_SFT − log π_init, and the KL-regularised optimum max_π E_π[r] − λ KL(π ‖ π_SFT) is
         π* ∝ π_SFT · exp(r/λ) = π_SFT^(1 + 1/λ) · π_init^(−1/λ),
     1/λ steps past π_SFT along the Init-SFT direction. λ = 1 is one step; the adversarial runs' λ = 0.05 would
-    be twenty, which a learned ratio does not survive (README, sensitivity)."""
+    be twenty, which a learned ratio does not survive (docs/RESULTS.md, sensitivity)."""
     rm = load_reward_model(run, "init_sft")
 
     def reward_fn(prompts, roll, pi_logp):
@@ -730,91 +661,36 @@ def stage_rl_init_sft(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 12, control: stages 2, 9 and 10 again in the control world.
+# Stage 15, evaluate: every policy of methods.POLICIES on held-out prompts, exactly: the world knows log β.
+# (Stages 12-14 are stages 2, 9 and 10 again in the control world: STAGES.)
 
-CONTROL_STAGES = ["sft", "reward_models", "best_of_n"]   # what the control world redoes, in order
-
-
-def stage_control(run):
-    """The control world: the same demonstrator without its signature. π_init is shared (the base corpus does not
-    depend on it); SFT, the Init-SFT, Init-Demo and SFT-Demo reward models and Best-of-N are redone there, so that
-    the gap between Init-SFT and the demonstration-based reward models can be seen with and without the
-    demonstrator's style."""
-    if not run.cfg.control:
-        return None, {}
-    ctrl = Run(run.cfg, run.seed, control=True)
-    for stage in CONTROL_STAGES:
-        extra = execute(ctrl, stage)
-    return None, {"bon": extra["bon"], "reward_models": extra["reward_models"],
-                  "demonstrations": {"gold_reward": demo_gold_reward(ctrl)}}
+@dataclass
+class Scored:
+    """Samples of one distribution, each with its log-probability under the policy and under the expert,
+    computed next to the sample it belongs to (scored)."""
+    pairs: list            # (prompt tokens, response tokens)
+    log_pi: torch.Tensor   # log π(y|x), (B,)
+    log_beta: torch.Tensor  # log β(y|x), (B,)
 
 
-def demo_gold_reward(run):
-    return float(np.mean(run.world.gold_rewards([p for p, _ in run.data["demos"]], [r for _, r in run.demos])))
+def scored(run, model, prompts, responses):
+    """Scored samples: responses (token lists) to prompts (data.Prompt); model None is the expert itself."""
+    pairs, log_beta = list(zip([p.tokens for p in prompts], responses)), expert_logprobs(run.world, prompts, responses)
+    return Scored(pairs, log_beta if model is None else score(run, model, pairs, seq_logprob), log_beta)
 
 
-# -----------------------------------------------------------------------------------------------------------
-# Stage 13, evaluate: every policy of methods.POLICIES on held-out prompts, exactly: the world knows log β.
-
-
-def stage_evaluate(run):
-    cfg, world = run.cfg, run.world
-    prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
-    rng = np.random.default_rng(run.seed + EXPERT_SAMPLES_SEED)
-    expert = list(zip([p.tokens for p in prompts],
-                      [world.encode_response(world.expert_response(p, rng)) for p in prompts]))
-    expert_on_expert = torch.tensor(world.expert_logprobs(prompts, [r for _, r in expert]), dtype=torch.float32)
-    sft, _ = run.load("sft")
-    policies, calibration, points = {}, {}, {}
-    for name in (pbar := bar(cfg, [p.name for p in POLICIES], "evaluate")):
-        if POLICY[name].kind == "expert":
-            own, logp_own, logp_expert = expert, expert_on_expert, expert_on_expert
-        else:
-            model, _ = run.load(POLICY[name].checkpoint)
-            own = list(zip([p.tokens for p in prompts],
-                           run.sample_responses(model, [p.tokens for p in prompts],
-                                                sampling_seed(run.seed, "evaluate"))))
-            logp_own = score(run, model, own, seq_logprob)
-            logp_expert = score(run, model, expert, seq_logprob)   # the policy's log-prob of expert samples
-        responses = [r for _, r in own]
-        beta_own = torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
-        stats = describe(run, prompts, responses)
-        stats["forward_kl"], stats["reverse_kl"] = policy_kls(beta_on_expert=expert_on_expert,
-                                                              pi_on_expert=logp_expert,
-                                                              pi_on_own=logp_own, beta_on_own=beta_own)
-        if POLICY[name].kind != "expert":   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
-            stats["kl_sft"] = (logp_own - score(run, sft, own, seq_logprob)).mean().item()
-        policies[name] = stats
-        pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
-        if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
-            disc = Discriminator(run.load(name + "_disc")[0], POLICY[name].form or cfg.disc, POLICY[name].level)
-            logit = score(run, disc, own, lambda d, t, k: d.response_logits(t, k, token_logprobs(model, t, k)))
-            true = beta_own - logp_own
-            off = torch.tensor([m == "off" for m in modes_of(world, prompts, responses)])
-            calibration[name] = {"pearson": pearson(logit, true), "spearman": spearman(logit, true),
-                                 "auc_off_support": auc(logit[~off], logit[off])}
-            keep = np.random.default_rng(CALIBRATION_POINTS_SEED).permutation(len(own))[:300]
-            points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
-    return None, {"policies": policies, "calibration": calibration, "calibration_points": points}
-
-
-def policy_kls(beta_on_expert, pi_on_expert, pi_on_own, beta_on_own):
-    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from sequence log-probs (B,) of two samples:
-        forward  KL(β ‖ π) = mean over the expert's samples y ~ β of log β(y|x) − log π(y|x),
-        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π of log π(y|x) − log β(y|x).
-    beta_on_expert, pi_on_expert: log β and log π of the expert's samples; pi_on_own, beta_on_own: of π's."""
-    return (obj.forward_kl_mc(beta_on_expert, pi_on_expert).mean().item(),
-            obj.reverse_kl_mc(pi_on_own, beta_on_own).mean().item())
-
-
-def modes_of(world, prompts, responses):
-    return [world.mode(p, r) for p, r in zip(prompts, responses)]
+def policy_kls(on_expert, own):
+    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from two Scored samples:
+        forward  KL(β ‖ π) = mean over the expert's samples y ~ β (on_expert) of log β(y|x) − log π(y|x),
+        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π (own) of log π(y|x) − log β(y|x)."""
+    return (obj.forward_kl_mc(on_expert.log_beta, on_expert.log_pi).mean().item(),
+            obj.reverse_kl_mc(own.log_pi, own.log_beta).mean().item())
 
 
 def describe(run, prompts, responses):
     """Mode frequencies, off-support rate, mode entropy, diversity, gold reward and length of a sample."""
     world = run.world
-    modes = modes_of(world, prompts, responses)
+    modes = world.modes(prompts, responses)
     freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
     on = np.array([freq[m] for m in world.mode_names])
     on = on[on > 0] / on.sum() if on.sum() > 0 else np.ones(1)
@@ -826,316 +702,126 @@ def describe(run, prompts, responses):
         "mode_freq": freq,
         "mode_entropy": float(-(on * np.log(on)).sum()) + 0.0,   # among on-support responses, in nats (+ 0.0: no −0)
         "distinct": float(np.mean([len(set(v)) / len(v) for v in per_prompt.values()])),
-        "gold_reward": float(np.mean([world.gold_reward(p, r) for p, r in zip(prompts, responses)])),
+        "gold_reward": float(np.mean(world.gold_rewards(prompts, responses))),
         "length": float(np.mean([len(r) for r in responses])),
     }
 
 
+def stage_evaluate(run):
+    cfg, world = run.cfg, run.world
+    prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
+    rng = np.random.default_rng(run.seed + EXPERT_SAMPLES_SEED)
+    expert_samples = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
+    sft, _ = run.load("sft")
+    policies, calibration, points = {}, {}, {}
+    for name in (pbar := run.bar([p.name for p in POLICIES], "evaluate")):
+        model = None if POLICY[name].kind == "expert" else run.load(POLICY[name].checkpoint)[0]
+        responses = expert_samples if model is None else \
+            run.sample_responses(model, [p.tokens for p in prompts], sampling_seed(run.seed, "evaluate"))
+        own, on_expert = scored(run, model, prompts, responses), scored(run, model, prompts, expert_samples)
+        stats = policies[name] = describe(run, prompts, responses)
+        stats["forward_kl"], stats["reverse_kl"] = policy_kls(on_expert, own)
+        if model is not None:   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
+            stats["kl_sft"] = (own.log_pi - score(run, sft, own.pairs, seq_logprob)).mean().item()
+        pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
+        if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
+            d_model, extra = run.load(name + "_disc")
+            disc = Discriminator(d_model, extra["form"], POLICY[name].level)
+            logit = score(run, disc, own.pairs, lambda d, t, k: d.response_logits(t, k, token_logprobs(model, t, k)))
+            true = own.log_beta - own.log_pi
+            off = torch.tensor([m == "off" for m in world.modes(prompts, responses)])
+            calibration[name] = {"pearson": pearson(logit, true), "spearman": spearman(logit, true),
+                                 "auc_off_support": auc(logit[~off], logit[off])}
+            keep = np.random.default_rng(CALIBRATION_POINTS_SEED).permutation(len(responses))[:300]
+            points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
+    return {"policies": policies, "calibration": calibration, "calibration_points": points}
+
+
 # -----------------------------------------------------------------------------------------------------------
-# Running the stages: skip what is finished, reuse what another run computed with the same inputs, save
-# atomically. metrics.json's layout is report.assemble's.
+# The pipeline: every stage in order, what it reads and writes. Each stage's result depends on the world
+# (EVERY_STAGE), the options it reads and the stages it consumes, and nothing else: that is what the stage cache
+# fingerprints (runner.py), so a stage that starts reading a new option must list it here.
 
-STAGE_FNS = {
-    "pretrain": stage_pretrain, "sft": stage_sft,
-    **{m: (lambda run, m=m: stage_adversarial(run, m)) for m in ADVERSARIAL},
-    **{m: (lambda run, m=m: stage_oracle(run, m)) for m in ORACLES},
-    "reward_models": stage_reward_models, "best_of_n": stage_best_of_n,
-    "rl_init_sft": stage_rl_init_sft, "control": stage_control, "evaluate": stage_evaluate,
-}
-assert list(STAGE_FNS) == STAGES, "methods.STAGES and the stage functions disagree"
+def adversarial(m):
+    return lambda run: stage_adversarial(run, m)
 
 
-def stage_files(run, stage, control=False):
-    """The files a stage writes under the run's directory, besides <stage>.json (control=True: in the control
-    world's folder, where it trains only its own reward models)."""
-    if stage == "control":   # its own folder: the control world's stages, each with its .json
-        subs = CONTROL_STAGES if run.cfg.control else []
-        return [os.path.join("control", f) for sub in subs for f in [sub + ".json", *stage_files(run, sub, True)]]
-    if stage == "reward_models":
-        return [f"rm_{name}.pt" for name in (CONTROL_LEARNED if control else LEARNED)]
-    if stage in ("best_of_n", "evaluate"):
-        return []
-    return [stage + ".pt"] + ([stage + "_disc.pt"] if stage in ADVERSARIAL else [])
+def oracle(m):
+    return lambda run: stage_oracle(run, m)
 
 
-def writer_of(name):
-    """The stage that writes <name>.pt."""
-    if name.startswith("rm_"):
-        return "reward_models"
-    return name[:-len("_disc")] if name.endswith("_disc") else name
+PRETRAIN = ("n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr")
+SFT = ("sft_steps", "sft_batch", "sft_lr")
+ORACLE = (*POLICY_GRADIENT, "kl_coef")
+ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup")   # + "disc" where the method takes --disc's form
+RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
+BON = ("bon_prompts", "bon_max_n")
+RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
+CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
+POLICY_STAGES = ("pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
+                 "rl_init_sft")
+
+STAGES = [  # name, computed by, the options it reads (+ the world's), the stages it consumes, its files (+ <name>.json)
+    Stage("pretrain", stage_pretrain, PRETRAIN, (), ("pretrain.pt",)),
+    Stage("sft", stage_sft, SFT, ("pretrain",), ("sft.pt",)),
+    Stage("rkl_seq", adversarial("rkl_seq"), (*ADV, "disc"), ("sft",), ("rkl_seq.pt", "rkl_seq_disc.pt")),
+    Stage("rkl_tok", adversarial("rkl_tok"), (*ADV, "disc"), ("sft",), ("rkl_tok.pt", "rkl_tok_disc.pt")),
+    Stage("js", adversarial("js"), (*ADV, "disc"), ("sft",), ("js.pt", "js_disc.pt")),
+    Stage("rkl_seq_scalar", adversarial("rkl_seq_scalar"), ADV, ("sft",), ("rkl_seq_scalar.pt",
+                                                                           "rkl_seq_scalar_disc.pt")),
+    Stage("rkl_oracle", oracle("rkl_oracle"), ORACLE, ("sft",), ("rkl_oracle.pt",)),
+    Stage("js_oracle", oracle("js_oracle"), ORACLE, ("sft",), ("js_oracle.pt",)),
+    Stage("reward_models", stage_reward_models, RM, ("pretrain", "sft"), RM_FILES),
+    Stage("best_of_n", stage_best_of_n, BON, ("pretrain", "sft", "reward_models"), ()),
+    Stage("rl_init_sft", stage_rl_init_sft, (*POLICY_GRADIENT, "rm_kl_coef"), ("sft", "reward_models"),
+          ("rl_init_sft.pt",)),
+    # the control world (--control): the demonstrator without its signature, in seed_<s>/control/, π_init shared
+    Stage("control_sft", stage_sft, SFT, ("pretrain",), ("sft.pt",), world="control"),
+    Stage("control_reward_models", stage_reward_models, RM, ("pretrain", "control_sft"), CONTROL_RM_FILES,
+          world="control"),
+    Stage("control_best_of_n", stage_best_of_n, BON, ("pretrain", "control_sft", "control_reward_models"), (),
+          world="control"),
+    Stage("evaluate", stage_evaluate, ("eval_samples",), POLICY_STAGES, ()),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+assert {p.checkpoint for p in POLICIES} - {None} <= set(STAGE_NAMES), "a policy of methods.py without its stage"
 
 
-# What each stage's result depends on: the world (every stage), the options it reads, the stages it consumes.
-WORLD = sorted(cli.WORLD_KNOBS | {"n_base", "n_demo", "n_pref", "n_eval"})
-POLICY_OPTIMISATION = ["rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr"]
+def parse_args(argv):
+    """defaults → preset → --config=FILE (JSON) → --key=value, checked (cli.py)."""
+    return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1], STAGE_NAMES)
 
 
-def reads(cfg, stage):
-    """(the options stage reads, the stages whose results it consumes): what its fingerprint covers. Declared
-    by hand: a stage that starts reading a new option must list it here, or a run that changes the option
-    would reuse a stale result (tests/test_cli.py checks that every option is read by some stage)."""
-    kind = POLICY[stage].kind if stage in POLICY else None
-    if stage == "pretrain":
-        return ["n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr"], []
-    if stage == "sft":
-        return ["sft_steps", "sft_batch", "sft_lr"], ["pretrain"]
-    if kind == "adversarial":
-        return (POLICY_OPTIMISATION + ["kl_coef", "disc_steps", "disc_lr", "disc_warmup"]
-                + ["disc"] * (POLICY[stage].form is None) + ["rm_samples"] * (cfg.disc_warmup > 0)), ["sft"]
-    if kind == "oracle":
-        return POLICY_OPTIMISATION + ["kl_coef"], ["sft"]
-    if stage == "reward_models":
-        return ["rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc"], ["pretrain", "sft"]
-    if stage == "best_of_n":
-        return ["bon_prompts", "bon_max_n"], ["pretrain", "sft", "reward_models"]
-    if kind == "rm_rl":
-        return POLICY_OPTIMISATION + ["rm_kl_coef"], ["sft", "reward_models"]
-    if stage == "control":   # stages sft, reward_models and best_of_n in the control world
-        return ["control", *[o for s in CONTROL_STAGES for o in reads(cfg, s)[0]]], ["pretrain"]
-    assert stage == "evaluate", stage
-    return ["eval_samples", "disc"], ["pretrain", "sft", *[p.name for p in POLICIES if p.checkpoint not in
-                                                            (None, "pretrain", "sft")]]
-
-
-def code_version():
-    """A hash of the code that computes results: a stage computed by other code is never reused. (The report,
-    the exercises and the docs are not part of it.)"""
-    root = os.path.dirname(os.path.abspath(__file__))
-    names = ["afd_mini.py", "model.py", "objectives.py", "methods.py", "cli.py"] + \
-        sorted(os.path.join("data", f) for f in os.listdir(os.path.join(root, "data"))
-               if f.endswith((".py", ".tiktoken")))
-    h = hashlib.sha256()
-    for name in names:
-        with open(os.path.join(root, name), "rb") as f:
-            h.update(name.encode() + b"\0" + f.read())
-    return h.hexdigest()[:16]
-
-
-def stage_key(run, stage, keys):
-    """What stage's result depends on apart from the code: the seed, the world, the options it reads, the keys of
-    the stages it consumes, and how the numbers are computed (torch version, device, CPU threads: another thread
-    count can change an adversarial result by nats). keys: the stages before it."""
-    options, upstream = reads(run.cfg, stage)
-    inputs = {"stage": stage, "seed": run.seed, "options": {k: getattr(run.cfg, k) for k in WORLD + options},
-              "upstream": {s: keys[s] for s in upstream},
-              "numerics": [torch.__version__, run.device.type, torch.get_num_threads()]}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def fingerprint(key):
-    """A stage's fingerprint: its key and the code version. Equal fingerprints, equal results."""
-    return hashlib.sha256(f"{key} {CODE_VERSION}".encode()).hexdigest()[:16]
-
-
-def cache_root(cfg):
-    """Where finished stages are shared between output directories: --cache, else $AFD_MINI_CACHE, else
-    $XDG_CACHE_HOME/afd-mini (~/.cache/afd-mini). None with --cache=off."""
-    if cfg.cache == "off":
-        return None
-    if cfg.cache != "auto":
-        return cfg.cache
-    return os.environ.get("AFD_MINI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "afd-mini")
-
-
-def clear_cache(root, log):
-    """Remove the cache's entries (folders holding an entry.json), nothing else."""
-    n = 0
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        if os.path.exists(os.path.join(root, name, "entry.json")):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            n += 1
-    log(f"cache {root}: {n} entries removed")
-
-
-def readable(path):
-    """Whether a result file loads: JSON parses, a checkpoint unpickles."""
-    try:
-        if path.endswith(".json"):
-            with open(path) as f:
-                json.load(f)
-        else:
-            torch.load(path, map_location="cpu", weights_only=False)
-        return True
-    except Exception:
-        return False
-
-
-def read_stage(run, stage):
-    """<stage>.json of a finished stage; one line naming the file and the fix if it does not parse."""
-    path = run.path(stage + ".json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise StageError(f"{path} is unreadable ({type(e).__name__}); recompute it with --redo={stage}") from None
-
-
-def finished(run, stage, fp):
-    """Whether <stage>.json in the run's directory holds this fingerprint's result, with every file it wrote."""
-    if not os.path.exists(run.path(stage + ".json")):
-        return False
-    if read_stage(run, stage).get("fingerprint") != fp:
-        return False   # written by other code, or on another thread count / device: recomputed
-    for f in stage_files(run, stage):
-        if not readable(os.path.join(run.dir, f)):
-            raise StageError(f"{os.path.join(run.dir, f)} is missing or unreadable; recompute it with --redo={stage}")
-    return True
-
-
-def restore(run, stage, key, fp, log):
-    """Copy a cached result of this key into the run's directory, if there is one with this fingerprint whose
-    files all load. Returns the directory it was first computed in, or None."""
-    root = cache_root(run.cfg)
-    entry = os.path.join(root, key) if root else None
-    if entry is None or not os.path.isdir(entry):
-        return None
-    files = stage_files(run, stage) + [stage + ".json"]
-    try:
-        with open(os.path.join(entry, "entry.json")) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        meta = None
-    if meta is None or not all(readable(os.path.join(entry, f)) for f in files):
-        log(f"seed {run.seed} · {stage}: cache entry {entry} is corrupt, ignored")
-        return None
-    if meta.get("fingerprint") != fp:
-        log(f"seed {run.seed} · {stage}: cache entry {entry} is from another code version, ignored")
-        return None
-    for f in files:   # the stage's json last: it marks the stage finished
-        os.makedirs(os.path.dirname(os.path.join(run.dir, f)), exist_ok=True)
-        shutil.copyfile(os.path.join(entry, f), os.path.join(run.dir, f) + ".tmp")
-        os.replace(os.path.join(run.dir, f) + ".tmp", os.path.join(run.dir, f))
-    return meta["origin"]
-
-
-def store(run, stage, key, fp, log):
-    """Copy a finished stage into the cache (best effort: a cache that cannot be written is only a notice)."""
-    root = cache_root(run.cfg)
-    if root is None:
-        return
-    entry, tmp = os.path.join(root, key), os.path.join(root, f"{key}.tmp{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for f in stage_files(run, stage) + [stage + ".json"]:
-            os.makedirs(os.path.dirname(os.path.join(tmp, f)), exist_ok=True)
-            shutil.copyfile(os.path.join(run.dir, f), os.path.join(tmp, f))
-        write_json(os.path.join(tmp, "entry.json"), {"stage": stage, "fingerprint": fp, "origin": run.dir})
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"seed {run.seed} · {stage}: not cached ({e})")
-
-
-def write_json(path, obj_):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj_, f, indent=1)
-    os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
-
-
-def result_config(cfg):
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "seed"}}
-
-
-NOW = {"stage": "start-up"}   # what is running, for the message on Ctrl-C
-
-
-def execute(run, stage, fp=None):
-    """Run one stage: its model (if any) to <stage>.pt, its results to <stage>.json, written last."""
-    NOW["stage"] = f"seed {run.seed}, stage {stage}" + (" (control world)" if run.control else "")
-    os.makedirs(run.dir, exist_ok=True)
-    run.begin(stage)
-    t0 = time.time()
-    model, extra = STAGE_FNS[stage](run)
-    if model is not None:
-        save_checkpoint(run.path(stage + ".pt"), model)
-    extra["seconds"] = time.time() - t0
-    extra["fingerprint"] = fp
-    write_json(run.path(stage + ".json"), extra)
-    return extra
-
-
-def run_seed(cfg, seed, log):
-    """Every stage of one seed, in order: done earlier here (same fingerprint) → skipped; in the cache → copied;
-    else computed (and cached). --redo=STAGE recomputes it and every stage after it."""
-    run = Run(cfg, seed)
-    os.makedirs(run.dir, exist_ok=True)
-    write_json(run.path("config.json"), result_config(cfg))
-    redo = cfg.redo.split(",")
-    first_redo = 0 if "all" in redo else min([STAGES.index(s) for s in redo if s in STAGES], default=len(STAGES))
-    keys = {}
-    for i, stage in enumerate(STAGES):
-        key = keys[stage] = stage_key(run, stage, keys)
-        fp = fingerprint(key)
-        if i == first_redo:   # recomputed, and every stage after it is stale: forget them before anything else
-            for later in STAGES[i:]:
-                if os.path.exists(run.path(later + ".json")):
-                    os.remove(run.path(later + ".json"))
-        if i < first_redo and finished(run, stage, fp):
-            log(f"seed {seed} · {stage}: done earlier, skipped")
-        elif i < first_redo and (origin := restore(run, stage, key, fp, log)):
-            log(f"seed {seed} · {stage}: reused, same inputs as {origin}")
-        else:
-            extra = execute(run, stage, fp)
-            store(run, stage, key, fp, log)
-            log(f"seed {seed} · {stage}: {extra['seconds']:.1f} s")
-        if stage == cfg.stop_after:
-            log(f"stopped after {stage} (--stop_after); rerun without it to resume")
-            return None
-    metrics = report.assemble(lambda name: read_stage(run, name), seed, run.times["world"], demo_gold_reward(run),
-                              dataclasses.asdict(cfg))
-    write_json(run.path("metrics.json"), metrics)
-    return metrics
+def run_seeds(cfg):
+    """Every stage of every seed (runner.py skips, reuses or computes each), then metrics.json and the report."""
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    stages = [s for s in STAGES if cfg.control or s.world != "control"]
+    with runner.output_dir(cfg.out_dir, seeds, result_config(cfg), cfg.redo):
+        if cfg.clear_cache and runner.cache_root(cfg.cache):
+            runner.clear_cache(runner.cache_root(cfg.cache), runner.log)
+        runs = []
+        for seed in seeds:
+            run = Run(cfg, seed)
+            results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, cfg,
+                                      seed, EVERY_STAGE, __file__, runner.log)
+            if results is None:   # --stop_after
+                return 0
+            runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(cfg)))
+            runner.write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
+        top = metrics.combine(runs)
+        runner.write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
+        report.write_report(cfg.out_dir, runs)
+        print(report.summary(top, cfg.out_dir))
+    return 0
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
     unfinished = exercises.first_unfinished()   # in a student copy: point to the exercise, not a traceback
     if unfinished:
         print(f"afd_mini: {unfinished}", file=sys.stderr)
         return 1
-    lock = None
-    try:
-        cfg = parse_args(argv)
-        seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-        cli.check_out_dir(cfg.out_dir, seeds, result_config(cfg), cfg.redo)
-        lock = cli.lock_out_dir(cfg.out_dir)   # held until this run ends (released below, or by the system)
-        log = lambda s: tqdm.write(s, file=sys.stderr)   # one line per stage, bars or not
-        if cfg.clear_cache and cache_root(cfg):
-            clear_cache(cache_root(cfg), log)
-        runs = []
-        for seed in seeds:
-            metrics = run_seed(cfg, seed, log)
-            if metrics is None:
-                return 0
-            runs.append(metrics)
-        mean, std = report.aggregate(runs)
-        top = {**mean, "std": std, "seeds": seeds, "effects": report.effects(runs)}
-        write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
-        report.write_report(cfg.out_dir, runs)
-        print(report.summary(top, cfg.out_dir))
-        return 0
-    except UsageError as e:
-        print(f"afd_mini: error: {e}", file=sys.stderr)
-        return 2
-    except StageError as e:
-        print(f"afd_mini: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:   # stdout closed early (python afd_mini.py --help | head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print(f"\nafd_mini: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
-              "resume", file=sys.stderr)
-        return 130
-    finally:
-        if lock is not None:
-            lock.close()
+    return runner.guarded(lambda: run_seeds(parse_args(sys.argv[1:] if argv is None else argv)), "afd_mini")
 
-
-CODE_VERSION = code_version()
 
 if __name__ == "__main__":
     sys.exit(main())

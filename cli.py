@@ -5,21 +5,18 @@ cli.py: the command line of afd_mini.py, kept apart from the pipeline (as nanoGP
 
 Every value is type-checked, every key known, and every constraint between options checked before any work
 starts, so that bad input is one line on stderr (exit status 2) and never a traceback minutes later or a
-half-written output directory. Also here: the output directory's guards (a run of other options refused, one
-run at a time).
+half-written output directory. Parsing and checking only: running, caching and the output directory's guards
+are runner.py's.
 """
 import dataclasses
 import difflib
 import json
+import math
 import os
 
 from data import World, load_tokenizer
-from methods import STAGES
 from model import get_device
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, before anything is written."""
+from runner import UsageError
 
 
 def parse_value(key, text, default):
@@ -36,8 +33,9 @@ def parse_value(key, text, default):
         raise UsageError(f"--{key}={text}: expected {kind.__name__}, e.g. --{key}={default}") from None
 
 
-def parse_args(argv, config_class, presets, usage):
-    """argv → a validated config_class instance. usage: the text --help prints above the options."""
+def parse_args(argv, config_class, presets, usage, stages):
+    """argv → a validated config_class instance. usage: the text --help prints above the options; stages: the
+    pipeline's stage names (for --redo and --stop_after)."""
     fields = {f.name: f.default for f in dataclasses.fields(config_class)}
     given, config_file = {}, None
     for arg in argv:
@@ -77,20 +75,21 @@ def parse_args(argv, config_class, presets, usage):
             values[key] = parse_value(key, str(value), fields[key])
     values.update(given)
     cfg = config_class(**values)
-    validate(cfg)
+    validate(cfg, stages)
     return cfg
 
 
 ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # may be 0; the world checks its own knobs (q, ...)
-WORLD_KNOBS = {"q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len", "max_len", "max_operand",
-               "max_new_tokens"}
 
 
-def validate(cfg):
-    """Every option on its own, then every constraint between options; the first violation is raised."""
+def validate(cfg, stages):
+    """Every option on its own, then every constraint between options; the first violation is raised.
+    cfg.WORLD: the world's knobs, which data.WorldConfig checks itself."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or f.name in WORLD_KNOBS:
+        if isinstance(v, float) and not math.isfinite(v):   # inf and nan parse as floats; no option takes them
+            raise UsageError(f"--{f.name}={v}: must be a finite number")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or f.name in cfg.WORLD:
             continue
         if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
             raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
@@ -99,10 +98,10 @@ def validate(cfg):
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"--{key}={getattr(cfg, key)}: allowed values are {', '.join(allowed)}")
     for name in filter(None, cfg.redo.split(",")):
-        if name not in STAGES + ["all"]:
-            raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(STAGES)}")
-    if cfg.stop_after and cfg.stop_after not in STAGES:
-        raise UsageError(f"--stop_after={cfg.stop_after}: stages are {', '.join(STAGES)}")
+        if name not in [*stages, "all"]:
+            raise UsageError(f"--redo={cfg.redo}: {name!r} is not a stage; stages are all, {', '.join(stages)}")
+    if cfg.stop_after and cfg.stop_after not in stages:
+        raise UsageError(f"--stop_after={cfg.stop_after}: stages are {', '.join(stages)}")
     # between options: what would otherwise fail minutes later, deep inside a stage
     at_least = [("group_size", 2, "the leave-one-out baseline needs two samples of each prompt"),
                 ("rm_batch", 2, "a reward-model batch holds rm_batch/2 positives and as many negatives"),
@@ -128,46 +127,15 @@ def validate(cfg):
         get_device(cfg.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
-        raise UsageError(f"--out_dir={cfg.out_dir}: that is a file, not a directory; name a directory")
-    if cfg.cache not in ("auto", "off") and os.path.exists(cfg.cache) and not os.path.isdir(cfg.cache):
-        raise UsageError(f"--cache={cfg.cache}: that is a file; allowed are auto, off or a directory")
+    for key in ["out_dir"] + ["cache"] * (cfg.cache not in ("auto", "off")):
+        file = next((p for p in parents(getattr(cfg, key)) if os.path.exists(p) and not os.path.isdir(p)), None)
+        if file is not None:
+            raise UsageError(f"--{key}={getattr(cfg, key)}: {file} is a file, not a directory; name a directory"
+                             + ("; allowed are auto, off or a directory" if key == "cache" else ""))
 
 
-def check_out_dir(out_dir, seeds, config, redo):
-    """Refuse to mix results of two configurations in one output directory (before writing anything).
-    config: the options that change results (afd_mini.result_config), as saved in seed_<s>/config.json."""
-    if "all" in redo.split(","):
-        return
-    for seed in seeds:
-        path = os.path.join(out_dir, f"seed_{seed}", "config.json")
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    old = json.load(f)
-            except (OSError, ValueError):
-                raise UsageError(f"{path} is unreadable (corrupt or truncated); use --redo=all to recompute "
-                                 "this output directory, or another --out_dir") from None
-            diff = sorted(k for k, v in config.items() if old.get(k) != v)
-            if diff:
-                raise UsageError(f"{out_dir} holds a run with other values of {', '.join(diff)}; "
-                                 f"use another --out_dir, or --redo=all to overwrite it")
-
-
-def lock_out_dir(out_dir):
-    """One run at a time in an output directory: an exclusive lock on <out_dir>/.lock for the life of this
-    process. The operating system releases it when the process ends, however it ends, so a crashed run never
-    leaves it stuck. Returns the open lock file (keep a reference). Where fcntl is missing (Windows), no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    os.makedirs(out_dir, exist_ok=True)
-    f = open(os.path.join(out_dir, ".lock"), "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise UsageError(f"{out_dir} is in use by another afd_mini run; wait for it, or use another --out_dir") \
-            from None
-    return f
+def parents(path):
+    """path, its parent, its parent's parent, ... (relative paths stop at the current directory)."""
+    while path and path not in (os.sep, "."):
+        yield path
+        path = os.path.dirname(path.rstrip(os.sep))

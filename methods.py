@@ -1,6 +1,6 @@
 """
-methods.py: the one table of afd-mini's methods. The pipeline's stages (afd_mini.STAGES), what each stage
-trains, what evaluate measures, the effects report.py judges, and every label and plot style are read from it.
+methods.py: the one table of afd-mini's methods: what each policy and reward model is, how evaluate measures it,
+which effects metrics.py judges on it, and its label and plot style in the report.
 
 Adding a method is one entry here. A policy trained by adversarial imitation with another reward transform,
 for instance FAIRL (objectives.fairl_reward, reward −h·e^h, forward KL in occupancy), would be
@@ -116,7 +116,3 @@ LEARNED = [r.name for r in REWARD_MODELS if r.kind == "learned"]
 CONTROL_LEARNED = [r.name for r in REWARD_MODELS if r.kind == "learned" and r.control]
 OPTIMA = [r.name for r in REWARD_MODELS if r.kind == "optimum"]
 LEARNED_VS_OPTIMUM = {r.name: r.optimum for r in REWARD_MODELS if r.optimum}
-
-# The pipeline's stages, in order (afd_mini.py runs them; each stage's random streams are seeded from its index).
-STAGES = ["pretrain", "sft", *ADVERSARIAL, *ORACLES, "reward_models", "best_of_n",
-          *[p.name for p in POLICIES if p.kind == "rm_rl"], "control", "evaluate"]

@@ -313,15 +313,34 @@ def pack(lengths):
     return where, width
 
 
+def to_batch(prompts, responses, pad_id, device):
+    """Lists of prompt and response token lists -> tokens (B, T) right-padded with pad_id, and
+    response_mask (B, T): the layout every function here takes."""
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    tokens = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, len(p):len(p) + len(r)] = True
+    return tokens.to(device), mask.to(device)
+
+
 @dataclass
 class Rollout:
     tokens: torch.Tensor  # (B, T) long: prompt + response, right-padded with eos_id
     response_mask: torch.Tensor  # (B, T) bool: True at sampled tokens (incl. the end token)
     logprobs: torch.Tensor  # (B, T) float32: log-prob of each sampled token, 0 off the mask
 
+    def responses(self):
+        """The sampled response token lists (end token included when produced)."""
+        tokens, mask = self.tokens.cpu(), self.response_mask.cpu()
+        return [row[m].tolist() for row, m in zip(tokens, mask)]
+
 
 def _pick(logits, temperature, top_k, generator):
     """Next token (B,) from logits (B, V), and its log-prob under the distribution sampled."""
+    if not torch.isfinite(logits).all():   # say so here, not as multinomial's "invalid probability tensor"
+        raise FloatingPointError("non-finite next-token logits while sampling (the model's weights are not finite)")
     if temperature == 0:  # greedy: a point mass, so the chosen token has log-prob 0
         return logits.argmax(dim=-1), torch.zeros(logits.size(0), device=logits.device)
     logits = logits / temperature

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import afd_mini
 
@@ -157,7 +158,7 @@ def test_a_run_of_reused_stages_writes_the_metrics_of_a_fresh_run(quick_run, tmp
     out, _, _ = quick_run
     res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false")
     assert res.returncode == 0, res.stderr
-    for stage in ["pretrain", "sft", "rkl_seq", "reward_models", "control", "evaluate"]:
+    for stage in ["pretrain", "sft", "rkl_seq", "reward_models", "control_sft", "control_best_of_n", "evaluate"]:
         assert f"seed 0 · {stage}: reused, same inputs as {out}" in res.stderr, res.stderr
     assert metrics_without_timing(str(tmp_path)) == metrics_without_timing(out)
 
@@ -286,3 +287,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     for w in words:
         assert w in lines[0], f"{w!r} not in {lines[0]!r}"
     assert not out.exists(), "bad input must not create the output directory"
+
+
+def test_a_model_with_non_finite_weights_stops_its_stage_in_one_line(quick_run, tmp_path):
+    """π_SFT's weights made NaN (as a diverged optimiser leaves them): the first stage that samples it stops with
+    one line naming the stage, as a non-finite loss does, instead of torch.multinomial's traceback."""
+    out, _, _ = quick_run
+    copy = tmp_path / "out"
+    shutil.copytree(os.path.join(out, "seed_0"), copy / "seed_0")
+    ckpt = torch.load(copy / "seed_0" / "sft.pt", weights_only=False)
+    for v in ckpt["state_dict"].values():
+        v.fill_(float("nan"))
+    torch.save(ckpt, copy / "seed_0" / "sft.pt")
+    res = afd("--quick", f"--out_dir={copy}", "--progress=false", "--redo=rkl_seq", "--cache=off")
+    lines = [line for line in res.stderr.strip().splitlines() if "done earlier" not in line]
+    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("afd_mini: stage rkl_seq: non-finite") and "smaller learning rate" in lines[0]
+
+
+def test_without_the_control_world_its_stages_do_not_run(quick_run, tmp_path):
+    res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false", "--control=false")
+    assert res.returncode == 0, res.stderr
+    m = json.load(open(tmp_path / "seed_0" / "metrics.json"))
+    assert "control" not in m and not (tmp_path / "seed_0" / "control").exists()
+    assert "control_sft" not in res.stderr and "seed 0 · evaluate: reused" in res.stderr

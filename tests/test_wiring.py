@@ -3,8 +3,8 @@ The pipeline's wiring: the pieces of afd_mini.py between objectives.py and the r
 directly on tiny inputs and checked against hand values, enumeration or a brute-force loop written here.
 
 Bugs each test guards against:
-- test_to_batch_and_responses_of_round_trip: a response mask shifted by one (the prompt's last token trained
-  on, the end token left out), padding inside a row, responses_of reading the prompt.
+- test_to_batch_and_rollout_responses_round_trip: a response mask shifted by one (the prompt's last token trained
+  on, the end token left out), padding inside a row, Rollout.responses reading the prompt.
 - test_disc_step_scores_demonstrations_above_zero_and_samples_below: the discriminator's labels swapped in
   disc_step (demonstrations trained towards 0), at either level and in either form; the token level reading the
   wrong mask; the AIRL form's log π added instead of subtracted.
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import afd_mini
 import objectives as obj
 from data import World
-from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, token_logprobs,
+from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, to_batch, token_logprobs,
                    token_scores)
 
 CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
@@ -74,10 +74,10 @@ def tiny(cls=GPT, vocab=8, seed=0):
 # -----------------------------------------------------------------------------
 # batches of token lists
 
-def test_to_batch_and_responses_of_round_trip():
+def test_to_batch_and_rollout_responses_round_trip():
     prompts = [[5, 9, 3], [7], [1, 2]]
     responses = [[4, 0], [8, 8, 8, 8, 0], [6, 0]]
-    tokens, mask = afd_mini.to_batch(prompts, responses, pad_id=30, device="cpu")
+    tokens, mask = to_batch(prompts, responses, pad_id=30, device="cpu")
     T, F_ = True, False
     assert tokens.tolist() == [[5, 9, 3, 4, 0, 30],
                                [7, 8, 8, 8, 8, 0],
@@ -86,7 +86,7 @@ def test_to_batch_and_responses_of_round_trip():
                              [F_, T, T, T, T, T],
                              [F_, F_, T, T, F_, F_]]
     rollout = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
-    assert afd_mini.responses_of(rollout) == responses
+    assert rollout.responses() == responses
 
 
 # -----------------------------------------------------------------------------
@@ -121,16 +121,16 @@ def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, leve
     policy = tiny(GPT, vocab=8)
     with torch.no_grad():   # the policy's log-probs, constants of the AIRL form's logit
         demo, pol = ((t, m, token_logprobs(policy, t, m)) for t, m in
-                     (afd_mini.to_batch([prompt] * len(r), r, eos, "cpu") for r in (demos, samples)))
+                     (to_batch([prompt] * len(r), r, eos, "cpu") for r in (demos, samples)))
     disc = afd_mini.new_discriminator(policy, form, level)
     opt = torch.optim.AdamW(disc.model.parameters(), lr=1e-2, weight_decay=0.0)
     for step in range(30):
-        afd_mini.disc_step(CPU, disc, opt, demo, pol, "test", step)
+        afd_mini.disc_step(CPU, disc, opt, demo, pol, step)
     h_demo = discriminator_logits(form, disc, policy, level, *demo[:2])
     h_pol = discriminator_logits(form, disc, policy, level, *pol[:2])
     assert (h_demo > 0).all(), f"{form}/{level}: demonstrations scored below 0 (labels swapped?): {h_demo}"
     assert (h_pol < 0).all(), f"{form}/{level}: policy samples scored above 0 (labels swapped?): {h_pol}"
-    acc_demo, acc_pol = afd_mini.disc_step(CPU, disc, opt, demo, pol, "test", 30)
+    acc_demo, acc_pol = afd_mini.disc_step(CPU, disc, opt, demo, pol, 30)
     assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
 
 
@@ -144,12 +144,12 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
 
     def fake_loop(run, stage, reward_fn, disc=None):
         loop.update(stage=stage, reward_fn=reward_fn, disc=disc)
-        return None, {}
+        return {}
 
     monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
     sft = spread(tiny(GPT, vocab=8), seed=3)
     run = SimpleNamespace(cfg=SimpleNamespace(disc_warmup=0, disc="airl"), device=torch.device("cpu"),
-                          load=lambda name: (sft, {}), path=lambda name: str(tmp_path / name))
+                          load=lambda name: (sft, {}), save=lambda name, model, **extra: None)
     afd_mini.stage_adversarial(run, method)
     disc = loop["disc"]
     level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq"}[method]
@@ -162,7 +162,7 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
         else:
             spread(disc.model, seed=5)
     prompts, responses = [[1, 2], [3]], [[4, 5, 0], [6, 0]]
-    tokens, mask = afd_mini.to_batch(prompts, responses, 0, "cpu")
+    tokens, mask = to_batch(prompts, responses, 0, "cpu")
     pi_logp = torch.where(mask, -0.5, 0.0)   # the policy's per-token log-probs, as the loop hands them
     roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
     reward = loop["reward_fn"](None, roll, pi_logp)
@@ -210,6 +210,8 @@ def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
         def sample_responses(self, model, prompts, seed):
             return [[model, p[1]] for p in prompts]   # the prompt's id: pairs stay with their prompt
 
+        sample_pairs = afd_mini.Run.sample_pairs
+
     afd_mini.stage_reward_models(StubRun())
     assert set(trained) == set(afd_mini.LEARNED)
 
@@ -245,7 +247,7 @@ def test_train_reward_model_scores_positives_above_negatives(name, form, tmp_pat
     class StubRun:
         cfg = dataclasses.replace(afd_mini.Config(), rm_steps=30, rm_batch=8, rm_lr=1e-2, progress=False)
         rng, device, world = np.random.default_rng(0), torch.device("cpu"), SimpleNamespace(eos_id=0)
-        batch = afd_mini.Run.batch
+        batch, bar, save = afd_mini.Run.batch, afd_mini.Run.bar, afd_mini.Run.save
 
         def path(self, name):
             return str(tmp_path / name)
@@ -259,7 +261,7 @@ def test_train_reward_model_scores_positives_above_negatives(name, form, tmp_pat
     afd_mini.train_reward_model(StubRun(), name, base, pos, neg, pos, neg, form, pairwise)
     rm = afd_mini.load_reward_model(StubRun(), name)
     with torch.no_grad():
-        s_pos, s_neg = (rm(*afd_mini.to_batch(*zip(*data), 0, "cpu")) for data in (pos, neg))
+        s_pos, s_neg = (rm(*to_batch(*zip(*data), 0, "cpu")) for data in (pos, neg))
     if pairwise:
         assert (s_pos > s_neg).all(), f"Bradley–Terry: chosen {s_pos} not above rejected {s_neg}"
     else:
@@ -336,7 +338,7 @@ def test_stage_oracle_rewards_a_rollout_with_log_beta_minus_its_log_pi(world, mo
     afd_mini.stage_oracle(SimpleNamespace(world=world), method)
     assert loop["stage"] == method and not loop["disc"]
     prompts, responses, log_beta = oracle_case(world)
-    tokens, mask = afd_mini.to_batch([p.tokens for p in prompts], responses, world.eos_id, "cpu")
+    tokens, mask = to_batch([p.tokens for p in prompts], responses, world.eos_id, "cpu")
     pi_logp = torch.where(mask, -0.5, 0.0)   # per-token log-probs are 0 off the response
     roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
     reward = loop["reward_fn"](prompts, roll, pi_logp)
@@ -360,8 +362,8 @@ def test_policy_kls_match_enumeration_on_hand_made_policies():
     log_beta, log_pi = torch.tensor(beta).log(), torch.tensor(pi).log()
     expert = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 2, 1, 1]))   # y ~ β
     own = torch.repeat_interleave(torch.arange(4), torch.tensor([1, 3, 4, 8]))      # y ~ π
-    got = afd_mini.policy_kls(beta_on_expert=log_beta[expert], pi_on_expert=log_pi[expert],
-                              pi_on_own=log_pi[own], beta_on_own=log_beta[own])
+    got = afd_mini.policy_kls(on_expert=afd_mini.Scored(None, log_pi=log_pi[expert], log_beta=log_beta[expert]),
+                              own=afd_mini.Scored(None, log_pi=log_pi[own], log_beta=log_beta[own]))
     assert got == pytest.approx((forward, reverse), abs=1e-6)
 
 
@@ -431,12 +433,15 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
                  for name in afd_mini.LEARNED}}
 
     class BonRun:   # what stage_best_of_n asks of a Run; it records what it samples
-        rollout, batch = afd_mini.Run.rollout, afd_mini.Run.batch
+        rollout, batch, bar, sample_pairs = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar, \
+            afd_mini.Run.sample_pairs
 
         def __init__(self):
             self.cfg = dataclasses.replace(afd_mini.Config(), bon_prompts=2, bon_max_n=4, progress=False)
             self.seed, self.device, self.world, self.sampled, self.control = 0, torch.device("cpu"), world, [], False
             self.data = {"eval_prompts": world.sample_prompts(2, np.random.default_rng(0))}
+            self.demo_prompts = self.data["eval_prompts"]
+            self.demos = [(p.tokens, world.encode_response(p.answer)) for p in self.demo_prompts]
 
         def load(self, name):
             return models[name]
@@ -446,7 +451,7 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
             return self.sampled[-1][1]
 
     run = BonRun()
-    _, extra = afd_mini.stage_best_of_n(run)
+    extra = afd_mini.stage_best_of_n(run)
     (prompts, responses), = run.sampled
 
     def logp(model, p, r):
@@ -470,8 +475,10 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
 class TinyRun:
     """What policy_optimisation asks of a Run, around tiny GPTs: load("sft") hands out `models` in turn (the
     policy and the reference; `loaded` records which was which)."""
-    rollout = afd_mini.Run.rollout   # the pipeline's own sampling and batching
-    batch = afd_mini.Run.batch
+    rollout, batch, bar = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar   # the pipeline's own
+
+    def save(self, name, model, **extra):   # the model the loop trained
+        self.saved = model
 
     def __init__(self, models, prompt, **cfg):
         self.models, self.loaded, self.seed, self.device = list(models), [], 0, torch.device("cpu")
@@ -510,7 +517,8 @@ def test_policy_optimisation_follows_the_reward(sign):
         return sign * (roll.tokens[:, len(prompt)] == target).float()
 
     before = first_token_prob(model, prompt, target)
-    policy, _ = afd_mini.policy_optimisation(run, "test", reward_fn)
+    afd_mini.policy_optimisation(run, "test", reward_fn)
+    policy = run.saved
     after = first_token_prob(policy, prompt, target)
     assert (after - before) * sign > 0, f"reward {sign:+} for token {target}: P went from {before:.3f} to {after:.3f}"
 
@@ -538,9 +546,8 @@ def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
     before = [kl(0), kl(1)]
     run = TinyRun(models, prompt, max_new_tokens=1, rl_iters=6, rl_prompts=4, group_size=4, ppo_epochs=2,
                   pg_lr=1e-2, kl_coef=1.0)
-    policy, _ = afd_mini.policy_optimisation(run, "test",
-                                             lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
-    i = run.loaded.index(policy)   # the model the loop trained; the other is its reference
+    afd_mini.policy_optimisation(run, "test", lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
+    i = run.loaded.index(run.saved)   # the model the loop trained; the other is its reference
     assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
 
 
@@ -556,22 +563,67 @@ def test_stage_rl_init_sft_uses_the_reward_models_own_kl_weight(monkeypatch, tmp
                           device=torch.device("cpu"))
     afd_mini.stage_rl_init_sft(run)
     assert loop["stage"] == "rl_init_sft" and loop["rm"] == "init_sft" and loop["kl_coef"] == 0.7
-    tokens, mask = afd_mini.to_batch([[1], [2]], [[3, 0], [4, 4, 0]], 0, "cpu")
+    tokens, mask = to_batch([[1], [2]], [[3, 0], [4, 4, 0]], 0, "cpu")
     roll = Rollout(tokens=tokens, response_mask=mask, logprobs=torch.zeros(tokens.shape))
     assert loop["reward_fn"](None, roll, None).tolist() == [2.0, 3.0]
 
 
-def test_ranks_spearman_and_auc_against_brute_force():
-    """The calibration numbers: ranks with ties averaged, Spearman's ρ as Pearson's r of the ranks, and the AUC as
-    the fraction of (pos, neg) pairs ordered right, ties counting one half, each against a loop written here."""
-    x = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0]
-    brute = [1 + sum(v < xi for v in x) + (sum(v == xi for v in x) - 1) / 2 for xi in x]   # average rank of ties
-    assert afd_mini.ranks(x).tolist() == brute
-    y = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0, 8.0, 2.0]
-    ry = [1 + sum(v < yi for v in y) + (sum(v == yi for v in y) - 1) / 2 for yi in y]
-    assert afd_mini.spearman(x, y) == pytest.approx(np.corrcoef(brute, ry)[0, 1])
-    assert afd_mini.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
-    pos, neg = [0.3, 0.9, 0.5, 0.5], [0.1, 0.5, 0.7]
-    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg]
-    assert afd_mini.auc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
-    assert afd_mini.auc(pos, []) is None
+# -----------------------------------------------------------------------------
+# stage_evaluate: every log-probability beside the sample it belongs to
+
+def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world, monkeypatch):
+    """stage_evaluate on one hand-made policy (a tiny random GPT over the world's tokens) and the real world:
+    the forward KL is the mean of log β − log π over the EXPERT's samples, the reverse KL the mean of log π − log β
+    over the POLICY's own samples, and KL(π ‖ π_SFT) the mean of log π − log π_SFT over the policy's samples; log π
+    by a plain forward pass of each row here, log β by the world. Every swap of a log-probability between the two
+    samples (the policy's log-probs of its own samples where those of the expert's belong, β's of one sample
+    with π's of the other) changes a number this test checks: it asserts that each swap would."""
+    policy, sft = (spread(GPT(GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1,
+                                        n_embd=16)), seed) for seed in (7, 8))
+    monkeypatch.setattr(afd_mini, "POLICIES", [afd_mini.POLICY["expert"], afd_mini.POLICY["rkl_oracle"]])
+
+    class EvalRun:   # what stage_evaluate asks of a Run; it records what it samples
+        rollout, batch, bar = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar
+
+        def __init__(self):
+            self.cfg = dataclasses.replace(afd_mini.Config(), eval_samples=2, progress=False)
+            self.seed, self.device, self.world, self.sampled = 0, torch.device("cpu"), world, []
+            self.data = {"eval_prompts": world.sample_prompts(6, np.random.default_rng(1))}
+
+        def load(self, name):
+            return {"rkl_oracle": policy, "sft": sft}[name], {}
+
+        def sample_responses(self, model, prompts, seed):
+            self.sampled.append(afd_mini.Run.sample_responses(self, model, prompts, seed))
+            return self.sampled[-1]
+
+    run = EvalRun()
+    result = afd_mini.stage_evaluate(run)["policies"]
+    prompts = [p for p in run.data["eval_prompts"] for _ in range(2)]
+    rng = np.random.default_rng(run.seed + afd_mini.EXPERT_SAMPLES_SEED)   # the stage's expert samples, again
+    expert = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
+    own, = run.sampled
+
+    def logp(model, p, r):
+        with torch.no_grad():
+            logits = model(torch.tensor([p.tokens + r]))[0][0, len(p.tokens) - 1:-1]
+        return F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(r)[:, None]).sum().item()
+
+    pi_expert, pi_own = (np.array([logp(policy, p, r) for p, r in zip(prompts, y)]) for y in (expert, own))
+    sft_own = np.array([logp(sft, p, r) for p, r in zip(prompts, own)])
+    beta_expert, beta_own = world.expert_logprobs(prompts, expert), world.expert_logprobs(prompts, own)
+    forward, reverse = np.mean(beta_expert - pi_expert), np.mean(pi_own - beta_own)
+    got = result["rkl_oracle"]
+    assert got["forward_kl"] == pytest.approx(forward, abs=1e-3)
+    assert got["reverse_kl"] == pytest.approx(reverse, abs=1e-3)
+    assert got["kl_sft"] == pytest.approx(np.mean(pi_own - sft_own), abs=1e-3)
+    assert got["gold_reward"] == pytest.approx(np.mean(world.gold_rewards(prompts, own)))
+    assert result["expert"]["forward_kl"] == result["expert"]["reverse_kl"] == 0.0   # β against itself
+    swaps = {"π's own log-probs for the expert's": np.mean(beta_expert - pi_own),
+             "β of the policy's samples in the forward KL": np.mean(beta_own - pi_expert),
+             "π of the expert's samples in the reverse KL": np.mean(pi_expert - beta_own),
+             "β of the expert's samples in the reverse KL": np.mean(pi_own - beta_expert),
+             "log π_SFT of the expert's samples": np.mean(pi_own - np.array([logp(sft, p, r)
+                                                                              for p, r in zip(prompts, expert)]))}
+    for what, value in swaps.items():   # the test has teeth: each swap would move a checked number
+        assert min(abs(value - x) for x in (forward, reverse, got["kl_sft"])) > 0.1, what

@@ -1,0 +1,229 @@
+"""
+metrics.py: the numbers of a run. What metrics.json holds (assemble), their mean and spread over seeds
+(aggregate), and the effects the two papers predict, judged on paired differences over seeds (effects).
+
+afd_mini.py assembles one seed's metrics from its stages' results, and combines the seeds' into the top-level
+metrics.json; report.py turns them into report.md and the figures (figures.py). docs/METRICS.md documents every
+key. Notation as in the README: π_β the expert (demonstrator), π_init the pretrained model, π_SFT the model
+fine-tuned on demonstrations; KL(β ‖ π) the forward KL (mass-covering), KL(π ‖ β) the reverse KL (mode-seeking),
+in nats per response.
+"""
+import copy
+
+import numpy as np
+
+from methods import ADVERSARIAL, MODE_SEEKING, POLICIES
+from stats import judge, paired_interval
+
+# -----------------------------------------------------------------------------
+# one seed's metrics.json
+
+def assemble(results, seed, world_seconds, config):
+    """One seed's metrics.json from its stages' results: results[stage name] = that stage's results."""
+    ev, bon, rm = results["evaluate"], results["best_of_n"], results["reward_models"]
+    adversarial = {p.name: results[p.name]["curve"] for p in POLICIES if p.kind in ("adversarial", "oracle", "rm_rl")}
+    control = results.get("control_best_of_n")
+    return {
+        "seed": seed,
+        "policies": ev["policies"],
+        "demonstrations": bon["demonstrations"],
+        "bon": bon["bon"],
+        "reward_models": {**bon["reward_models"],
+                          "final_loss": {k: v["loss"][-1] for k, v in rm["curves"].items()},
+                          "heldout_loss": {k: v["heldout_loss"] for k, v in rm["curves"].items()}},
+        "calibration": ev["calibration"],
+        "calibration_points": ev["calibration_points"],
+        "curves": {"pretrain_loss": results["pretrain"]["curve"], "sft_loss": results["sft"]["curve"],
+                   "adversarial": adversarial},
+        "stage_seconds": {"world": world_seconds, **{s: r["seconds"] for s, r in results.items()}},
+        "config": config,
+        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}} if control else {}),
+    }
+
+
+def get(tree, *keys):
+    """tree[k1][k2]..., or None where a key is missing."""
+    for k in keys:
+        if not isinstance(tree, dict) or k not in tree:
+            return None
+        tree = tree[k]
+    return tree
+
+
+def fmt(x, s=None):
+    """A number (± its spread) as tables and figures print it."""
+    if x is None:
+        return "n/a"
+    text = f"{x + 0.0:.3g}"  # + 0.0 turns −0.0 into 0
+    return text if s is None else f"{text} ± {s:.2g}"
+
+# -----------------------------------------------------------------------------
+# aggregation over seeds
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def _is_number_list(x):
+    return isinstance(x, list) and len(x) > 0 and all(_is_number(v) for v in x)
+
+def _std(a):
+    # sample standard deviation (ddof=1) over seeds; a single seed has no spread: 0
+    return a.std(axis=0, ddof=1) if a.shape[0] > 1 else np.zeros(a.shape[1:])
+
+def _aggregate(values):
+    """values: the same node taken from every run that has it. Returns (mean, std)."""
+    if all(isinstance(v, dict) for v in values):
+        keys = list(dict.fromkeys(k for v in values for k in v))  # union, first-seen order
+        pairs = {k: _aggregate([v[k] for v in values if k in v]) for k in keys}
+        return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
+    if all(v == values[0] for v in values) and (_is_number(values[0]) or _is_number_list(values[0])):
+        # the same in every run (settings, the N of Best-of-N): kept as is, ints stay ints
+        return copy.deepcopy(values[0]), (0.0 if _is_number(values[0]) else [0.0] * len(values[0]))
+    if all(_is_number(v) for v in values):
+        a = np.array(values, dtype=float)
+        return float(a.mean()), float(_std(a))
+    if all(_is_number_list(v) for v in values):
+        n = min(len(v) for v in values)  # curves of different lengths: their common prefix
+        a = np.array([v[:n] for v in values], dtype=float)
+        return a.mean(axis=0).tolist(), _std(a).tolist()
+    return copy.deepcopy(values[0]), None  # text, flags, empty lists: the first run's value
+
+def aggregate(runs):
+    """
+    Mean and standard deviation over seeds, as two trees shaped like one metrics dict.
+    Numbers and numeric lists (element-wise) are averaged; the std is the sample std (ddof=1),
+    0 for a single seed. Anything else (text, booleans, empty lists) is the first run's value in
+    the mean tree and None in the std tree. A key present in only some runs is kept and averaged
+    over the runs that have it. Numeric lists of different lengths are cut to the shortest.
+    """
+    assert len(runs) > 0, "no runs to aggregate"
+    return _aggregate(list(runs))
+
+def combine(runs):
+    """The top-level metrics.json: the mean over seeds of every number, their std, the seeds and the effects."""
+    mean, std = aggregate(runs)
+    return {**mean, "std": std, "seeds": [r["seed"] for r in runs], "effects": effects(runs)}
+
+# -----------------------------------------------------------------------------
+# the expected effects, judged on paired differences over seeds
+#
+# Every comparison the papers predict is between two policies (or reward models) trained from the
+# same seed's π_init and π_SFT, so it is a paired comparison: for each seed s take the difference
+# d_s that decides it, arranged so that the expected direction is d_s > 0, and judge the K
+# differences, not the two means. Seed-to-seed variation that moves both sides together (a better
+# π_SFT lifts everything) then cancels.
+
+PREREGISTERED_N = (4, 16)  # Best-of-N effects are judged at these N, fixed in advance: no best N after looking
+
+class _Missing(Exception):
+    pass
+
+def _need(run, *keys):
+    value = get(run, *keys)
+    if value is None:
+        raise _Missing(".".join(map(str, keys)))
+    return value
+
+def _bon_at(world, rm, n):
+    ns = _need(world, "bon", rm, "n")
+    if n not in ns:
+        raise _Missing(f"bon.{rm} at N = {n}")
+    return _need(world, "bon", rm, "gold_reward")[ns.index(n)]
+
+def _rm_gap(world, n):
+    """How much more gold reward Best-of-n gets with Init-SFT than with the better of the two
+    demonstration-based reward models."""
+    return _bon_at(world, "init_sft", n) - max(_bon_at(world, "init_demo", n), _bon_at(world, "sft_demo", n))
+
+def effect_conditions(has_control=True):
+    """The papers' predictions as (effect, condition, difference, d(run)): d(run) is the per-seed
+    difference, expected > 0; `difference` says it in words. An effect with several conditions holds
+    only if every one of them does."""
+    pol = lambda r, p, k: _need(r, "policies", p, k)
+    out = []
+    for p in MODE_SEEKING:   # forward KL is mass-covering: its minimiser, SFT, has the lowest KL(β ‖ π)
+        out.append((f"mass-covering: π_SFT has lower forward KL than {p}", "forward KL",
+                    f"forward_kl[{p}] − forward_kl[sft]",
+                    lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "sft", "forward_kl")))
+    for p in MODE_SEEKING:   # reverse KL is mode-seeking: less KL(π ‖ β), less off-support, fewer modes
+        effect = f"mode-seeking: {p} has lower reverse KL, off-support rate and mode entropy than π_SFT"
+        for key, label in [("reverse_kl", "reverse KL"), ("off_support", "off-support rate"),
+                           ("mode_entropy", "mode entropy")]:
+            out.append((effect, label, f"{key}[sft] − {key}[{p}]",
+                        lambda r, p=p, key=key: pol(r, "sft", key) - pol(r, p, key)))
+    main, control = (lambda r: r), (lambda r: _need(r, "control"))   # the signed world and the control world
+    in_control = lambda prefix: [(prefix, control)] if has_control else []
+    for prefix, world in [("extrapolation", main), *in_control("control world: extrapolation")]:
+        # extrapolation: Best-of-N on the Init-SFT reward goes past the demonstrator
+        for n in PREREGISTERED_N:
+            out.append((f"{prefix}: Best-of-{n} with the Init-SFT reward model beats the demonstrations",
+                        f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
+                        lambda r, world=world, n=n: _bon_at(world(r), "init_sft", n)
+                        - _need(world(r), "demonstrations", "gold_reward")))
+    for m in ADVERSARIAL:   # a discriminator worth its name orders responses like the log-ratio it estimates
+        out.append((f"calibration: {m}'s discriminator logit ranks its policy's samples like log β − log π",
+                    "Spearman ρ > 0", f"calibration.{m}.spearman",
+                    lambda r, m=m: _need(r, "calibration", m, "spearman")))
+    out.append(("RL on the Init-SFT reward model ends above π_SFT's gold reward", "gold reward",
+                "gold_reward[rl_init_sft] − gold_reward[sft]",
+                lambda r: pol(r, "rl_init_sft", "gold_reward") - pol(r, "sft", "gold_reward")))
+    for prefix, world in [("heterogeneity", main), *in_control("control world")]:
+        # reward models trained against demonstrations learn their fingerprint
+        for ref, rm, what in [("init_sft", "init_demo", "the Init-Demo reward model than with the Init-SFT one"),
+                              ("init_sft", "sft_demo", "the SFT-Demo reward model than with the Init-SFT one"),
+                              ("init_sft_optimum", "init_demo_optimum", "the Init-Demo optimum than with Init-SFT's"),
+                              ("init_sft_optimum", "sft_demo_optimum", "the SFT-Demo optimum than with Init-SFT's")]:
+            for n in PREREGISTERED_N:
+                out.append((f"{prefix}: Best-of-N gains less with {what}", f"N = {n}",
+                            f"bon.{ref}[N={n}] − bon.{rm}[N={n}]",
+                            lambda r, world=world, ref=ref, rm=rm, n=n:
+                            _bon_at(world(r), ref, n) - _bon_at(world(r), rm, n)))
+    if has_control:
+        for n in PREREGISTERED_N:
+            out.append(("the Init-SFT advantage shrinks without the demonstrator's signature", f"N = {n}",
+                        f"gap − control gap, gap = bon.init_sft[N={n}] − max(bon.init_demo, bon.sft_demo)",
+                        lambda r, n=n: _rm_gap(r, n) - _rm_gap(control(r), n)))
+    return out
+
+def _combine(verdicts):
+    if "not checked" in verdicts:
+        return "not checked"
+    if "indicative" in verdicts:
+        return "indicative"
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "inconclusive"
+
+def effects(runs):
+    """The expected effects judged over the K seeds in runs: a list of
+        {effect, condition, difference, verdict, seeds_holding, seeds, diff_mean, ci95, diffs}
+    one per condition, then one with condition "all conditions" for each effect that has several
+    (its verdict holds only if every condition holds; seeds_holding counts the seeds on which all
+    differences are positive). verdict is holds / does not hold / inconclusive (the 95% interval
+    excludes 0 above / below / contains it), indicative (K < 3: no interval), or not checked (an
+    input is missing). This is the one place effects are computed: metrics.json, report.md and the
+    README's table all take them from here."""
+    runs = list(runs)
+    rows, by_effect = [], {}
+    for effect, condition, difference, d in effect_conditions(all("control" in r for r in runs)):
+        row = {"effect": effect, "condition": condition, "difference": difference, "seeds": len(runs)}
+        try:
+            diffs = [float(d(r)) for r in runs]
+        except _Missing as e:
+            row.update(verdict="not checked", seeds_holding=0, diff_mean=None, ci95=None, diffs=None,
+                       missing=str(e))
+        else:
+            row.update(verdict=judge(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
+                       diff_mean=float(np.mean(diffs)), ci95=paired_interval(diffs), diffs=diffs)
+        rows.append(row)
+        by_effect.setdefault(effect, []).append(row)
+    for effect, conds in by_effect.items():
+        if len(conds) > 1:
+            all_pos = [all(c["diffs"][s] > 0 for c in conds) for s in range(len(runs))] \
+                if all(c["diffs"] is not None for c in conds) else [False]
+            rows.append({"effect": effect, "condition": "all conditions", "difference": None,
+                         "verdict": _combine([c["verdict"] for c in conds]),
+                         "seeds_holding": int(sum(all_pos)), "seeds": len(runs), "diff_mean": None,
+                         "ci95": None, "diffs": None})
+    order = list(by_effect)   # each effect's conditions together, its combined row last
+    return sorted(rows, key=lambda r: order.index(r["effect"]))

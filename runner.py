@@ -1,0 +1,408 @@
+"""
+runner.py: how afd-mini runs its stages, kept apart from what the stages compute (as nanochat keeps its
+checkpointing and logging out of its stage scripts).
+
+The pipeline (afd_mini.py) hands run_seed its stage table and, for each stage, the Run it works in. Then, for each
+stage in order, run_seed
+  - skips it when its <stage>.json in the run's folder holds the same fingerprint (a resumed run),
+  - else copies it from the stage cache when another run computed it from the same inputs,
+  - else runs it (the stage writes its files, then <stage>.json is written last and atomically) and caches it,
+and returns every stage's results. A stage's fingerprint covers exactly what its result depends on: the seed,
+the options it reads, the fingerprints of the stages it consumes, how the numbers are computed (torch's version,
+the device, the thread count) and the code. Also here: the output directory's guards (a run of other options is
+refused, one run at a time), progress lines, and turning every failure into one line.
+
+This module knows nothing of the papers. Of a Run it asks only .cfg, .seed, .device, .dir and .begin(stage_name).
+"""
+import ast
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+
+
+class StageError(Exception):
+    """A stage cannot go on: one line naming the stage or file and what to do, exit status 1."""
+
+
+class UnreadableFile(Exception):
+    """A file a stage reads does not load; run_seed names the stage that rewrites it."""
+
+    def __init__(self, path, reason):
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One entry of the pipeline's stage table.
+    fn(run) → its results (a JSON-able dict); it saves its own files (models) in run.dir.
+    reads: the options its result depends on; consumes: the stages whose files or results it uses;
+    writes: its files in its run's folder, besides <name>.json; world: which Run it works in (the pipeline's
+    run_of maps it to one)."""
+    name: str
+    fn: object
+    reads: tuple
+    consumes: tuple
+    writes: tuple
+    world: str = "main"
+
+
+def seed_dir(out_dir, seed):
+    return os.path.join(out_dir, f"seed_{seed}")
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Fingerprints: what a stage's result depends on
+
+def numerics(device):
+    """How the numbers are computed: another thread count can move an adversarial result by nats."""
+    return [torch.__version__, device.type, torch.get_num_threads()]
+
+
+def stage_key(stage, run, keys, always_reads):
+    """What stage's result depends on apart from the code: the seed, the options it reads (always_reads: those
+    every stage reads, the world's), the keys of the stages it consumes (keys: of the stages before it), the
+    numerics."""
+    inputs = {"stage": stage.name, "seed": run.seed,
+              "options": {k: getattr(run.cfg, k) for k in [*always_reads, *stage.reads]},
+              "upstream": {s: keys[s] for s in stage.consumes}, "numerics": numerics(run.device)}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_files(entry):
+    """The files whose code computes results: the pipeline's file `entry` and every module of its folder that it
+    imports, directly or through another one (read from their import statements, not listed by hand, so that a
+    new module cannot be forgotten), with the data files of the packages among them (the tokenizer's ranks)."""
+    root = os.path.dirname(os.path.abspath(entry))
+    seen, todo = set(), [os.path.abspath(entry)]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if os.path.basename(path) == "__init__.py":   # a package: its data files too
+            folder = os.path.dirname(path)
+            seen.update(os.path.join(folder, f) for f in os.listdir(folder)
+                        if os.path.isfile(os.path.join(folder, f)) and not f.endswith((".py", ".pyc")))
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:   # a.b: a/__init__.py, then a/b.py or a/b/__init__.py
+                parts = name.split(".")
+                for k in range(1, len(parts) + 1):
+                    base = os.path.join(root, *parts[:k])
+                    todo += [p for p in (base + ".py", os.path.join(base, "__init__.py")) if os.path.isfile(p)]
+    return sorted(seen)
+
+
+@functools.cache
+def code_version(entry):
+    """A hash of code_files(entry): a stage computed by other code is never reused."""
+    root = os.path.dirname(os.path.abspath(entry))
+    h = hashlib.sha256()
+    for path in code_files(entry):
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(key, code):
+    """A stage's fingerprint: its key and the code version. Equal fingerprints, equal results."""
+    return hashlib.sha256(f"{key} {code}".encode()).hexdigest()[:16]
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The stage cache: finished stages shared between output directories
+
+def cache_root(cache):
+    """--cache: a directory, else (auto) $AFD_MINI_CACHE, else $XDG_CACHE_HOME/afd-mini (~/.cache/afd-mini);
+    None for off."""
+    if cache == "off":
+        return None
+    if cache != "auto":
+        return cache
+    return os.environ.get("AFD_MINI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "afd-mini")
+
+
+def clear_cache(root, log):
+    """Remove the cache's entries (folders holding an entry.json), nothing else."""
+    n = 0
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if os.path.exists(os.path.join(root, name, "entry.json")):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            n += 1
+    log(f"cache {root}: {n} entries removed")
+
+
+def readable(path):
+    """Whether a result file loads: JSON parses, a checkpoint unpickles."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        else:
+            torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def restore(run, stage, key, fp, root, log):
+    """Copy a cached result of this key into the run's folder, if there is one with this fingerprint whose files
+    all load. Returns the directory it was first computed in, or None."""
+    entry = os.path.join(root, key) if root else None
+    if entry is None or not os.path.isdir(entry):
+        return None
+    files = [*stage.writes, stage.name + ".json"]   # the stage's json last: it marks the stage finished
+    try:
+        with open(os.path.join(entry, "entry.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = None
+    if meta is None or not all(readable(os.path.join(entry, f)) for f in files):
+        log(f"seed {run.seed} · {stage.name}: cache entry {entry} is corrupt, ignored")
+        return None
+    if meta.get("fingerprint") != fp:
+        log(f"seed {run.seed} · {stage.name}: cache entry {entry} is from another code version, ignored")
+        return None
+    for f in files:
+        target = os.path.join(run.dir, f)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(entry, f), target + ".tmp")
+        os.replace(target + ".tmp", target)
+    return meta["origin"]
+
+
+def store(run, stage, key, fp, root, log):
+    """Copy a finished stage into the cache (best effort: a cache that cannot be written is only a notice)."""
+    if root is None:
+        return
+    entry, tmp = os.path.join(root, key), os.path.join(root, f"{key}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for f in [*stage.writes, stage.name + ".json"]:
+            shutil.copyfile(os.path.join(run.dir, f), os.path.join(tmp, f))
+        write_json(os.path.join(tmp, "entry.json"), {"stage": stage.name, "fingerprint": fp, "origin": run.dir})
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"seed {run.seed} · {stage.name}: not cached ({e})")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Running the stages of one seed
+
+NOW = {"stage": "start-up"}   # what is running, for the message on Ctrl-C
+
+
+def read_results(run, stage):
+    """<stage>.json of a finished stage; one line naming the file and the fix if it does not parse."""
+    path = os.path.join(run.dir, stage.name + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise StageError(f"{path} is unreadable ({type(e).__name__}); recompute it with --redo={stage.name}") \
+            from None
+
+
+def finished(run, stage, fp):
+    """Whether <stage>.json in the run's folder holds this fingerprint's result, with every file it wrote."""
+    if not os.path.exists(os.path.join(run.dir, stage.name + ".json")):
+        return False
+    if read_results(run, stage).get("fingerprint") != fp:
+        return False   # written by other code, or on another thread count / device: recomputed
+    for f in stage.writes:
+        if not readable(os.path.join(run.dir, f)):
+            raise StageError(f"{os.path.join(run.dir, f)} is missing or unreadable; recompute it with "
+                             f"--redo={stage.name}")
+    return True
+
+
+def execute(run, stage, fp):
+    """Run one stage: it writes its files, then its results go to <stage>.json, written last."""
+    NOW["stage"] = f"seed {run.seed}, stage {stage.name}"
+    os.makedirs(run.dir, exist_ok=True)
+    run.begin(stage.name)
+    t0 = time.time()
+    try:
+        results = stage.fn(run)
+    except FloatingPointError as e:   # a non-finite loss or model, wherever it was first noticed
+        raise StageError(f"stage {stage.name}: {e}; try a smaller learning rate") from None
+    write_json(os.path.join(run.dir, stage.name + ".json"), {**results, "seconds": time.time() - t0,
+                                                             "fingerprint": fp})
+
+
+def run_seed(stages, run_of, cfg, seed, always_reads, code, log):
+    """Every stage of one seed, in order: done earlier here (same fingerprint) → skipped; in the cache → copied;
+    else computed (and cached). cfg.redo=STAGE recomputes that stage and every stage after it; cfg.stop_after
+    stops after one. run_of(stage): the Run it works in. always_reads: the options every stage reads. code: the
+    pipeline's file, whose code_version enters every fingerprint. Returns {stage name: its results}, or None
+    when stopped."""
+    runs = [run_of(s) for s in stages]
+    names = [s.name for s in stages]
+    redo = cfg.redo.split(",")
+    first_redo = 0 if "all" in redo else min([names.index(s) for s in redo if s in names], default=len(stages))
+    root, keys, results = cache_root(cfg.cache), {}, {}
+    for i, (stage, run) in enumerate(zip(stages, runs)):
+        key = keys[stage.name] = stage_key(stage, run, keys, always_reads)
+        fp = fingerprint(key, code_version(code))
+        if i == first_redo:   # recomputed, and every stage after it is stale: forget them before anything else
+            for later, r in zip(stages[i:], runs[i:]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(r.dir, later.name + ".json"))
+        if i < first_redo and finished(run, stage, fp):
+            log(f"seed {seed} · {stage.name}: done earlier, skipped")
+        elif i < first_redo and (origin := restore(run, stage, key, fp, root, log)):
+            log(f"seed {seed} · {stage.name}: reused, same inputs as {origin}")
+        else:
+            try:
+                execute(run, stage, fp)
+            except UnreadableFile as e:
+                writer = next((s.name for s, r in zip(stages, runs) for f in s.writes
+                               if os.path.abspath(os.path.join(r.dir, f)) == os.path.abspath(e.path)), stage.name)
+                raise StageError(f"{e.path} does not load ({e.reason}); recompute it with --redo={writer}") \
+                    from None
+            store(run, stage, key, fp, root, log)
+            log(f"seed {seed} · {stage.name}: {read_results(run, stage)['seconds']:.1f} s")
+        results[stage.name] = read_results(run, stage)
+        if stage.name == cfg.stop_after:
+            log(f"stopped after {stage.name} (--stop_after); rerun without it to resume")
+            return None
+    return results
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The output directory, progress, and failing in one line
+
+def check_out_dir(out_dir, seeds, config, redo):
+    """Refuse to mix results of two configurations in one output directory (before writing anything).
+    config: the options that change results, as saved in seed_<s>/config.json."""
+    if "all" in redo.split(","):
+        return
+    for seed in seeds:
+        path = os.path.join(seed_dir(out_dir, seed), "config.json")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                raise UsageError(f"{path} is unreadable (corrupt or truncated); use --redo=all to recompute "
+                                 "this output directory, or another --out_dir") from None
+            diff = sorted(k for k, v in config.items() if old.get(k) != v)
+            if diff:
+                raise UsageError(f"{out_dir} holds a run with other values of {', '.join(diff)}; "
+                                 f"use another --out_dir, or --redo=all to overwrite it")
+
+
+def lock_out_dir(out_dir):
+    """One run at a time in an output directory: an exclusive lock on <out_dir>/.lock for the life of this
+    process. The operating system releases it when the process ends, however it ends, so a crashed run never
+    leaves it stuck. Returns the open lock file (keep a reference). Where fcntl is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, ".lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"{out_dir} is in use by another afd_mini run; wait for it, or use another --out_dir") \
+            from None
+    return f
+
+
+@contextlib.contextmanager
+def output_dir(out_dir, seeds, config, redo):
+    """The checked and locked output directory, for the length of a run; each seed's config.json written."""
+    check_out_dir(out_dir, seeds, config, redo)
+    lock = lock_out_dir(out_dir)
+    try:
+        for seed in seeds:
+            os.makedirs(seed_dir(out_dir, seed), exist_ok=True)
+            write_json(os.path.join(seed_dir(out_dir, seed), "config.json"), config)
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def log(line):
+    tqdm.write(line, file=sys.stderr)   # one line per stage, bars or not
+
+
+def progress(iterable, desc, enabled=True):
+    """A progress bar on a terminal; in a log file (stderr not a terminal) a few plain lines instead of
+    megabytes of carriage-return updates; nothing when not enabled."""
+    if enabled and not sys.stderr.isatty():
+        return PlainProgress(iterable, desc)
+    return tqdm(iterable, desc=f"{desc:>13}", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+class PlainProgress:
+    """One line at a quarter, half and three quarters of the way, with the latest set_postfix values."""
+
+    def __init__(self, iterable, desc):
+        self.items, self.desc, self.postfix = list(iterable), desc, ""
+
+    def __iter__(self):
+        n = len(self.items)
+        marks = {n * k // 4 for k in (1, 2, 3)} - {0}
+        for i, item in enumerate(self.items):
+            if i in marks:
+                print(f"  {self.desc}: {i}/{n} {self.postfix}", file=sys.stderr, flush=True)
+            yield item
+
+    def set_postfix(self, **values):
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def guarded(body, prog):
+    """body() → its exit status, with every failure one line on stderr: bad input 2, a failed stage 1, Ctrl-C
+    130 (finished stages are saved), stdout closed early (… | head) 0."""
+    try:
+        return body()
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except StageError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""Hand-made metrics shaped like afd_mini.py's, in which every expected effect holds: the input of the tests of
+metrics.py (aggregation, effects) and report.py."""
+import math
+
+import numpy as np
+
+MODES = ["greeting", "list", "story", "question"]
+BON_N = [1, 2, 4, 8, 16, 32]
+
+def _policy(fkl, rkl, off, freqs, gold):
+    freqs = np.asarray(freqs, dtype=float)
+    freqs = (1 - off) * freqs / freqs.sum()  # the mode fractions plus off-support sum to 1
+    on = freqs / freqs.sum()
+    entropy = float(-(on[on > 0] * np.log(on[on > 0])).sum())
+    return {"forward_kl": fkl, "reverse_kl": rkl, "off_support": off,
+            "mode_freq": dict(zip(MODES, freqs.tolist())), "mode_entropy": entropy,
+            "distinct": 0.9, "gold_reward": gold, "length": 12.0}
+
+def _bon(start, slope):
+    """A Best-of-N curve: gold reward start + slope * log N."""
+    kl = [math.log(n) - (n - 1) / n for n in BON_N]
+    return {"n": list(BON_N), "kl": kl, "gold_reward": [start + slope * math.log(n) for n in BON_N],
+            "off_support": [0.1] * len(BON_N)}
+
+def fake_run(seed, control=True):
+    """A metrics dict shaped like afd_mini.py's, in which every expected effect holds."""
+    rng = np.random.default_rng(seed)
+    e = lambda: float(rng.normal(0, 0.02))  # a little seed-to-seed noise
+    policies = {
+        "expert": _policy(0.01 + e(), -0.01 + e(), 0.0, [1, 1, 1, 1], 1.0),
+        "init": _policy(40 + e(), 30 + e(), 0.6, [1, 1, 1, 1], 0.2),
+        "sft": _policy(3 + e(), 12 + e(), 0.15, [1, 1, 0.9, 0.8], 0.9 + e()),
+        "rkl_seq": _policy(25 + e(), 2 + e(), 0.02, [3, 0.3, 0.1, 0.1], 1.0 + e()),
+        "rkl_tok": _policy(20 + e(), 3 + e(), 0.03, [2, 1, 0.1, 0.1], 0.95 + e()),
+        "js": _policy(30 + e(), 1.5 + e(), 0.01, [5, 0.2, 0.1, 0.1], 1.0 + e()),
+        "rkl_seq_scalar": _policy(20 + e(), 4 + e(), 0.05, [2, 1, 0.1, 0.1], 0.95 + e()),
+        "rkl_oracle": _policy(60 + e(), 0.8 + e(), 0.0, [1, 0, 0, 0.01], 1.1 + e()),
+        "js_oracle": _policy(40 + e(), 1.0 + e(), 0.0, [2, 0, 0.5, 0.01], 1.1 + e()),
+        "rl_init_sft": _policy(15 + e(), 5 + e(), 0.05, [1, 1, 0.5, 0.5], 1.4 + e()),
+        "bon_init_sft@16": _policy(5 + e(), 8 + e(), 0.1, [1, 1, 1, 1], 1.3 + e()),
+    }
+    for name, p in policies.items():  # KL(π ‖ π_SFT), measured for every policy but the expert
+        if name != "expert":
+            p["kl_sft"] = 0.0 if name == "sft" else 2.5 + e()
+    bon = {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.05),
+           "sft_demo": _bon(0.9 + e(), -0.02), "pairwise_bt": _bon(0.9 + e(), 0.1),
+           "init_sft_optimum": _bon(0.9 + e(), 0.25), "init_sft_scalar": _bon(0.9 + e(), 0.1),
+           "init_demo_optimum": _bon(0.9 + e(), 0.1), "sft_demo_optimum": _bon(0.9 + e(), 0.0),
+           "gold": _bon(0.9 + e(), 0.3)}
+    adversarial = {m: {"disc_acc_expert": (0.8 - 0.005 * np.arange(40) + e()).tolist(),
+                       "disc_acc_policy": (0.9 - 0.008 * np.arange(40) + e()).tolist(),
+                       "reward": (-3 + 0.07 * np.arange(40) + e()).tolist(),
+                       "kl_ref": (0.1 * np.sqrt(np.arange(40)) + e()).tolist()}
+                   for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]}
+    for m in ["rkl_oracle", "js_oracle", "rl_init_sft"]:  # no discriminator: empty accuracy curves
+        adversarial[m] = {"disc_acc_expert": [], "disc_acc_policy": [],
+                          "reward": (-5 + 0.1 * np.arange(40)).tolist(),
+                          "kl_ref": (0.2 * np.sqrt(np.arange(40))).tolist()}
+    true = rng.normal(-2, 3, size=200)
+    run = {
+        "seed": seed,
+        "config": {"n_layer": 2, "device": "cpu", "compile": False, "out_dir": "out"},
+        "stage_seconds": {"world": 0.5 + e(), "pretrain": 10 + e(), "sft": 3 + e(),
+                          "rkl_seq": 30 + e()},
+        "policies": policies,
+        "demonstrations": {"gold_reward": 1.0 + e()},
+        "bon": bon,
+        "reward_models": {**{f"{m}_vs_optimum": {"pearson": 0.8 + e(), "spearman": 0.85 + e()}
+                             for m in ["init_sft", "init_demo", "sft_demo", "init_sft_scalar"]},
+                          "final_loss": {"init_sft": 0.6}},
+        "calibration": {m: {"pearson": 0.9 + e(), "spearman": 0.8 + e(), "auc_off_support": 0.7 + e()}
+                        for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]},
+        "calibration_points": {m: {"true": true.tolist(),
+                                   "logit": (true * 0.8 + rng.normal(0, 1, 200)).tolist()}
+                               for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]},
+        "curves": {"pretrain_loss": (4 * np.exp(-0.05 * np.arange(100)) + 1 + e()).tolist(),
+                   "sft_loss": (2 * np.exp(-0.1 * np.arange(30)) + 0.8 + e()).tolist(),
+                   "adversarial": adversarial},
+    }
+    if control:  # without the signature the demonstration-based reward models catch up
+        run["control"] = {"bon": {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.18),
+                                  "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3),
+                                  "init_sft_optimum": _bon(0.9 + e(), 0.25),
+                                  "init_demo_optimum": _bon(0.9 + e(), 0.22),
+                                  "sft_demo_optimum": _bon(0.9 + e(), 0.2)},
+                          "demonstrations": {"gold_reward": 1.0 + e()}}
+    return run

@@ -1,0 +1,198 @@
+"""Tests of runner.py: what a stage's fingerprint covers (the options it reads, the stages it consumes, the code
+it runs), running a stage table (skip, reuse, redo, stop), and the output directory's lock. The pipeline's own
+resume, reuse and corrupt-file behaviour, end to end, is in test_pipeline.py."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import afd_mini
+import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -----------------------------------------------------------------------------
+# fingerprints of the pipeline's stages: what each stage's result depends on
+
+def keys_of(cfg, seed=0):
+    """Every stage's key, as run_seed computes them (the control world's stages on its own options)."""
+    keys = {}
+    for stage in afd_mini.STAGES:
+        c = afd_mini.control_config(cfg) if stage.world == "control" else cfg
+        run = SimpleNamespace(cfg=c, seed=seed, device=torch.device("cpu"))
+        keys[stage.name] = runner.stage_key(stage, run, keys, afd_mini.EVERY_STAGE)
+    return keys
+
+
+def changed(**change):
+    default = afd_mini.Config()
+    a, b = keys_of(default), keys_of(dataclasses.replace(default, **change))
+    return {s for s in afd_mini.STAGE_NAMES if a[s] != b[s]}
+
+
+RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"}
+
+
+@pytest.mark.parametrize("change, stages", [
+    (dict(kl_coef=0.5), RL | {"evaluate"}),
+    (dict(rm_kl_coef=0.5), {"rl_init_sft", "evaluate"}),
+    (dict(eval_samples=4), {"evaluate"}),
+    (dict(bon_max_n=16), {"best_of_n", "control_best_of_n"}),
+    (dict(rm_steps=10), {"reward_models", "best_of_n", "rl_init_sft", "control_reward_models", "control_best_of_n",
+                         "evaluate"}),
+    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "reward_models", "best_of_n", "rl_init_sft",
+                           "control_reward_models", "control_best_of_n", "evaluate"}),
+    (dict(sft_steps=10), set(afd_mini.STAGE_NAMES) - {"pretrain"}),
+    (dict(q=0.5), set(afd_mini.STAGE_NAMES)),
+    (dict(signature_p=0.5), set(afd_mini.STAGE_NAMES)),   # the control world: through π_init, which reads the world
+    (dict(n_layer=2), set(afd_mini.STAGE_NAMES)),
+    (dict(progress=False, out_dir="elsewhere", seeds=3, redo="sft", cache="off", control=False), set()),
+])
+def test_changing_an_option_changes_exactly_the_stages_that_read_it_and_those_downstream(change, stages):
+    assert changed(**change) == stages
+
+
+def test_every_option_that_changes_results_is_in_some_stage_fingerprint():
+    """An option a stage reads but the stage table does not declare would let a stale result be reused: every
+    option outside RUN_ONLY must change some key, but the device and the seed (the key takes them from the run,
+    checked below) and --control (it chooses which stages run, checked in test_pipeline.py)."""
+    default = afd_mini.Config()
+    for f in dataclasses.fields(afd_mini.Config):
+        if f.name in afd_mini.RUN_ONLY | {"device", "seed", "control"}:
+            continue
+        other = {bool: lambda v: not v, str: lambda v: v + "x", int: lambda v: v + 2, float: lambda v: v / 2}
+        value = other[type(f.default)](getattr(default, f.name))
+        assert changed(**{f.name: value}), f"--{f.name} is in no stage's fingerprint (afd_mini.STAGES)"
+    assert keys_of(default, seed=1)["pretrain"] != keys_of(default)["pretrain"]
+
+
+def test_a_stage_consumes_only_stages_before_it_and_writes_its_own_files():
+    seen, files = set(), {}
+    for stage in afd_mini.STAGES:
+        assert set(stage.consumes) <= seen, f"{stage.name} consumes a stage that runs after it"
+        seen.add(stage.name)
+        for f in stage.writes:
+            assert (stage.world, f) not in files, f"{f} written by {files[stage.world, f]} and {stage.name}"
+            files[stage.world, f] = stage.name
+
+
+# -----------------------------------------------------------------------------
+# the code version: every module the pipeline imports
+
+def test_the_code_hash_covers_every_module_the_pipeline_imports():
+    """The modules of this project that `import afd_mini` loads, listed by Python itself, must all be in the code
+    hash (runner.code_files reads the import statements instead): a module left out, objectives.py say, would let
+    a student's edited objective reuse the cached results of the old code."""
+    listing = subprocess.run([sys.executable, "-c", "import os, sys, afd_mini; print('\\n'.join(sorted(m.__file__ "
+                              "for m in list(sys.modules.values()) if getattr(m, '__file__', None))))"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    loaded = {os.path.realpath(f) for f in listing if os.path.isabs(f) and os.path.realpath(f).startswith(ROOT + os.sep)}
+    hashed = {os.path.realpath(f) for f in runner.code_files(os.path.join(ROOT, "afd_mini.py"))}
+    assert {os.path.join(ROOT, f) for f in ["afd_mini.py", "objectives.py", "model.py", "stats.py",
+                                             "data/world.py"]} <= loaded, "test has no teeth"
+    assert loaded <= hashed, f"imported but not hashed: {sorted(loaded - hashed)}"
+    assert os.path.join(ROOT, "data", "afd.tiktoken") in hashed, "the tokenizer's ranks compute results too"
+
+
+def test_editing_an_objective_changes_the_code_version(tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "out*"))
+    version = runner.code_version(str(copy / "afd_mini.py"))
+    assert version == runner.code_version(os.path.join(ROOT, "afd_mini.py"))
+    with open(copy / "objectives.py", "a") as f:
+        f.write("\n# a student's edit\n")
+    runner.code_version.cache_clear()
+    assert runner.code_version(str(copy / "afd_mini.py")) != version
+
+
+# -----------------------------------------------------------------------------
+# running a stage table: a toy pipeline of three stages that count their calls
+
+class ToyRun:
+    def __init__(self, out, cfg, seed=0):
+        self.cfg, self.seed, self.device, self.dir = cfg, seed, torch.device("cpu"), os.path.join(out, "seed_0")
+        self.begun = []
+
+    def begin(self, name):
+        self.begun.append(name)
+
+
+def toy_stages(calls):
+    def stage(name, value):
+        def fn(run):
+            calls.append(name)
+            torch.save({"value": value(run.cfg)}, os.path.join(run.dir, name + ".pt"))
+            return {"value": value(run.cfg)}
+        return fn
+    return [runner.Stage("a", stage("a", lambda c: c.x), ("x",), (), ("a.pt",)),
+            runner.Stage("b", stage("b", lambda c: c.y), ("y",), ("a",), ("b.pt",)),
+            runner.Stage("c", stage("c", lambda c: 0), (), ("b",), ())]
+
+
+def toy_cfg(**kw):
+    return SimpleNamespace(**{"x": 1, "y": 2, "redo": "", "stop_after": "", "cache": "off", **kw})
+
+
+def toy(out, cfg, calls, lines):
+    run = ToyRun(out, cfg)
+    return runner.run_seed(toy_stages(calls), lambda s: run, cfg, 0, (), runner.__file__, lines.append)
+
+
+def test_run_seed_skips_reuses_redoes_and_stops(tmp_path):
+    calls, lines = [], []
+    out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
+    results = toy(out, toy_cfg(cache=cache), calls, lines)
+    assert calls == ["a", "b", "c"] and results["b"]["value"] == 2 and "fingerprint" in results["b"]
+    toy(out, toy_cfg(cache=cache), calls, lines)                      # the same again: everything skipped
+    assert calls == ["a", "b", "c"] and "seed 0 · b: done earlier, skipped" in lines
+    toy(out, toy_cfg(cache=cache, y=5), calls, lines)                 # y changes b, and c downstream of it
+    assert calls[3:] == ["b", "c"]
+    toy(str(tmp_path / "elsewhere"), toy_cfg(cache=cache), calls, lines)   # another directory: from the cache
+    assert calls[5:] == [] and f"seed 0 · a: reused, same inputs as {os.path.join(out, 'seed_0')}" in lines
+    assert torch.load(tmp_path / "elsewhere" / "seed_0" / "b.pt")["value"] == 2
+    toy(out, toy_cfg(redo="b"), calls, lines)                         # --redo=b: b and everything after it
+    assert calls[5:] == ["b", "c"]
+    assert toy(out, toy_cfg(stop_after="a", redo="all"), calls, lines) is None
+    assert calls[7:] == ["a"] and not os.path.exists(os.path.join(out, "seed_0", "b.json"))
+
+
+def test_a_stage_that_sees_a_non_finite_number_fails_in_one_line(tmp_path):
+    def bad(run):
+        raise FloatingPointError("non-finite loss (nan) at step 3")
+    stage = runner.Stage("bad", bad, (), (), ())
+    run = ToyRun(str(tmp_path), toy_cfg())
+    with pytest.raises(runner.StageError, match=r"^stage bad: non-finite loss \(nan\) at step 3; try a smaller"):
+        runner.run_seed([stage], lambda s: run, toy_cfg(), 0, (), runner.__file__, print)
+    assert not os.path.exists(os.path.join(run.dir, "bad.json"))
+
+
+# -----------------------------------------------------------------------------
+# one run at a time in an output directory
+
+def test_a_second_run_on_a_locked_output_directory_is_refused_and_a_crash_leaves_no_lock(tmp_path):
+    held = runner.lock_out_dir(str(tmp_path))
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), f"--out_dir={tmp_path}", "--quick"],
+                         capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "in use by another afd_mini run" in lines[0], res.stderr
+    assert not (tmp_path / "seed_0").exists()
+    held.close()
+    crash = subprocess.run([sys.executable, "-c", f"import runner, os; runner.lock_out_dir({str(tmp_path)!r}); "
+                            "os.kill(os.getpid(), 9)"], cwd=ROOT, timeout=120)
+    assert crash.returncode != 0                      # killed while holding the lock ...
+    runner.lock_out_dir(str(tmp_path)).close()        # ... which the system released
+
+
+def test_a_finished_run_releases_its_lock_in_the_same_process(tmp_path):
+    """main() called twice on one output directory (a notebook, a script): the first call's lock is gone."""
+    argv = [f"--out_dir={tmp_path}", "--quick", "--stop_after=pretrain", "--progress=false", "--cache=off"]
+    assert afd_mini.main(argv) == 0
+    assert afd_mini.main(argv) == 0
+    assert json.load(open(tmp_path / "seed_0" / "config.json"))["n_layer"] == 2
