@@ -204,6 +204,16 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
+    # What sample asks of a model:
+    def new_cache(self, max_len):
+        """An empty KV cache for up to max_len tokens."""
+        return KVCache(self.config.n_layer, max_len)
+
+    def next_token_logits(self, idx, **kw):
+        """(B, V) logits of the token after each row of idx: hidden's arguments, the LM head only at the
+        last position (the only one sampled from)."""
+        return self.lm_head(self.hidden(idx, **kw)[:, -1]).float()
+
     def configure_optimizer(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
         # Decay the matrices (Linear weights, embeddings); biases and LayerNorm gains stay free.
         params = [p for p in self.parameters() if p.requires_grad]
@@ -334,7 +344,7 @@ def _pick(logits, temperature, top_k, generator):
 
 
 @torch.no_grad()
-def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
+def sample(model, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
            generator=None, use_cache=True) -> Rollout:
     """Sample a response for every prompt (a list of token lists), all rows at once.
 
@@ -342,7 +352,8 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     ids, so a row sees exactly what it would see alone. A row that samples eos_id is finished:
     it gets eos_id and no log-prob from then on. use_cache=False recomputes the whole context
     every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0
-    (the log-probs are then 0: the chosen token had probability 1).
+    (the log-probs are then 0: the chosen token had probability 1). model: a GPT, or anything with
+    its config.block_size, new_cache and next_token_logits.
     """
     device = next(model.parameters()).device
     if min(len(p) for p in prompts) == 0:
@@ -362,23 +373,23 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     response = torch.zeros(B, L, dtype=torch.bool, device=device)
     logprobs = torch.zeros(B, L, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = KVCache(model.config.n_layer, L) if use_cache else None
+    cache = model.new_cache(L) if use_cache else None
     # The attention mask of a decoding step: the one new token (never a pad) may see every real slot
     # of its row. Made once, in the additive form (0 = attend, -inf = not) that
     # scaled_dot_product_attention would otherwise make from a boolean mask, in every layer at every
     # step; a step takes its first t columns.
     step_mask = torch.zeros(B, 1, 1, L, device=device).masked_fill(~valid[:, None, None, :], float("-inf"))
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own: a mixture's parts may differ
     model.eval()
     try:
         t = P  # columns filled so far
         for _ in range(max_new_tokens):
-            if use_cache and cache.length > 0:  # a decoding step: only the newest token is new to the cache
-                h = model.hidden(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t], kv_cache=cache)
+            if use_cache and t > P:  # a decoding step: only the newest token is new to the cache
+                logits = model.next_token_logits(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t],
+                                                 kv_cache=cache)
             else:  # the prompts (the prefill), or the whole context again when there is no cache
-                h = model.hidden(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
-            logits = model.lm_head(h[:, -1]).float()  # the LM head only where we sample
+                logits = model.next_token_logits(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
             token, logprob = _pick(logits, temperature, top_k, generator)
             tokens[:, t] = token.masked_fill(done, eos_id)
             logprobs[:, t] = logprob.masked_fill(done, 0.0)
@@ -388,7 +399,8 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
             if done.all():
                 break
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
     # Back to the pipeline's layout: shift each row left by its padding. Columns a row did not
     # generate hold eos_id, False, 0 already; those past the buffer (src >= L) get them here.
