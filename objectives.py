@@ -446,10 +446,12 @@ def extrapolated_logits(logits_sft, logits_init, alpha):
         max_π E_π[log π_SFT − log π_init] − λ KL(π ‖ π_SFT),  is  π*(y|x) ∝ π_SFT(y|x)^{1+1/λ} π_init(y|x)^{−1/λ}
     (the derivation in dpo_loss, with π_ref = π_SFT): the same form at α = 1/λ, but over whole responses,
     normalised once per prompt. π_α is normalised at every state instead:
-        π_α(y|x) = Π_t π_SFT(y_t|s_t)^{1+α} π_init(y_t|s_t)^{−α} / Z_α(s_t),   Z_α(s) = Σ_a π_SFT(a|s)^{1+α} π_init(a|s)^{−α},
+        π_α(y|x) = Π_t π_SFT(y_t|s_t)^{1+α} π_init(y_t|s_t)^{−α} / Z_α(s_t),
+        Z_α(s) = Σ_a π_SFT(a|s)^{1+α} π_init(a|s)^{−α},
     and Z_α(s_t) depends on the path taken, so π_α ≠ π* in general: π*'s own next-token distribution multiplies
     π_α's by the total unnormalised mass of each token's continuations, a look-ahead π_α does not do. They
-    coincide where every response is a single token (tested).
+    coincide where no decision follows: at a state whose every next token ends the response, and so everywhere
+    when responses are one token long (both tested).
 
     Normalising each model first (log_softmax inside) changes nothing, as each normaliser is a constant per
     state that the outer log_softmax removes; it makes the code read as the formula.

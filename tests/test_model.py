@@ -334,7 +334,7 @@ def test_device_and_length_errors(model):
 # The extrapolated policy pi_alpha ~ pi_SFT^(1+alpha) pi_init^(-alpha), checked on an enumerable tree
 
 TREE_PROMPT = [1, 2, 1]
-TREE_PREFIXES = [list(p) for n in range(3) for p in itertools.product((1, 2), repeat=n)]   # the 7 states' responses so far
+TREE_PREFIXES = [list(p) for n in range(3) for p in itertools.product((1, 2), repeat=n)]   # the 7 states
 TREE_RESPONSES = [p + [EOS] for p in TREE_PREFIXES] + [list(p) for p in itertools.product((1, 2), repeat=3)]   # 15
 
 

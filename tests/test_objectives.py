@@ -16,6 +16,8 @@ Bugs that the enumeration cannot see, and the tests that guard against them:
   responses in proportion to β and to π, 1:3, must still give log β − log π).
 - a test comparing a function with itself: the expected values are computed here (log π_SFT − log π_init,
   softplus by hand), never by the function under test.
+- dpo_loss as −log σ(margin): exact in the float64 enumeration, +inf in float32 once σ(margin) underflows.
+  test_dpo_loss_is_finite_at_extreme_margins_in_float32 (float32, margins up to 1e4).
 """
 
 import itertools
@@ -759,7 +761,8 @@ def test_dpo_gradient_raises_chosen_lowers_rejected_and_leaves_the_reference():
     assert_close(g_c, -weight, "dpo_loss: ∂L/∂log π(y_w) != −λ σ(−margin)/B (a descent step must raise y_w)")
     assert_close(g_r, weight, "dpo_loss: ∂L/∂log π(y_l) != +λ σ(−margin)/B (a descent step must lower y_l)")
     for g_ref in (g_rc, g_rr):
-        assert g_ref is None or torch.equal(g_ref, torch.zeros_like(g_ref)), "dpo_loss: π_ref's log-probs get a gradient"
+        assert g_ref is None or torch.equal(g_ref, torch.zeros_like(g_ref)), \
+            "dpo_loss: π_ref's log-probs get a gradient"
     # through a tabular policy over 4 responses: one descent step on the pair y_w = 0 ≻ y_l = 2
     theta = torch.randn(4, generator=torch.Generator().manual_seed(61), requires_grad=True)
     logref = F.log_softmax(torch.randn(4, generator=torch.Generator().manual_seed(62)), -1)
