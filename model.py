@@ -7,6 +7,8 @@ The language model of afd-mini, and everything the pipeline asks of it.
   token_logprobs, which masks the prompt.)
 - ScalarGPT is the same backbone with a one-number head: the reward model and the
   discriminator of adversarial imitation.
+- Extrapolated combines two GPTs into the extrapolated policy pi_SFT^(1+a) pi_init^(-a), which
+  token_logprobs scores and sample draws from as if it were one GPT.
 - token_logprobs gives log pi_theta(y_t | x, y_<t) for every response token. Every objective
   in objectives.py is computed from it, so SFT, reverse KL and the RL losses see the same
   numbers. It, and the score head's sequence_scores and token_scores, pack several short rows
@@ -27,6 +29,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from objectives import extrapolated_logits
 
 IGNORE_INDEX = -1  # targets equal to this (e.g. prompt tokens) are left out of the loss
 
@@ -204,6 +208,16 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
+    # What sample asks of a model (Extrapolated answers the same two):
+    def new_cache(self, max_len):
+        """An empty KV cache for up to max_len tokens."""
+        return KVCache(self.config.n_layer, max_len)
+
+    def next_token_logits(self, idx, **kw):
+        """(B, V) logits of the token after each row of idx: hidden's arguments, the LM head only at the
+        last position (the only one sampled from)."""
+        return self.lm_head(self.hidden(idx, **kw)[:, -1]).float()
+
     def configure_optimizer(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
         # Decay the matrices (Linear weights, embeddings); biases and LayerNorm gains stay free.
         params = [p for p in self.parameters() if p.requires_grad]
@@ -239,6 +253,34 @@ class ScalarGPT(nn.Module):
         return model.to(next(gpt.parameters()).device)
 
 
+class Extrapolated(nn.Module):
+    """pi_alpha(.|s) ~ pi_SFT(.|s)^(1+alpha) pi_init(.|s)^(-alpha), one state at a time: ExPO / DeRa in
+    output space (objectives.extrapolated_logits has the maths). Two GPTs read as one wherever the
+    pipeline reads a GPT: forward gives pi_alpha's log-probs as its logits, so token_logprobs scores
+    it unchanged, and sample draws from it with a KV cache per part. alpha = 0 is pi_SFT."""
+
+    def __init__(self, sft: GPT, init: GPT, alpha: float):
+        super().__init__()
+        if (sft.config.vocab_size, sft.config.block_size) != (init.config.vocab_size, init.config.block_size):
+            raise ValueError("the two models must share vocab_size and block_size")
+        self.sft, self.init, self.alpha = sft, init, alpha
+        self.config = sft.config  # what sample reads: block_size
+
+    def forward(self, idx, *, pos=None, mask=None):
+        """(log pi_alpha (B, T, V), None), like GPT.forward without targets; pos and mask as there."""
+        sft, init = (m(idx, pos=pos, mask=mask)[0].float() for m in (self.sft, self.init))
+        return extrapolated_logits(sft, init, self.alpha), None
+
+    def new_cache(self, max_len):
+        # one cache each: the parts see the same tokens, but their keys and values differ
+        return self.sft.new_cache(max_len), self.init.new_cache(max_len)
+
+    def next_token_logits(self, idx, kv_cache=None, **kw):
+        sft_cache, init_cache = kv_cache or (None, None)
+        return extrapolated_logits(self.sft.next_token_logits(idx, kv_cache=sft_cache, **kw),
+                                   self.init.next_token_logits(idx, kv_cache=init_cache, **kw), self.alpha)
+
+
 def token_logprobs(model: GPT, tokens, response_mask):
     """out[b, t] = log pi(tokens[b, t] | tokens[b, :t]) where response_mask[b, t], else 0.
 
@@ -246,7 +288,7 @@ def token_logprobs(model: GPT, tokens, response_mask):
     The logits at position t-1 predict token t, hence the shift; token 0 is always a prompt
     token. Per-token values: the caller decides whether to sum (sequence log-likelihood) or
     average them. The model sees each row only up to the token before its last response token,
-    packed with the others (packed)."""
+    packed with the others (packed). model: a GPT, or an Extrapolated (its logits are log-probs)."""
     last = last_response_token(response_mask)
     logits, b, t = packed(lambda idx, pos, mask: model(idx, pos=pos, mask=mask)[0], tokens, last)
     logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[b, t + 1, None]).squeeze(-1)
@@ -353,7 +395,7 @@ def _pick(logits, temperature, top_k, generator):
 
 
 @torch.no_grad()
-def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
+def sample(model, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
            generator=None, use_cache=True) -> Rollout:
     """Sample a response for every prompt (a list of token lists), all rows at once.
 
@@ -361,7 +403,8 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     ids, so a row sees exactly what it would see alone. A row that samples eos_id is finished:
     it gets eos_id and no log-prob from then on. use_cache=False recomputes the whole context
     every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0
-    (the log-probs are then 0: the chosen token had probability 1).
+    (the log-probs are then 0: the chosen token had probability 1). model: a GPT, or anything with
+    its config.block_size, new_cache and next_token_logits (Extrapolated).
     """
     device = next(model.parameters()).device
     if min(len(p) for p in prompts) == 0:
@@ -381,23 +424,23 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
     response = torch.zeros(B, L, dtype=torch.bool, device=device)
     logprobs = torch.zeros(B, L, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = KVCache(model.config.n_layer, L) if use_cache else None
+    cache = model.new_cache(L) if use_cache else None
     # The attention mask of a decoding step: the one new token (never a pad) may see every real slot
     # of its row. Made once, in the additive form (0 = attend, -inf = not) that
     # scaled_dot_product_attention would otherwise make from a boolean mask, in every layer at every
     # step; a step takes its first t columns.
     step_mask = torch.zeros(B, 1, 1, L, device=device).masked_fill(~valid[:, None, None, :], float("-inf"))
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own: a mixture's parts may differ
     model.eval()
     try:
         t = P  # columns filled so far
         for _ in range(max_new_tokens):
-            if use_cache and cache.length > 0:  # a decoding step: only the newest token is new to the cache
-                h = model.hidden(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t], kv_cache=cache)
+            if use_cache and t > P:  # a decoding step: only the newest token is new to the cache
+                logits = model.next_token_logits(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t],
+                                                 kv_cache=cache)
             else:  # the prompts (the prefill), or the whole context again when there is no cache
-                h = model.hidden(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
-            logits = model.lm_head(h[:, -1]).float()  # the LM head only where we sample
+                logits = model.next_token_logits(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
             token, logprob = _pick(logits, temperature, top_k, generator)
             tokens[:, t] = token.masked_fill(done, eos_id)
             logprobs[:, t] = logprob.masked_fill(done, 0.0)
@@ -407,7 +450,8 @@ def sample(model: GPT, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=N
             if done.all():
                 break
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
     # Back to the pipeline's layout: shift each row left by its padding. Columns a row did not
     # generate hold eos_id, False, 0 already; those past the buffer (src >= L) get them here.

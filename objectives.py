@@ -14,12 +14,18 @@ distributions over responses match. Which divergence is minimised decides the al
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
                                                                kl_shaped_advantages
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
+      and, not yet called by the pipeline: Best-of-N under a   plausible, best_of_n_plausible,
+      plausibility floor, a family of log-ratio rewards, the   log_ratio_family, extrapolated_logits
+      extrapolated policy π_SFT^{1+α} π_init^{−α}
+    → preference pairs without a reward model (DPO), and       dpo_loss
+      demonstrations against own samples (SPIN): not yet called
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
 
 Notation: x prompt, y = (y_1, ..., y_T) response, s_t = (x, y_<t) state, π policy, β = π_β expert
-(demonstrator), π_ref reference, D discriminator, h = logit D = log D − log(1 − D), σ the sigmoid.
+(demonstrator), π_ref reference, λ the weight of a KL penalty (kl_coef), D discriminator,
+h = logit D = log D − log(1 − D), σ the sigmoid.
 KL(p ‖ q) = E_p[log p − log q]. Read the direction every time:
     KL(β ‖ π), "forward":  mass-covering, infinite where β has mass and π has none, so π spreads out;
     KL(π ‖ β), "reverse":  mode-seeking, infinite where π has mass and β has none, so π contracts onto modes.
@@ -286,8 +292,8 @@ def log_ratio_logit(q_logp, ref_logp, mask):
 
     The same function makes the log-ratio reward model of reward extrapolation: ref = the negative class's
     model (π_init for Init-SFT), q_φ initialised from it; its optimum log π_SFT − log π_init is
-    classifier_optimum, the closed form. Trained with bradley_terry_loss on preference pairs instead, it is DPO's loss
-    with its β = 1: DPO's implicit reward β log π_θ/π_ref is this log-ratio, with q_φ = π_θ and π_ref = π_init.
+    classifier_optimum, the closed form. Trained with bradley_terry_loss on preference pairs instead, it is dpo_loss
+    with λ = 1: DPO's implicit reward λ log π_θ/π_ref is this log-ratio, with q_φ = π_θ and π_ref = π_init.
     """
     return _response(q_logp - ref_logp.detach(), mask)
 
@@ -379,6 +385,122 @@ def classifier_optimum(logp_pos_seq, logp_neg_seq):
         Init-Demo: log β − log π_init;      SFT-Demo: log β − log π_SFT   (only a world that knows β has these).
     """
     return logp_pos_seq - logp_neg_seq
+
+
+def log_ratio_family(logp_pos, logp_neg, gamma):
+    """r_γ(x, y) = log p_pos(y|x) − γ log p_neg(y|x): one knob from likelihood to contrast, sequence level (B,).
+        γ = 1: classifier_optimum, the exact logit of the Init-SFT classifier, log π_SFT − log π_init (contrastive
+               decoding's score, with π_SFT as the expert and π_init as the amateur);
+        γ = 0: log π_SFT alone: Best-of-N on it picks the candidate π_SFT finds most likely;
+        0 < γ < 1 tempers the contrast with likelihood; γ > 1 weighs the contrast more than the likelihood.
+    With p_pos = π_SFT, p_neg = π_init, the KL-regularised optimum of r_γ, max_π E_π[r_γ] − λ KL(π ‖ π_SFT), is
+    π* ∝ π_SFT · exp(r_γ/λ) = π_SFT^{1 + 1/λ} π_init^{−γ/λ} (the derivation in dpo_loss, with π_ref = π_SFT).
+    """
+    return logp_pos - gamma * logp_neg
+
+
+def plausible(logp, tau):
+    """Contrastive decoding's adaptive plausibility constraint (Li et al. 2023), applied to whole responses.
+    logp (M, N): log π_SFT(y|x) of N candidates for each of M prompts → bool (M, N), True where eligible:
+        π_SFT(y|x) ≥ α · max_j π_SFT(y_j|x)   ⇔   log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ,   τ = −log α,
+    (take logs of both sides; α ∈ (0, 1] becomes τ ∈ [0, ∞)). Li et al. use α = 0.1 (τ = log 10 ≈ 2.3) per token,
+    over the vocabulary; here the candidates are the N sampled responses, and the max is over them. The floor is
+    relative to the best candidate of the same prompt, so it adapts: strict where π_SFT is confident, lenient
+    where it is not. The most likely candidate is always eligible; τ = math.inf: every candidate (α = 0);
+    τ = 0: only the most likely, ties included (α = 1).
+
+    Why a log-ratio reward needs it. r = log π_SFT − log π_init (classifier_optimum) is largest where π_init finds
+    a response implausible, whether or not it is good. That includes π_SFT's own imitation errors: responses
+    π_SFT draws now and then but itself rates unlikely, and π_init rates more unlikely still. With many
+    candidates, Best-of-N finds such tail responses, picked for a small denominator rather than for what SFT
+    learned. The constraint lets the reward rank only the responses π_SFT itself finds plausible.
+    A whole response's log-prob falls with its length, so the floor also favours short responses; pass
+    per-token mean log-probs to compare responses of different lengths per token (the caller's choice).
+    """
+    if not tau >= 0:
+        raise ValueError(f"tau must be >= 0 (tau = −log α, α ≤ 1), not {tau}")
+    return logp >= logp.amax(-1, keepdim=True) - tau
+
+
+def best_of_n_plausible(rewards, logp, tau):
+    """Best-of-N under the plausibility constraint: rewards, logp (M, N) → (M,) index of the highest reward
+    among the candidates plausible(logp, tau) keeps, the first on ties (like best_of_n). tau = math.inf: best_of_n.
+    """
+    eligible = plausible(logp, tau)
+    best = rewards.masked_fill(~eligible, -math.inf).amax(-1, keepdim=True)
+    # the first eligible candidate with the best reward (an argmax of the masked rewards alone could return an
+    # ineligible one when the best eligible reward is itself -inf)
+    return (eligible & (rewards == best)).int().argmax(-1)
+
+
+def extrapolated_logits(logits_sft, logits_init, alpha):
+    """The extrapolated policy of ExPO / DeRa in output space, one state at a time: logits (..., V) of π_SFT and
+    of π_init at the same states → log-probabilities (..., V) of
+        π_α(·|s) ∝ π_SFT(·|s)^{1+α} π_init(·|s)^{−α},   log π_α = log_softmax((1 + α) log π_SFT − α log π_init).
+    α = 0: π_SFT. α > 0: past π_SFT along the direction π_init → π_SFT, since up to a constant per state
+    log π_α = log π_SFT + α (log π_SFT − log π_init): each token's log-prob moves α times further in the direction
+    SFT moved it. α = −1: π_init; −1 < α < 0: a geometric interpolation between the two. (DeRa mixes the two
+    models' logits with weights (1 + α, −α); ExPO extrapolates the weights instead, θ_SFT + α (θ_SFT − θ_init).)
+
+    The sequence-level relative. The KL-regularised optimum of the Init-SFT reward,
+        max_π E_π[log π_SFT − log π_init] − λ KL(π ‖ π_SFT),  is  π*(y|x) ∝ π_SFT(y|x)^{1+1/λ} π_init(y|x)^{−1/λ}
+    (the derivation in dpo_loss, with π_ref = π_SFT): the same form at α = 1/λ, but over whole responses,
+    normalised once per prompt. π_α is normalised at every state instead:
+        π_α(y|x) = Π_t π_SFT(y_t|s_t)^{1+α} π_init(y_t|s_t)^{−α} / Z_α(s_t),
+        Z_α(s) = Σ_a π_SFT(a|s)^{1+α} π_init(a|s)^{−α},
+    and Z_α(s_t) depends on the path taken, so π_α ≠ π* in general: π*'s own next-token distribution multiplies
+    π_α's by the total unnormalised mass of each token's continuations, a look-ahead π_α does not do. They
+    coincide where no decision follows: at a state whose every next token ends the response, and so everywhere
+    when responses are one token long (both tested).
+
+    Normalising each model first (log_softmax inside) changes nothing, as each normaliser is a constant per
+    state that the outer log_softmax removes; it makes the code read as the formula.
+    """
+    log_sft, log_init = F.log_softmax(logits_sft, -1), F.log_softmax(logits_init, -1)
+    return F.log_softmax((1 + alpha) * log_sft - alpha * log_init, -1)
+
+
+# -----------------------------------------------------------------------------
+# Preference optimisation without a reward model: DPO, and SPIN on demonstrations
+
+def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl_coef):
+    """DPO (Rafailov et al. 2023): fit the policy to preference pairs (x, y_w ≻ y_l) directly, no reward model.
+    Inputs (B,): sequence log-probs log π(y|x) of the policy and log π_ref(y|x) of the frozen reference, on the
+    chosen y_w and the rejected y_l of B pairs; λ = kl_coef. Returns the mean over the pairs of
+        −log σ(λ [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]),
+    computed as softplus(−margin), finite at any margin (log σ(m) would be log 0 = −inf once σ(m) underflows).
+
+    Derivation. The objective DPO solves is RL's, for each prompt: max_π E_{y~π}[r(x, y)] − λ KL(π ‖ π_ref),
+    reverse KL to the reference, λ its weight. Write π*(y|x) = π_ref(y|x) exp(r(x, y)/λ) / Z(x), with
+    Z(x) = Σ_y π_ref(y|x) exp(r(x, y)/λ); then E_π[r] − λ KL(π ‖ π_ref) = −λ KL(π ‖ π*) + λ log Z(x), so the
+    optimum is π = π* ∝ π_ref · exp(r/λ). Inverted: r(x, y) = λ log π*(y|x)/π_ref(y|x) + λ log Z(x). The
+    Bradley–Terry model of preferences, P(y_w ≻ y_l | x) = σ(r(x, y_w) − r(x, y_l)), sees only reward
+    differences, in which λ log Z(x) cancels. Put the policy π in the place of π* and maximise the preferences'
+    likelihood over π: the loss above. It is bradley_terry_loss on DPO's implicit reward
+        r_π(x, y) = λ log π(y|x)/π_ref(y|x),
+    so at its population optimum r_π = r + c(x), i.e. π = π* ∝ π_ref · exp(r/λ) (tested by enumeration).
+    DPO's papers call the coefficient β; here β is the expert, and the coefficient is exactly the KL weight λ of
+    the objective solved (kl_coef, as in kl_shaped_advantages): the larger λ, the closer π stays to π_ref.
+
+    Gradient: ∇L = −λ σ(−margin) [∇log π(y_w|x) − ∇log π(y_l|x)] per pair: it raises the chosen, lowers the
+    rejected, most for pairs the implicit reward orders wrongly. π_ref's log-probs are constants (detached).
+
+    SPIN (Chen et al. 2024) aligns from demonstrations alone with the same loss: y_w is a demonstration
+    y ~ β(·|x), y_l the current model's own sample y' ~ π_t(·|x) for the same prompt, π_ref = π_t (the previous
+    iterate, which drew y_l); each iteration minimises the loss to get π_{t+1}. Why π = β, the data distribution,
+    is a fixed point: if π_t = β, chosen and rejected are identically distributed, and at π = π_ref every margin
+    is 0, where the per-pair gradient −(λ/2)[∇log π(y_w) − ∇log π(y_l)] is antisymmetric in the two: its
+    expectation over a symmetric pair distribution vanishes. In general, at π = π_ref = π_t (the start of every
+    iteration) the population gradient is
+        −(λ/2) (E_β[∇log π] − E_{π_t}[∇log π]) = −(λ/2) E_β[∇log π] = (λ/2) ∇KL(β ‖ π),
+    since E_π[∇log π] = Σ_y ∇π(y) = 0: SFT's gradient (forward KL), times λ/2. The test proves exactly this
+    identity by enumeration, that it is zero at π = π_ref = β, and that at π = π_ref ≠ β it is not and a small
+    step lowers KL(β ‖ π). It does not prove convergence of the iteration, nor that one iteration's minimiser
+    is β (it is, at π_t = β: each unordered pair {a, b} adds β(a)β(b)[softplus(−d) + softplus(d)] ≥ 2 β(a)β(b) log 2,
+    d the pair's margin, with equality iff d = 0, i.e. iff π ∝ π_t on β's support).
+    """
+    margin = kl_coef * ((logp_chosen - ref_chosen.detach()) - (logp_rejected - ref_rejected.detach()))
+    return F.softplus(-margin).mean()
 
 
 # -----------------------------------------------------------------------------

@@ -4,16 +4,23 @@ wrong shift, a leaked pad or a stale cache entry makes it fail.
 
 test_sampler_draws_from_the_tempered_top_k_distribution guards the sampler's distribution itself,
 which test_sampler_logprobs cannot see: drawing from the untempered (or untruncated, or top-(k±1))
-distribution while reporting the tempered log-prob, and reporting a log-prob of another distribution."""
+distribution while reporting the tempered log-prob, and reporting a log-prob of another distribution.
 
+The extrapolated policy (Extrapolated) is checked on a tree small enough to enumerate: a vocabulary of EOS and
+two tokens, every response of up to 3 tokens after one prompt. Its next-token distribution at every state, the
+log-probs token_logprobs gives it and the frequencies of its samples are compared with
+pi_SFT^(1+a) pi_init^(-a) / Z computed here from the two models' own softmax probabilities."""
+
+import itertools
 import os
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (IGNORE_INDEX, GPT, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint, pack,
-                   sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
+from model import (IGNORE_INDEX, GPT, Extrapolated, GPTConfig, KVCache, ScalarGPT, get_device, load_checkpoint,
+                   pack, sample, save_checkpoint, sequence_scores, token_logprobs, token_scores)
 
 EOS = 0
 PROMPTS = [[5, 9, 3], [7, 1, 2, 8, 4, 6, 11], [12, 13, 14, 15, 16]]  # different lengths on purpose
@@ -23,10 +30,10 @@ def tiny_config(**kw):
     return GPTConfig(**{**dict(block_size=32, vocab_size=37, n_layer=2, n_head=2, n_embd=16), **kw})
 
 
-def _spread_weights(model, std=0.3):
+def _spread_weights(model, std=0.3, seed=0):
     # GPT-2 init gives near-uniform logits; larger weights make every token and position matter,
     # so a mistake in the cache or the masks shows, and greedy has no near-ties.
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
@@ -321,3 +328,154 @@ def test_device_and_length_errors(model):
         sample(model, PROMPTS, 30, EOS)
     with pytest.raises(ValueError, match="block_size"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+# -----------------------------------------------------------------------------
+# The extrapolated policy pi_alpha ~ pi_SFT^(1+alpha) pi_init^(-alpha), checked on an enumerable tree
+
+TREE_PROMPT = [1, 2, 1]
+TREE_PREFIXES = [list(p) for n in range(3) for p in itertools.product((1, 2), repeat=n)]   # the 7 states
+TREE_RESPONSES = [p + [EOS] for p in TREE_PREFIXES] + [list(p) for p in itertools.product((1, 2), repeat=3)]   # 15
+
+
+def two_models(vocab_size=3, std=0.2):
+    """pi_SFT and pi_init: two tiny GPTs with different, spread weights."""
+    return tuple(_spread_weights(GPT(tiny_config(vocab_size=vocab_size)), std, seed).eval() for seed in (1, 2))
+
+
+def extrapolated_probs(sft, init, row, alpha):
+    """(len(row), V): pi_alpha(. | row[:t + 1]) at every t by the formula, from each model's own next-token
+    probabilities (a plain forward pass of the row), in float64."""
+    with torch.no_grad():
+        p_sft, p_init = (F.softmax(full_logits(m, row).double(), -1) for m in (sft, init))
+    q = p_sft ** (1 + alpha) * p_init ** (-alpha)
+    return q / q.sum(-1, keepdim=True)
+
+
+def formula_token_logprobs(sft, init, row, start, alpha):
+    """log pi_alpha(row[t] | row[:t]) for t = start, ..., len(row) - 1, by the formula."""
+    q = extrapolated_probs(sft, init, row, alpha)
+    return q[torch.arange(start - 1, len(row) - 1), row[start:]].log()
+
+
+def response_logprob(sft, init, response, alpha):
+    """log pi_alpha(y | TREE_PROMPT) = sum over the response's tokens of the formula's log-probs."""
+    return formula_token_logprobs(sft, init, TREE_PROMPT + response, len(TREE_PROMPT), alpha).sum()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5])
+def test_extrapolated_next_token_distribution_at_every_state_of_a_tree(alpha):
+    """At each of the tree's states, the mixture's full forward pass and its next_token_logits (the sampler's
+    entry) give pi_SFT^(1+a) pi_init^(-a) / Z."""
+    sft, init = two_models()
+    mix = Extrapolated(sft, init, alpha)
+    for prefix in TREE_PREFIXES:
+        row = TREE_PROMPT + prefix
+        q = extrapolated_probs(sft, init, row, alpha)[-1]
+        with torch.no_grad():
+            full, step = mix(torch.tensor([row]))[0][0, -1], mix.next_token_logits(torch.tensor([row]))[0]
+        torch.testing.assert_close(full.double().exp(), q, atol=1e-6, rtol=0)
+        torch.testing.assert_close(step.double().exp(), q, atol=1e-6, rtol=0)
+        if alpha == 1.0:
+            assert (q - extrapolated_probs(sft, init, row, 0.0)[-1]).abs().max() > 0.05, \
+                "test has no teeth: pi_alpha ~ pi_SFT"
+
+
+def test_extrapolated_token_logprobs_of_every_response():
+    """token_logprobs on the mixture, all 15 responses in one right-padded batch: each token's log-prob is the
+    formula's at its state, and the responses' probabilities sum to 1; and on rows that share packed rows."""
+    sft, init = two_models()
+    mix, alpha = Extrapolated(sft, init, 1.0), 1.0
+    P = len(TREE_PROMPT)
+    tokens, mask = right_padded([TREE_PROMPT + y for y in TREE_RESPONSES], [P] * len(TREE_RESPONSES), pad=EOS)
+    out = token_logprobs(mix, tokens, mask)
+    for b, y in enumerate(TREE_RESPONSES):
+        expected = formula_token_logprobs(sft, init, TREE_PROMPT + y, P, alpha)
+        torch.testing.assert_close(out[b, P:P + len(y)].double(), expected, atol=1e-5, rtol=0)
+    assert (out[~mask] == 0).all()
+    torch.testing.assert_close(out.sum(-1).double().exp().sum(), torch.tensor(1.0, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    # rows that share packed rows (the tree's do not): each part must see pos and mask
+    sft, init = two_models(vocab_size=37, std=0.3)
+    rows, lengths, tokens, mask = rows_that_share_packed_rows()
+    out = token_logprobs(Extrapolated(sft, init, alpha), tokens, mask)
+    for b, (r, (p, k)) in enumerate(zip(rows, lengths)):
+        if k:
+            expected = formula_token_logprobs(sft, init, r[:p + k], p, alpha)
+            torch.testing.assert_close(out[b, p:p + k].double(), expected, atol=1e-5, rtol=0)
+    assert (out[~mask] == 0).all()
+
+
+def test_sampler_draws_whole_responses_from_the_extrapolated_policy():
+    """4000 responses of one prompt from sample(Extrapolated(...)): each of the 15 responses' count is within
+    4.5 standard errors of n pi_alpha(y), the enumerated formula (the bound of
+    test_sampler_draws_from_the_tempered_top_k_distribution), and the reported log-probs sum to log pi_alpha(y)."""
+    sft, init = two_models()
+    alpha, n, P = 1.0, 4000, len(TREE_PROMPT)
+    p = torch.stack([response_logprob(sft, init, y, alpha) for y in TREE_RESPONSES]).exp()
+    roll = sample(Extrapolated(sft, init, alpha), [TREE_PROMPT] * n, 3, EOS, generator=torch.Generator().manual_seed(0))
+    drawn = [tuple(roll.tokens[b, P:P + int(k)].tolist()) for b, k in enumerate(roll.response_mask.sum(1))]
+    count = Counter(drawn)
+    assert set(count) <= {tuple(y) for y in TREE_RESPONSES}
+    counts = torch.tensor([count[tuple(y)] for y in TREE_RESPONSES], dtype=torch.float64)
+    se = (n * p * (1 - p)).sqrt()
+    worst = ((counts - n * p).abs() / se).max().item()
+    assert worst <= 4.5, f"response counts are {worst:.1f} standard errors from pi_SFT^(1+a) pi_init^(-a) / Z"
+    # teeth: pi_SFT itself, the weights swapped, the sign of alpha flipped (= pi_init at alpha = 1)
+    for name, a, (m1, m2) in (("pi_SFT", 0.0, (sft, init)), ("swapped", alpha, (init, sft)),
+                              ("alpha flipped", -alpha, (sft, init))):
+        q = torch.stack([response_logprob(m1, m2, y, a) for y in TREE_RESPONSES]).exp()
+        gap = ((n * q - n * p).abs() / se).max().item()
+        assert gap > 10, f"test has no teeth: sampling from {name} is only {gap:.1f} se off"
+    index = {tuple(y): i for i, y in enumerate(TREE_RESPONSES)}
+    torch.testing.assert_close(roll.logprobs.sum(-1).double(), p.log()[[index[y] for y in drawn]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 5)])
+def test_extrapolated_sampler_logprobs_and_cache(temperature, top_k):
+    """On the 37-token model with prompts of different lengths: the sampler's log-probs are those of what it
+    drew under the mixture (token_logprobs at temperature 1; tempered, top-k otherwise), and the cached sampler
+    draws exactly what the uncached one draws (one KV cache per part), sampled and greedy."""
+    sft, init = two_models(vocab_size=37, std=0.3)
+    mix = Extrapolated(sft, init, 1.5)
+    kw = dict(temperature=temperature, top_k=top_k)
+    roll = sample(mix, PROMPTS * 3, 12, EOS, generator=torch.Generator().manual_seed(3), **kw)
+    m = roll.response_mask
+    assert m.sum(1).min() > 0 and (roll.tokens[m] != EOS).any()
+    if temperature == 1.0 and top_k is None:
+        torch.testing.assert_close(roll.logprobs, token_logprobs(mix, roll.tokens, m), atol=1e-5, rtol=0)
+    else:
+        with torch.no_grad():
+            logits = mix(roll.tokens)[0][:, :-1] / temperature
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logp = F.log_softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+        expected = F.pad(logp.gather(-1, roll.tokens[:, 1:, None]).squeeze(-1), (1, 0))
+        torch.testing.assert_close(roll.logprobs[m], expected[m], atol=1e-5, rtol=0)
+    uncached = sample(mix, PROMPTS * 3, 12, EOS, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
+    assert torch.equal(roll.tokens, uncached.tokens) and torch.equal(m, uncached.response_mask)
+    torch.testing.assert_close(roll.logprobs, uncached.logprobs, atol=1e-5, rtol=0)
+    greedy = [sample(mix, PROMPTS, 12, EOS, temperature=0, use_cache=c).tokens for c in (True, False)]
+    assert torch.equal(*greedy)
+
+
+def test_extrapolated_at_alpha_zero_is_pi_sft(model):
+    """alpha = 0: with the same generator, the same tokens as sampling pi_SFT itself; the same log-probs."""
+    init = _spread_weights(GPT(tiny_config()), seed=1).eval()
+    mix = Extrapolated(model, init, 0.0)
+    a, b = (sample(m, PROMPTS * 3, 12, EOS, generator=torch.Generator().manual_seed(5)) for m in (model, mix))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.response_mask, b.response_mask)
+    torch.testing.assert_close(b.logprobs, a.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(token_logprobs(mix, a.tokens, a.response_mask),
+                               token_logprobs(model, a.tokens, a.response_mask), atol=1e-5, rtol=0)
+    c = sample(Extrapolated(model, init, 1.0), PROMPTS * 3, 12, EOS, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(a.tokens, c.tokens), "test has no teeth: alpha = 1 samples what pi_SFT samples"
+
+
+def test_sample_restores_each_parts_mode_and_extrapolated_checks_its_parts():
+    sft, init = two_models()
+    sft.train()
+    mix = Extrapolated(sft, init, 1.0)   # a new module: in training mode; init stays in eval mode
+    sample(mix, [TREE_PROMPT], 3, EOS)
+    assert mix.training and sft.training and not init.training, "sample must give each module its own mode back"
+    with pytest.raises(ValueError, match="vocab_size"):
+        Extrapolated(sft, GPT(tiny_config(vocab_size=5)), 1.0)

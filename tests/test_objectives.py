@@ -16,6 +16,8 @@ Bugs that the enumeration cannot see, and the tests that guard against them:
   responses in proportion to β and to π, 1:3, must still give log β − log π).
 - a test comparing a function with itself: the expected values are computed here (log π_SFT − log π_init,
   softplus by hand), never by the function under test.
+- dpo_loss as −log σ(margin): exact in the float64 enumeration, +inf in float32 once σ(margin) underflows.
+  test_dpo_loss_is_finite_at_extreme_margins_in_float32 (float32, margins up to 1e4).
 """
 
 import itertools
@@ -572,3 +574,252 @@ def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
                  msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
     assert_close(near_1 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), rtol=1e-3, atol=0,
                  msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
+
+
+# -----------------------------------------------------------------------------
+# reward extrapolation, continued: the plausibility floor, the reward family, the extrapolated policy
+
+def test_plausible_floor_is_relative_to_each_prompts_best_candidate():
+    """eligible ⇔ log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ, per prompt (row), boundary included. Fails for a
+    floor from the batch's overall best (row 1 would lose every candidate), a strict inequality (τ = 0 would
+    keep none), a floor above the best (+ τ)."""
+    logp = torch.tensor([[-1.0, -2.0, -3.5, -1.0],        # two candidates tie for the most likely
+                         [-10.0, -12.0, -11.5, -30.0]])   # every candidate below row 0's floor
+    T, F_ = True, False
+    cases = {2.0: [[T, T, F_, T], [T, T, T, F_]],         # row 1: −12 ≥ −10 − 2, the boundary is eligible
+             0.0: [[T, F_, F_, T], [T, F_, F_, F_]],      # only the most likely, ties included
+             math.inf: [[T, T, T, T], [T, T, T, T]]}      # every candidate
+    for tau, expected in cases.items():
+        assert obj.plausible(logp, tau).tolist() == expected, f"plausible(τ = {tau}) on\n{logp}"
+    alpha = 0.2   # contrastive decoding's form, p ≥ α · max p, away from any boundary: τ = −log α
+    p = logp.exp()
+    assert torch.equal(obj.plausible(logp, -math.log(alpha)), p >= alpha * p.amax(-1, keepdim=True)), \
+        "plausible: log p ≥ max log p − τ should be p ≥ α · max p with α = e^{−τ}"
+    with pytest.raises(ValueError):
+        obj.plausible(logp, -1.0)
+
+
+def test_best_of_n_plausible_hand_examples():
+    """The highest reward among the eligible, the first on ties. Row 0 is the log-ratio reward's trap: the
+    highest reward (9) belongs to a candidate π_SFT rates 4 nats below its best; the floor (τ = 2) changes the
+    pick, from it to the best plausible one, and two eligible candidates tie on reward (2.0: the first wins).
+    τ = 0 keeps the two most likely candidates, tied on logp and on reward. Fails for no masking, the last of
+    ties, or a floor from the batch's overall best."""
+    logp = torch.tensor([[-1.0, -5.0, -1.5, -2.0, -1.0],
+                         [-4.0, -4.0, -9.0, -4.5, -3.0]])
+    rewards = torch.tensor([[0.5, 9.0, 2.0, 2.0, 0.5],
+                            [1.0, 1.0, 7.0, 0.0, -1.0]])
+    for tau, expected in {2.0: [2, 0], 0.0: [0, 4], math.inf: [1, 2]}.items():
+        assert obj.best_of_n_plausible(rewards, logp, tau).tolist() == expected, f"best_of_n_plausible(τ = {tau})"
+    assert obj.best_of_n(rewards).tolist() == [1, 2]
+    # rewards of −inf: the pick is still an eligible candidate (index 0 is not: 8 nats below the best)
+    assert obj.best_of_n_plausible(torch.tensor([[-math.inf, -math.inf, -math.inf]]),
+                                   torch.tensor([[-9.0, -1.0, -1.5]]), 1.0).tolist() == [1], \
+        "best_of_n_plausible: picked an ineligible candidate when every eligible reward is −inf"
+
+
+def test_best_of_n_plausible_without_a_floor_is_best_of_n():
+    g = torch.Generator().manual_seed(50)
+    rewards = torch.randint(0, 3, (200, 6), generator=g).double()   # many ties in reward
+    logp = -torch.rand(200, 6, generator=g) * 20
+    assert torch.equal(obj.best_of_n_plausible(rewards, logp, math.inf), obj.best_of_n(rewards)), \
+        "best_of_n_plausible(τ = inf) != best_of_n (first on ties)"
+    assert not torch.equal(obj.best_of_n_plausible(rewards, logp, 1.0), obj.best_of_n(rewards)), \
+        "test has no teeth: a floor of 1 nat changes no pick"
+
+
+def test_log_ratio_family_ends():
+    init, sft = random_policy(TREE, 42), random_policy(TREE, 43)
+    logp_sft, logp_init = seq_logp(sft, TREE), seq_logp(init, TREE)
+    assert_close(obj.log_ratio_family(logp_sft, logp_init, 1.0), obj.classifier_optimum(logp_sft, logp_init),
+                 "log_ratio_family(γ = 1) != classifier_optimum, the Init-SFT optimum")
+    assert_close(obj.log_ratio_family(logp_sft, logp_init, 0.0), logp_sft, "log_ratio_family(γ = 0) != log π_SFT")
+    assert_close(obj.log_ratio_family(logp_sft, logp_init, 0.3), logp_sft - 0.3 * logp_init,
+                 "log_ratio_family(γ) != log p_pos − γ log p_neg")
+
+
+LOGITS_SFT, LOGITS_INIT = (torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                           for s in (51, 52))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0, -0.5, -1.0])
+def test_extrapolated_logits_is_the_normalised_geometric_extrapolation(alpha):
+    """exp(extrapolated_logits) = π_SFT^{1+α} π_init^{−α} / Σ_a (the same), computed here in probabilities.
+    Fails with the weights swapped, the sign of α flipped, no final normalisation, or an arithmetic mixture."""
+    p_sft, p_init = F.softmax(LOGITS_SFT, -1), F.softmax(LOGITS_INIT, -1)
+    q = p_sft ** (1 + alpha) * p_init ** (-alpha)
+    q = q / q.sum(-1, keepdim=True)
+    assert_close(obj.extrapolated_logits(LOGITS_SFT, LOGITS_INIT, alpha).exp(), q,
+                 f"extrapolated_logits(α = {alpha}): != π_SFT^(1+α) π_init^(−α), normalised")
+    if alpha == 0:
+        assert_close(obj.extrapolated_logits(LOGITS_SFT, LOGITS_INIT, 0.0), F.log_softmax(LOGITS_SFT, -1),
+                     "extrapolated_logits(α = 0) != log π_SFT", atol=1e-14, rtol=0)
+    if alpha == -1:
+        assert_close(q, p_init, "α = −1 should be π_init")
+    if alpha > 0:   # (at α = −½ the swap is the same geometric mean)
+        assert_differs(q, p_sft, "test has no teeth: π_α == π_SFT")
+        swapped = p_init ** (1 + alpha) * p_sft ** (-alpha)
+        assert_differs(q, swapped / swapped.sum(-1, keepdim=True), "test has no teeth: swapped weights agree")
+
+
+def test_extrapolated_policy_is_the_per_token_analogue_of_the_kl_regularised_optimum():
+    """π_α (normalised at every state) against π*(y|x) ∝ π_SFT(y|x)^{1+α} π_init(y|x)^{−α} (normalised once over
+    whole responses), the optimum of J(π) = E_π[log π_SFT − log π_init] − λ KL(π ‖ π_SFT) at λ = 1/α, where
+    J(π*) = λ log Z. They differ on the tree, J(π_α) < J(π*); they agree at the tree's last decision, where no
+    continuation follows (π*'s look-ahead is empty), and in a world of one-token responses."""
+    alpha = 1.5
+    lam = 1 / alpha
+    for tree in (TREE, make_tree(1)):
+        sft, init = random_policy(tree, 44), random_policy(tree, 45)
+        logp_sft, logp_init = seq_logp(sft, tree), seq_logp(init, tree)
+        table = obj.extrapolated_logits(sft, init, alpha)              # log π_α(a|s), one row per state
+        logp_alpha = seq_logp(table, tree)
+        unnormalised = (1 + alpha) * logp_sft - alpha * logp_init
+        logp_star = unnormalised - torch.logsumexp(unnormalised, 0)
+        assert_close(logp_alpha.exp().sum(), torch.tensor(1.0), "π_α is not a distribution over responses")
+
+        def J(logp):
+            return (logp.exp() * (logp_sft - logp_init)).sum() - lam * kl(logp, logp_sft)
+        assert_close(J(logp_star), lam * torch.logsumexp(unnormalised, 0),
+                     "π* ∝ π_SFT^{1+1/λ} π_init^{−1/λ}: J(π*) != λ log Z")
+        if tree is TREE:
+            assert_differs(logp_alpha, logp_star, "extrapolated_logits' docstring: π_α == π* on a tree")
+            assert J(logp_alpha) < J(logp_star) - 1e-6, "π_α does better than the optimum π*"
+            P = torch.einsum("y,ysa->sa", logp_star.exp(), tree.visits)   # P*(reach s, take a)
+            last = slice(3, 7)                                            # make_tree's depth-2 states
+            assert_close((P / P.sum(-1, keepdim=True))[last], table[last].exp(),
+                         "at the last decision π*(·|s) != π_α(·|s)")
+        else:
+            assert_close(logp_alpha, logp_star, "one-token responses: π_α != π*")
+
+
+# -----------------------------------------------------------------------------
+# DPO and SPIN
+
+def bradley_terry_pairs(mu, reward):
+    """P(chosen = a, rejected = b | x) when two responses are drawn from mu(·|x) independently and labelled by
+    Bradley–Terry on reward: (y_1, y_2) ~ mu ⊗ mu, y_1 chosen with probability σ(r(y_1) − r(y_2)), so
+    P(a, b) = 2 mu(a) mu(b) σ(r(a) − r(b)) (on the diagonal, mu(a)²: either label). (M, K) → (M, K, K)."""
+    return 2 * mu[:, :, None] * mu[:, None, :] * torch.sigmoid(reward[:, :, None] - reward[:, None, :])
+
+
+def population_dpo_loss(logpi, logref, pairs, lam):
+    """Σ_x Σ_{a,b} P(x) P(a, b | x) · (dpo_loss of the single pair a ≻ b), x uniform over the M prompts: every
+    pair enumerated, each scored by dpo_loss on a batch of one. logpi, logref (M, K), pairs (M, K, K)."""
+    M, K = logpi.shape
+    total = 0.0
+    for x, a, b in itertools.product(range(M), range(K), range(K)):
+        one = lambda t, y: t[x, y:y + 1]
+        total = total + pairs[x, a, b] / M * obj.dpo_loss(one(logpi, a), one(logpi, b), one(logref, a),
+                                                          one(logref, b), lam)
+    return total
+
+
+def test_dpo_population_optimum_is_the_kl_regularised_optimum():
+    """Preference pairs labelled by Bradley–Terry on a known reward r, every pair enumerated with its probability;
+    a tabular softmax policy (a free logit per prompt and response) fitted to the population DPO loss by gradient
+    descent (L-BFGS, float64) ends at π* ∝ π_ref · exp(r/λ), the optimum of max_π E_π[r] − λ KL(π ‖ π_ref), and its
+    implicit reward λ log π/π_ref is r up to a constant per prompt. The pairs are drawn from a third distribution
+    mu: the optimum does not depend on it. Fails with chosen and rejected swapped (π ∝ π_ref · exp(−r/λ)), the
+    reference not subtracted (π ∝ exp(r/λ)), or λ outside the sigmoid, −λ log σ(Δ) (π ∝ π_ref · exp(r))."""
+    M, K, lam = 2, 4, 0.5
+    g = torch.Generator().manual_seed(60)
+    reward = torch.randn(M, K, generator=g)
+    logref = F.log_softmax(torch.randn(M, K, generator=g), -1)
+    mu = F.softmax(torch.randn(M, K, generator=g), -1)
+    pairs = bradley_terry_pairs(mu, reward)
+    assert_close(pairs.sum((1, 2)), torch.ones(M), "the enumerated pairs' probabilities do not sum to 1")
+    theta = fit_logits(lambda t: population_dpo_loss(F.log_softmax(t, -1), logref, pairs, lam), (M, K))
+    logpi = F.log_softmax(theta, -1)
+    optimum = F.log_softmax(logref + reward / lam, -1)   # π* ∝ π_ref exp(r/λ), normalised per prompt
+    assert_close(logpi, optimum, atol=1e-6, rtol=0,
+                 msg="dpo_loss: the population minimiser != π_ref · exp(r/λ) / Z(x)")
+    implicit = lam * (logpi - logref)
+    assert_close(implicit - implicit[:, :1], reward - reward[:, :1], atol=1e-6, rtol=0,
+                 msg="dpo_loss: at the optimum the implicit reward λ log π/π_ref != r + c(x)")
+    for name, wrong in (("π_ref exp(−r/λ)", logref - reward / lam), ("exp(r/λ)", reward / lam),
+                        ("π_ref exp(r)", logref + reward)):
+        assert_differs(optimum, F.log_softmax(wrong, -1), f"test has no teeth: π* == {name} here")
+
+
+def test_dpo_gradient_raises_chosen_lowers_rejected_and_leaves_the_reference():
+    """∂L/∂log π(y_w) = −λ σ(−margin)/B < 0 and ∂L/∂log π(y_l) = +λ σ(−margin)/B: a descent step raises the
+    chosen and lowers the rejected, here also through a tabular softmax policy; the reference's log-probs get no
+    gradient (detached). Fails with chosen and rejected swapped, or the reference not detached."""
+    lam = 0.7
+    chosen = torch.tensor([-3.0, -1.0, -2.0], requires_grad=True)
+    rejected = torch.tensor([-2.0, -4.0, -2.5], requires_grad=True)
+    ref_chosen = torch.tensor([-2.5, -1.5, -1.0], requires_grad=True)
+    ref_rejected = torch.tensor([-2.0, -3.0, -3.5], requires_grad=True)
+    loss = obj.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, lam)
+    margins = [lam * ((c - rc) - (r - rr)) for c, r, rc, rr in
+               zip(*(t.tolist() for t in (chosen, rejected, ref_chosen, ref_rejected)))]   # −0.35, 1.05, −1.4
+    assert_close(loss, torch.tensor(sum(softplus(-m) for m in margins) / 3),
+                 "dpo_loss != mean of −log σ(λ[(log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)])")
+    g_c, g_r, g_rc, g_rr = torch.autograd.grad(loss, [chosen, rejected, ref_chosen, ref_rejected], allow_unused=True)
+    weight = torch.tensor([lam / (1 + math.exp(m)) / 3 for m in margins])   # λ σ(−margin) / B
+    assert_close(g_c, -weight, "dpo_loss: ∂L/∂log π(y_w) != −λ σ(−margin)/B (a descent step must raise y_w)")
+    assert_close(g_r, weight, "dpo_loss: ∂L/∂log π(y_l) != +λ σ(−margin)/B (a descent step must lower y_l)")
+    for g_ref in (g_rc, g_rr):
+        assert g_ref is None or torch.equal(g_ref, torch.zeros_like(g_ref)), \
+            "dpo_loss: π_ref's log-probs get a gradient"
+    # through a tabular policy over 4 responses: one descent step on the pair y_w = 0 ≻ y_l = 2
+    theta = torch.randn(4, generator=torch.Generator().manual_seed(61), requires_grad=True)
+    logref = F.log_softmax(torch.randn(4, generator=torch.Generator().manual_seed(62)), -1)
+    before = F.log_softmax(theta, -1)
+    step = grad(obj.dpo_loss(before[[0]], before[[2]], logref[[0]], logref[[2]], lam), theta)
+    after = F.log_softmax(theta - 0.1 * step, -1)
+    assert after[0] > before[0] and after[2] < before[2], "a DPO descent step should raise log π(y_w), lower log π(y_l)"
+
+
+def test_dpo_loss_is_finite_at_extreme_margins_in_float32():
+    """softplus(−margin), not −log σ(margin): in float32 σ(−150) = 0 already, and log 0 = −inf. Margins
+    λ × (±2e4, ±300, 0) = ±1e4, ±150, 0, one pair at a time: the loss max(−m, 0) + log(1 + e^{−|m|}) and the
+    gradient −λ σ(−m) with respect to log π(y_w), finite. Fails for −log(sigmoid(m)) and log(1 + exp(−m))."""
+    lam = 0.5
+    for delta in (2e4, -2e4, 300.0, -300.0, 0.0):
+        chosen = torch.tensor([delta], dtype=torch.float32, requires_grad=True)
+        zero = torch.zeros(1, dtype=torch.float32)
+        loss = obj.dpo_loss(chosen, zero, zero, zero, lam)
+        (g,) = torch.autograd.grad(loss, chosen)
+        m = lam * delta
+        assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(g).all(), \
+            f"dpo_loss at margin {m} in float32: loss {loss.item()}, gradient {g.item()}"
+        expected = max(-m, 0.0) + math.log1p(math.exp(-abs(m)))
+        assert_close(loss, torch.tensor(expected, dtype=torch.float32), f"dpo_loss at margin {m}", rtol=1e-6, atol=1e-6)
+        assert_close(g, torch.tensor([-lam / (1 + math.exp(min(m, 700)))], dtype=torch.float32),
+                     f"dpo_loss's gradient at margin {m}", rtol=1e-6, atol=1e-6)
+
+
+def spin_population_loss(theta, logp_data, logp_prev, lam):
+    """SPIN's population loss on TREE: chosen y_w ~ β (a demonstration), rejected y_l ~ π_t (the previous
+    iterate's own sample), independent, so P(y_w = a, y_l = b) = β(a) π_t(b); reference π_t. Every ordered pair
+    enumerated, each scored by dpo_loss on a batch of one. logp_data, logp_prev: log β(y), log π_t(y), constants."""
+    logpi = seq_logp(theta, TREE)
+    w = logp_data.exp()[:, None] * logp_prev.exp()[None, :]
+    total = 0.0
+    for a, b in itertools.product(range(N), repeat=2):
+        total = total + w[a, b] * obj.dpo_loss(logpi[a:a + 1], logpi[b:b + 1], logp_prev[a:a + 1],
+                                               logp_prev[b:b + 1], lam)
+    return total
+
+
+def test_spin_fixed_point_is_the_data_distribution():
+    """At the start of a SPIN iteration, π_θ = π_ref = π_t, the expected gradient is (λ/2) ∇KL(β ‖ π_θ) (dpo_loss's
+    docstring): zero at π_t = β, where chosen and rejected are identically distributed; at π_t ≠ β nonzero, and a
+    small descent step lowers KL(β ‖ π). Fails with chosen and rejected swapped (the step raises KL(β ‖ π)) or the
+    reference not subtracted (nonzero gradient at π = β)."""
+    lam = 0.8
+    expert = random_policy(TREE, 63)
+    logp_beta = seq_logp(expert, TREE)
+    theta = expert.clone().requires_grad_(True)
+    g = grad(spin_population_loss(theta, logp_beta, logp_beta, lam), theta)
+    assert_close(g, torch.zeros_like(g), "SPIN: at π = π_ref = β the expected gradient != 0")
+    theta = random_policy(TREE, 64, grad=True)
+    logp_prev = seq_logp(theta, TREE).detach()
+    g = grad(spin_population_loss(theta, logp_beta, logp_prev, lam), theta)
+    kl_beta = lambda t: kl(logp_beta, seq_logp(t, TREE))   # KL(β ‖ π), forward
+    assert_close(g, lam / 2 * grad(kl_beta(theta), theta), "SPIN: at π = π_ref ≠ β, E[∇L] != (λ/2) ∇KL(β ‖ π)")
+    assert g.abs().max() > 1e-2, "test has no teeth: SPIN's gradient vanishes at π ≠ β"
+    assert kl_beta(theta.detach() - 0.5 * g) < kl_beta(theta.detach()) - 1e-4, \
+        "SPIN: a descent step at π = π_ref ≠ β should bring π closer to β (lower KL(β ‖ π))"
