@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -169,14 +170,13 @@ def sampling_seed(seed, purpose, i=0):
 
 EXPERT_SAMPLES_SEED = 2000    # + seed: numpy's stream for the expert's evaluation samples (the world samples β)
 CALIBRATION_POINTS_SEED = 0   # which 300 evaluation samples the calibration figure draws
-OLD_INDEX = {name: i for i, name in enumerate(
-    ["pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "reward_models",
-     "best_of_n", "rl_init_sft", "control", "evaluate"])}
 
 
 def stage_seed(seed, name):
-    """The stage's seed (the control world's stages share their main-world twin's: only the signature differs)."""
-    return OLD_INDEX[name.removeprefix("control_")]
+    """The seed of stage `name` of the run with seed `seed`: a hash of both, so it does not move when stages are
+    added or reordered. The control world's stages share their main-world twin's (common random numbers: the
+    two worlds differ in the signature alone)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.removeprefix("control_").encode())]).generate_state(1)[0])
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -250,9 +250,8 @@ class Run:
 
     def begin(self, stage):
         """Seed each stage on its own, so that a resumed run draws exactly what an uninterrupted one does."""
-        k = stage_seed(self.seed, stage)
-        self.rng = np.random.default_rng((self.seed, k))   # minibatches and prompts, apart from the world's
-        torch.manual_seed(self.seed * 1000 + k)
+        self.rng = np.random.default_rng(stage_seed(self.seed, stage))   # minibatches and prompts
+        torch.manual_seed(stage_seed(self.seed, stage))
 
     def bar(self, iterable, desc):
         return runner.progress(iterable, desc, self.cfg.progress)

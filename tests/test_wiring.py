@@ -627,3 +627,18 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
                                                                               for p, r in zip(prompts, expert)]))}
     for what, value in swaps.items():   # the test has teeth: each swap would move a checked number
         assert min(abs(value - x) for x in (forward, reverse, got["kl_sft"])) > 0.1, what
+
+
+def test_a_stage_is_seeded_by_its_name_not_its_place(monkeypatch):
+    """A stage's random draws depend on the seed and its name only: a stage added in front of it (as adding a
+    method does) reseeds nothing else. The control world's stages draw what their main-world twins draw."""
+    def draws(name, seed=0):
+        run = SimpleNamespace(seed=seed)
+        afd_mini.Run.begin(run, name)
+        return run.rng.integers(1 << 30, size=4).tolist(), torch.randint(1 << 30, (4,)).tolist()
+
+    before = {name: draws(name) for name in ["sft", "rkl_seq", "evaluate", "control_sft"]}
+    monkeypatch.setattr(afd_mini, "STAGES", [afd_mini.runner.Stage("new", None, (), (), ())] + afd_mini.STAGES)
+    assert {name: draws(name) for name in before} == before
+    assert before["sft"] != before["rkl_seq"] and draws("sft", seed=1) != before["sft"]
+    assert before["control_sft"] == before["sft"]
