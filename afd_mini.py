@@ -37,9 +37,10 @@ import objectives as obj
 import report
 import runner
 from data import World, WorldConfig, load_tokenizer
-from methods import ADVERSARIAL, CONTROL_LEARNED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY, REWARD_MODEL
-from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, sample, save_checkpoint,
-                   sequence_scores, to_batch, token_logprobs, token_scores)
+from methods import (ADVERSARIAL, CONTROL_LEARNED, DERIVED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY,
+                     REWARD_MODEL)
+from model import (GPT, Extrapolated, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, sample,
+                   save_checkpoint, sequence_scores, to_batch, token_logprobs, token_scores)
 from runner import Stage
 from stats import auc, pearson, spearman
 
@@ -102,6 +103,12 @@ class Config:
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
     disc_warmup: int = 0          # discriminator steps on demonstrations vs π_SFT samples before the policy moves
+    # DPO and SPIN: DPO's loss from π_SFT, on preference pairs (dpo) or on (demonstration, own sample) pairs (spin)
+    dpo_kl_coef: float = 0.1      # λ, the weight of KL(π ‖ π_ref) in the objective DPO solves (DPO's "β")
+    dpo_steps: int = 100          # steps per run of DPO (per iteration of SPIN)
+    dpo_batch: int = 32           # pairs per step
+    dpo_lr: float = 1e-4
+    spin_iters: int = 2           # SPIN's iterations: each one's reference and sampler is the previous iterate
     # reward extrapolation
     rm_samples: int = 512         # samples of π_init and of π_SFT to train the classifiers on
     rm_steps: int = 150
@@ -109,6 +116,7 @@ class Config:
     rm_lr: float = 3e-4
     bon_prompts: int = 64         # held-out prompts for Best-of-N
     bon_max_n: int = 64           # N = 1, 2, 4, ..., bon_max_n
+    bon_plausibility: float = 1.0  # τ (nats): Best-of-N also among the candidates within τ of the likeliest; 0 = off
     # evaluation
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
@@ -154,7 +162,7 @@ def result_config(cfg):
 # sample different models for different stages, so nothing measured depends on the coincidence.
 
 def sampling_seed(seed, purpose, i=0):
-    """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout only).
+    """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout, spin).
     Run.sample_responses adds each chunk's offset to it."""
     return {
         "rollout": seed * 100003 + i,       # policy optimisation: the policy's samples at iteration i
@@ -163,6 +171,7 @@ def sampling_seed(seed, purpose, i=0):
         "rm_sft": seed * 7 + 2,
         "rm_init_heldout": seed * 7 + 101,  # ... and their held-out ones
         "rm_sft_heldout": seed * 7 + 102,
+        "spin": seed * 7 + 4 + 1000 * i,    # SPIN's own samples at iteration i
         "best_of_n": seed,                  # π_SFT's N samples of each Best-of-N prompt
         "evaluate": seed + 3000,            # every policy's evaluation samples
     }[purpose]
@@ -501,6 +510,69 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 
 
 # -----------------------------------------------------------------------------------------------------------
+# DPO and SPIN, the methods AfD is compared with: DPO's loss (objectives.dpo_loss) from π_SFT, reference π_SFT, on
+# the gold preference pairs (dpo), or on pairs of a demonstration (chosen) and the model's own sample for the same
+# prompt (rejected), iterated (spin).
+
+def dpo_training(run, policy, ref, chosen, rejected, desc):
+    """cfg.dpo_steps steps of DPO on `policy`: chosen[i] ≻ rejected[i] ((prompt, response) token pairs of one
+    prompt), reference `ref`, whose log-probabilities are computed once. Returns the loss and margin curves."""
+    cfg = run.cfg
+    ref_chosen, ref_rejected = (score(run, ref, pairs, seq_logprob).to(run.device) for pairs in (chosen, rejected))
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.dpo_lr, weight_decay=0.0)
+    curve = {"loss": [], "margin": []}
+    for step in (pbar := run.bar(range(cfg.dpo_steps), desc)):
+        idx = run.rng.integers(len(chosen), size=cfg.dpo_batch)
+        with autocast(run.device):
+            logp_c, logp_r = (seq_logprob(policy, *run.batch(pairs, idx)) for pairs in (chosen, rejected))
+        i = torch.as_tensor(idx, device=run.device)
+        loss = obj.dpo_loss(logp_c, logp_r, ref_chosen[i], ref_rejected[i], cfg.dpo_kl_coef)
+        optimiser_step(opt, policy, loss, step)
+        curve["loss"].append(loss.item())   # the implicit reward's margin, λ·(log-ratio of chosen − of rejected)
+        curve["margin"].append(cfg.dpo_kl_coef * ((logp_c - ref_chosen[i]) - (logp_r - ref_rejected[i])).mean().item())
+        pbar.set_postfix(loss=f"{loss.item():.3f}")
+    return curve
+
+
+def preference_pairs(run):
+    """The gold preference pairs as (chosen, rejected) lists of (prompt, response) token pairs."""
+    enc = run.world.encode_response
+    return [(p.tokens, enc(c)) for p, c, _ in run.data["pref"]], [(p.tokens, enc(r)) for p, _, r in run.data["pref"]]
+
+
+def stage_dpo(run):
+    """DPO (Rafailov et al. 2023) on the gold preference pairs, from π_SFT with π_SFT as the reference: the
+    KL-regularised optimum of the Bradley–Terry reward behind the preferences, without learning that reward."""
+    policy, ref = run.load("sft")[0], run.load("sft")[0].requires_grad_(False)
+    curve = dpo_training(run, policy, ref, *preference_pairs(run), "dpo")
+    run.save("dpo", policy)
+    return {"curve": curve}
+
+
+def stage_spin(run):
+    """SPIN (Chen et al. 2024): DPO's loss with the demonstration as chosen and the current model's own sample for
+    the same prompt as rejected; each iteration's reference and sampler is the previous iterate π_t.
+
+    Its fixed point is π = β: when π_t = β, chosen and rejected are drawn from the same distribution, so no
+    implicit reward λ log π/π_t can tell them apart and the loss's gradient vanishes (objectives.dpo_loss has
+    the derivation and its test). In this project's terms SPIN is, like AfD, a divergence minimiser on
+    demonstrations alone, and a discriminator method: its implicit reward λ log π/π_t is a DPO-form
+    discriminator of demonstrations against the model's own samples, the log-ratio form of our AIRL
+    discriminators with the policy itself as q_φ; at π = π_t its gradient is (λ/2)·∇KL(β ‖ π), SFT's, and the
+    ratio to the previous iterate is what differs."""
+    cfg = run.cfg
+    policy = run.load("sft")[0]
+    prompts = [p for p, _ in run.demos]
+    curves = []
+    for t in range(cfg.spin_iters):
+        ref = copy.deepcopy(policy).requires_grad_(False)   # π_t: the reference, and the sampler of the rejected
+        rejected = run.sample_pairs(ref, prompts, sampling_seed(run.seed, "spin", t))
+        curves.append(dpo_training(run, policy, ref, run.demos, rejected, f"spin {t + 1}"))
+    run.save("spin", policy)
+    return {"curves": curves}
+
+
+# -----------------------------------------------------------------------------------------------------------
 # Stage 9, reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples:
 # a binary classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
 #   r(x, y) = log q_φ(y|x) − log π_neg(y|x),   q_φ initialised from π_neg, the negative class's model,
@@ -580,11 +652,10 @@ def stage_reward_models(run):
     for key, stage in [("init", "pretrain"), ("sft", "sft")]:
         data[key] = run.sample_pairs(models[stage], prompts, sampling_seed(run.seed, f"rm_{key}"))
         held_data[key] = run.sample_pairs(models[stage], held_prompts, sampling_seed(run.seed, f"rm_{key}_heldout"))
-    enc = run.world.encode_response
-    pref = [((p.tokens, enc(c)), (p.tokens, enc(r))) for p, c, r in run.data["pref"]]
-    n_held_pref = min(128, max(2, len(pref) // 8))
-    data["chosen"], data["rejected"] = [c for c, _ in pref[n_held_pref:]], [r for _, r in pref[n_held_pref:]]
-    held_data["chosen"], held_data["rejected"] = [c for c, _ in pref[:n_held_pref]], [r for _, r in pref[:n_held_pref]]
+    chosen, rejected = preference_pairs(run)
+    n_held_pref = min(128, max(2, len(chosen) // 8))
+    data["chosen"], data["rejected"] = chosen[n_held_pref:], rejected[n_held_pref:]
+    held_data["chosen"], held_data["rejected"] = chosen[:n_held_pref], rejected[:n_held_pref]
     curves = {}
     for name in reward_model_names(run):
         r = REWARD_MODEL[name]
@@ -595,11 +666,13 @@ def stage_reward_models(run):
 
 # -----------------------------------------------------------------------------------------------------------
 # Stage 10, best_of_n: Best-of-N over π_SFT's samples, ranked by each reward model, by each classifier's exact
-# optimum, and by the gold reward (the ceiling).
+# optimum, by the baselines the papers lack (π_SFT's likelihood alone, and the family log π_SFT − γ log π_init
+# between it and Init-SFT's optimum), and by the gold reward (the ceiling); each also under contrastive decoding's
+# plausibility constraint (objectives.best_of_n_plausible, --bon_plausibility). What the picks are (off-support,
+# modes, length, signature) is measured at every N: the mechanism behind the gold reward.
 
 def stage_best_of_n(run):
-    """Best-of-N over π_SFT: N samples per prompt, keep the one the reward model ranks highest."""
-    cfg = run.cfg
+    cfg, world = run.cfg, run.world
     init, _ = run.load("pretrain")
     sft, _ = run.load("sft")
     prompts = run.data["eval_prompts"][:cfg.bon_prompts]
@@ -609,33 +682,51 @@ def stage_best_of_n(run):
     responses = [r for _, r in pairs]
     rewards = {name: score(run, load_reward_model(run, name), pairs, lambda rm, t, k: rm(t, k))
                for name in run.bar(reward_model_names(run), "best_of_n")}
-    # each classifier's exact optimum, log p_pos − log p_neg: what its objective asks for (our world knows log β)
+    # exact: each classifier's optimum log p_pos − γ log p_neg (γ = 1; our world knows log β), and its relatives
     logp = {"init": score(run, init, pairs, seq_logprob), "sft": score(run, sft, pairs, seq_logprob),
-            "demos": expert_logprobs(run.world, flat, responses)}
+            "demos": expert_logprobs(world, flat, responses)}
     for name in OPTIMA:
-        rewards[name] = obj.classifier_optimum(logp[REWARD_MODEL[name].pos], logp[REWARD_MODEL[name].neg])
-    rewards["gold"] = gold = torch.tensor(run.world.gold_rewards(flat, responses), dtype=torch.float32)
-    off = torch.tensor([m == "off" for m in run.world.modes(flat, responses)], dtype=torch.float32)
-    bon = {name: best_of_n_curve(r, gold, off, N) for name, r in rewards.items()}
+        r = REWARD_MODEL[name]
+        rewards[name] = obj.log_ratio_family(logp[r.pos], logp[r.neg] if r.neg else 0.0, r.gamma)
+    for name in DERIVED:   # learned: log q_φ − γ log π_init = (log q_φ − log π_init) + (1 − γ) log π_init
+        r = REWARD_MODEL[name]
+        if r.base not in rewards or form_of(REWARD_MODEL[r.base], cfg) != "airl":
+            continue
+        rewards[name] = rewards[r.base] + (1 - r.gamma) * logp[REWARD_MODEL[r.base].neg]
+    rewards["gold"] = gold = torch.tensor(world.gold_rewards(flat, responses), dtype=torch.float32)
+    modes = world.modes(flat, responses)
+    picks = {"off_support": torch.tensor([m == "off" for m in modes]), "length": torch.tensor(list(map(len, responses))),
+             "signature": torch.tensor(world.signed(flat, responses)),
+             **{f"mode_{m}": torch.tensor([x == m for x in modes]) for m in world.mode_names}}
+    bon = {name: best_of_n_curve(r, gold, picks, N) for name, r in rewards.items()}
+    tau = cfg.bon_plausibility or math.inf   # 0 turns the constraint off: every candidate eligible
+    plausible = {name: best_of_n_curve(r, gold, picks, N, logp["sft"], tau) for name, r in rewards.items()
+                 if REWARD_MODEL[name].kind in ("learned", "optimum", "derived") and name != "sft_likelihood"}
     vs_optimum = {f"{name}_vs_optimum": {"pearson": pearson(rewards[name], rewards[opt]),
                                          "spearman": spearman(rewards[name], rewards[opt])}
                   for name, opt in LEARNED_VS_OPTIMUM.items() if name in rewards}
-    demo_gold = float(np.mean(run.world.gold_rewards(run.demo_prompts, [r for _, r in run.demos])))
-    return {"bon": bon, "reward_models": vs_optimum, "demonstrations": {"gold_reward": demo_gold}}
+    demo_gold = float(np.mean(world.gold_rewards(run.demo_prompts, [r for _, r in run.demos])))
+    return {"bon": bon, "bon_plausible": plausible, "reward_models": vs_optimum,
+            "demonstrations": {"gold_reward": demo_gold}}
 
 
-def best_of_n_curve(reward, gold, off, N):
+def best_of_n_curve(reward, gold, picks, N, logp=None, tau=math.inf):
     """Best-of-n for n = 1, 2, 4, ..., N from N samples of each prompt, prompt-major (sample j of prompt i at
-    i·N + j): the candidate `reward` ranks highest among n, and the mean gold reward and off-support rate (off:
-    0/1) of the picks. N samples per prompt = N/n disjoint draws of Best-of-n: an average over all of them."""
-    res = {"n": [], "kl": [], "gold_reward": [], "off_support": []}
+    i·N + j): the candidate `reward` ranks highest among n (among the plausible ones, objectives.best_of_n_plausible,
+    when tau is finite: logp = their log π_SFT), the mean gold reward of the picks, and the mean over the picks of
+    each of `picks` (per-sample values: off-support 0/1, length, ...). N samples per prompt = N/n disjoint draws of
+    Best-of-n: an average over all of them. kl: KL(Best-of-n ‖ π_SFT) = log n − (n − 1)/n, unconstrained only (the
+    constrained choice is not the argmax of a reward of y alone; its KL is at most log n)."""
+    res = {"n": [], "gold_reward": [], **({"kl": []} if tau == math.inf else {}), **{k: [] for k in picks}}
     n = 1
     while n <= N:
-        pick = obj.best_of_n(reward.view(-1, n))
+        r = reward.view(-1, n)
+        pick = obj.best_of_n(r) if tau == math.inf else obj.best_of_n_plausible(r, logp.view(-1, n), tau)
         res["n"].append(n)
-        res["kl"].append(obj.best_of_n_kl(n))
-        res["gold_reward"].append(gold.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
-        res["off_support"].append(off.view(-1, n)[torch.arange(len(reward) // n), pick].mean().item())
+        if "kl" in res:
+            res["kl"].append(obj.best_of_n_kl(n))
+        for key, values in [("gold_reward", gold), *picks.items()]:
+            res[key].append(values.view(-1, n)[torch.arange(len(reward) // n), pick].float().mean().item())
         n *= 2
     return res
 
@@ -711,10 +802,12 @@ def stage_evaluate(run):
     prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
     rng = np.random.default_rng(run.seed + EXPERT_SAMPLES_SEED)
     expert_samples = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
-    sft, _ = run.load("sft")
+    sft, init = run.load("sft")[0], run.load("pretrain")[0]
     policies, calibration, points = {}, {}, {}
     for name in (pbar := run.bar([p.name for p in POLICIES], "evaluate")):
-        model = None if POLICY[name].kind == "expert" else run.load(POLICY[name].checkpoint)[0]
+        kind = POLICY[name].kind
+        model = None if kind == "expert" else Extrapolated(sft, init, POLICY[name].alpha) \
+            if kind == "extrapolated" else run.load(POLICY[name].checkpoint)[0]
         responses = expert_samples if model is None else \
             run.sample_responses(model, [p.tokens for p in prompts], sampling_seed(run.seed, "evaluate"))
         own, on_expert = scored(run, model, prompts, responses), scored(run, model, prompts, expert_samples)
@@ -754,11 +847,12 @@ SFT = ("sft_steps", "sft_batch", "sft_lr")
 ORACLE = (*POLICY_GRADIENT, "kl_coef")
 ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup")   # + "disc" where the method takes --disc's form
 RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
-BON = ("bon_prompts", "bon_max_n")
+BON = ("bon_prompts", "bon_max_n", "bon_plausibility")
+DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr")
 RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
 CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
 POLICY_STAGES = ("pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "rl_init_sft")
+                 "fkl_fairl", "dpo", "spin", "rl_init_sft")
 
 STAGES = [  # name, computed by, the options it reads (+ the world's), the stages it consumes, its files (+ <name>.json)
     Stage("pretrain", stage_pretrain, PRETRAIN, (), ("pretrain.pt",)),
@@ -770,6 +864,10 @@ STAGES = [  # name, computed by, the options it reads (+ the world's), the stage
                                                                            "rkl_seq_scalar_disc.pt")),
     Stage("rkl_oracle", oracle("rkl_oracle"), ORACLE, ("sft",), ("rkl_oracle.pt",)),
     Stage("js_oracle", oracle("js_oracle"), ORACLE, ("sft",), ("js_oracle.pt",)),
+    # the methods AfD is compared with
+    Stage("fkl_fairl", adversarial("fkl_fairl"), (*ADV, "disc"), ("sft",), ("fkl_fairl.pt", "fkl_fairl_disc.pt")),
+    Stage("dpo", stage_dpo, DPO, ("sft",), ("dpo.pt",)),
+    Stage("spin", stage_spin, (*DPO, "spin_iters"), ("sft",), ("spin.pt",)),
     Stage("reward_models", stage_reward_models, RM, ("pretrain", "sft"), RM_FILES),
     Stage("best_of_n", stage_best_of_n, BON, ("pretrain", "sft", "reward_models"), ()),
     Stage("rl_init_sft", stage_rl_init_sft, (*POLICY_GRADIENT, "rm_kl_coef"), ("sft", "reward_models"),

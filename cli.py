@@ -79,7 +79,7 @@ def parse_args(argv, config_class, presets, usage, stages):
     return cfg
 
 
-ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup"}   # may be 0; the world checks its own knobs (q, ...)
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
 
 
 def validate(cfg, stages):

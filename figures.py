@@ -1,11 +1,13 @@
 """
-figures.py: the six figures of the report, from the aggregated metrics (metrics.py) of a run. report.py calls
+figures.py: the eight figures of the report, from the aggregated metrics (metrics.py) of a run. report.py calls
 them; each takes the output path, the mean tree and the tree of error-bar half-widths (report.error_bars).
 
   fig_intuition          forward vs reverse KL on a toy 1-D problem (needs no metrics)
   fig_modes              where each policy puts its mass: the expert's modes and off-support
   fig_divergence_plane   every policy's forward KL against its reverse KL
   fig_bon                Best-of-N's gold reward against its KL, for every reward
+  fig_bon_picks          what Best-of-N picks as N grows, and the selection rules that get past the demonstrations
+  fig_extrapolation      the extrapolated policy π_α: gold reward and KL to the expert against α
   fig_calibration        each discriminator's logit against the exact log β − log π
   fig_curves             the training curves
 """
@@ -17,7 +19,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display, Agg by default
 from matplotlib.lines import Line2D
 
-from methods import ADVERSARIAL, POLICIES, REWARD_MODELS
+from methods import ADVERSARIAL, ALPHAS, PAPER_REWARDS, POLICIES, REWARD_MODELS
 from metrics import fmt, get
 from objectives import generalized_jsd
 
@@ -156,7 +158,7 @@ def fig_divergence_plane(path, mean, err, linthresh=0.1):
     _save(fig, path)
 
 def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, title=""):
-    for rm in [r for r in RM_NAMES if r in bon] + [r for r in bon if r not in RM_NAMES]:
+    for rm in [r for r in PAPER_REWARDS if r in bon]:   # the papers' reward models; the baselines: fig_bon_picks
         err = get(bon_err, rm, "gold_reward")
         ax.errorbar(bon[rm]["kl"], bon[rm]["gold_reward"], yerr=err, capsize=2, ms=5,
                     label=RM_LABELS.get(rm, rm), **RM_STYLE.get(rm, {}))
@@ -205,6 +207,64 @@ def fig_bon(path, mean, err):
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=5, fontsize=8,
                frameon=False)
     fig.suptitle("Best-of-N on π_SFT samples, ranked by each reward model", fontsize=12)
+    _save(fig, path)
+
+# the selection rules fig_bon_picks follows: (table, reward, label, colour); the plausible ones dashed
+PICK_RULES = [("bon", "init_sft", "learned Init-SFT", "C0"), ("bon", "init_sft_optimum", "Init-SFT optimum (exact)", "C3"),
+              ("bon", "sft_likelihood", "log π_SFT alone (exact)", "C2"), ("bon", "gold", "gold reward (ceiling)", "black"),
+              ("bon_plausible", "init_sft", "learned Init-SFT, plausible only", "C0"),
+              ("bon_plausible", "init_sft_optimum", "Init-SFT optimum, plausible only", "C3")]
+
+def fig_bon_picks(path, mean, err):
+    """What Best-of-N picks as N grows, per selection rule: the picks' gold reward, off-support rate, length,
+    signature rate and share of the expert's long steps mode. The mechanism behind fig_bon's curves."""
+    keys = [("gold_reward", "gold reward of the picks"), ("off_support", "off-support rate of the picks"),
+            ("length", "length of the picks (tokens)"), ("signature", "signature rate of the picks"),
+            ("mode_steps", "share of the steps mode"), ("mode_terse", "share of the terse mode")]
+    fig = Figure(layout="constrained", figsize=(13, 7.5))
+    for ax, (key, title) in zip(fig.subplots(2, 3).flat, keys):
+        for table, rm, label, color in PICK_RULES:
+            curve = get(mean, table, rm)
+            if not curve or key not in curve:
+                continue
+            ax.errorbar(curve["n"], curve[key], yerr=get(err, table, rm, key), capsize=2, ms=4, lw=1.5, marker="o",
+                        color=color, ls="--" if table == "bon_plausible" else "-", label=label)
+        if key == "gold_reward":
+            ax.axhline(mean["demonstrations"]["gold_reward"], color="C1", ls=":", lw=1, label="demonstrations")
+        ax.set_xscale("log", base=2)
+        ax.set(title=title, xlabel="N (candidates from π_SFT)")
+    handles = {}
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    tau = get(mean, "config", "bon_plausibility")
+    fig.suptitle(f"What Best-of-N picks as N grows (dashed: among candidates within τ = {tau} nats of the likeliest)",
+                 fontsize=12)
+    _save(fig, path)
+
+def fig_extrapolation(path, mean, err):
+    """The extrapolated policy π_α ∝ π_SFT^{1+α} π_init^{−α} (no reward model, no training) against α: α = 0 is
+    π_SFT. Does the expert lie beyond π_SFT along the direction π_init → π_SFT, and how far?"""
+    pol, pol_err = mean["policies"], get(err, "policies") or {}
+    names = ["sft"] + [f"extrapolated_{a:g}" for a in ALPHAS if f"extrapolated_{a:g}" in pol]
+    alphas = [0.0] + [a for a in ALPHAS if f"extrapolated_{a:g}" in pol]
+    fig = Figure(layout="constrained", figsize=(13, 4))
+    panels = [(["gold_reward"], "gold reward"), (["forward_kl", "reverse_kl"], "KL to the expert (nats)"),
+              (["off_support"], "off-support rate")]
+    for ax, (keys, ylabel) in zip(fig.subplots(1, 3), panels):
+        for key in keys:
+            ax.errorbar(alphas, [pol[p][key] for p in names], yerr=[get(pol_err, p, key) or 0 for p in names],
+                        marker="o", capsize=3, label={"forward_kl": "forward KL(β ‖ π_α)",
+                                                      "reverse_kl": "reverse KL(π_α ‖ β)"}.get(key, key))
+            if key in pol.get("expert", {}) and key != "reverse_kl":
+                ax.axhline(pol["expert"][key], color="black", ls=":", lw=1, label="expert")
+        if keys == ["gold_reward"]:
+            ax.axhline(mean["demonstrations"]["gold_reward"], color="C1", ls="--", lw=1, label="demonstrations")
+        ax.set(xlabel="α (0 = π_SFT)", ylabel=ylabel)
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle("Extrapolating past π_SFT without a reward model: π_α ∝ π_SFT^(1+α) · π_init^(−α), token by token",
+                 fontsize=12)
     _save(fig, path)
 
 def fig_calibration(path, mean, err, points):
@@ -284,6 +344,10 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
     "fig_bon.png": "expected: Init-SFT keeps rising past the demonstrations (orange line) as N "
         "grows, the reward models trained against demonstrations gain less, and in the control "
         "panel (no signature) that gap shrinks.",
+    "fig_bon_picks.png": "as N grows, Best-of-N by a log-ratio reward picks longer, signed and off-support "
+        "responses (the ratio rewards SFT's own imitation errors); among the plausible candidates only it does not.",
+    "fig_extrapolation.png": "where the expert lies along the direction π_init → π_SFT: a gold reward that "
+        "rises with α means the expert lies beyond π_SFT; the KLs say how far π_α moves from the expert.",
     "fig_calibration.png": "points on the dashed y = x line mean the discriminator's logit is "
         "the exact log β − log π; the axes are not to the same scale, the titles give the rank and "
         "linear correlations (mean over seeds). The AIRL-form discriminators (log q_φ − log π) beside "

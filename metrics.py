@@ -12,7 +12,7 @@ import copy
 
 import numpy as np
 
-from methods import ADVERSARIAL, MODE_SEEKING, POLICIES
+from methods import ADVERSARIAL, ALPHA_JUDGED, MODE_SEEKING, POLICIES
 from stats import judge, paired_interval
 
 # -----------------------------------------------------------------------------
@@ -28,16 +28,18 @@ def assemble(results, seed, world_seconds, config):
         "policies": ev["policies"],
         "demonstrations": bon["demonstrations"],
         "bon": bon["bon"],
+        "bon_plausible": bon["bon_plausible"],
         "reward_models": {**bon["reward_models"],
                           "final_loss": {k: v["loss"][-1] for k, v in rm["curves"].items()},
                           "heldout_loss": {k: v["heldout_loss"] for k, v in rm["curves"].items()}},
         "calibration": ev["calibration"],
         "calibration_points": ev["calibration_points"],
         "curves": {"pretrain_loss": results["pretrain"]["curve"], "sft_loss": results["sft"]["curve"],
-                   "adversarial": adversarial},
+                   "adversarial": adversarial, "dpo": results["dpo"]["curve"], "spin": results["spin"]["curves"]},
         "stage_seconds": {"world": world_seconds, **{s: r["seconds"] for s, r in results.items()}},
         "config": config,
-        **({"control": {k: control[k] for k in ("bon", "reward_models", "demonstrations")}} if control else {}),
+        **({"control": {k: control[k] for k in ("bon", "bon_plausible", "reward_models", "demonstrations")}}
+           if control else {}),
     }
 
 
@@ -124,11 +126,13 @@ def _need(run, *keys):
         raise _Missing(".".join(map(str, keys)))
     return value
 
-def _bon_at(world, rm, n):
-    ns = _need(world, "bon", rm, "n")
+def _bon_at(world, rm, n, key="gold_reward", table="bon"):
+    """Best-of-n's gold reward (or another statistic of its picks) with reward rm; table bon_plausible: under the
+    plausibility constraint."""
+    ns = _need(world, table, rm, "n")
     if n not in ns:
-        raise _Missing(f"bon.{rm} at N = {n}")
-    return _need(world, "bon", rm, "gold_reward")[ns.index(n)]
+        raise _Missing(f"{table}.{rm} at N = {n}")
+    return _need(world, table, rm, key)[ns.index(n)]
 
 def _rm_gap(world, n):
     """How much more gold reward Best-of-n gets with Init-SFT than with the better of the two
@@ -160,6 +164,39 @@ def effect_conditions(has_control=True):
                         f"N = {n}", f"bon.init_sft[N={n}] − demonstrations",
                         lambda r, world=world, n=n: _bon_at(world(r), "init_sft", n)
                         - _need(world(r), "demonstrations", "gold_reward")))
+    # the methods AfD is compared with, on the same plane
+    for m, name in [("dpo", "DPO"), ("spin", "SPIN")]:
+        effect = f"{name} ({m}) has lower reverse KL and off-support rate, and a higher gold reward, than π_SFT"
+        for key, label, sign in [("reverse_kl", "reverse KL", 1), ("off_support", "off-support rate", 1),
+                                 ("gold_reward", "gold reward", -1)]:
+            out.append((effect, label, f"{key}[sft] − {key}[{m}]" if sign > 0 else f"{key}[{m}] − {key}[sft]",
+                        lambda r, m=m, key=key, sign=sign: sign * (pol(r, "sft", key) - pol(r, m, key))))
+    out.append(("adversarial reverse KL (rkl_seq) reaches a lower reverse KL than SPIN from the same demonstrations",
+                "reverse KL", "reverse_kl[spin] − reverse_kl[rkl_seq]",
+                lambda r: pol(r, "spin", "reverse_kl") - pol(r, "rkl_seq", "reverse_kl")))
+    out.append(("FAIRL (fkl_fairl) keeps a forward KL closer to π_SFT's than reverse KL with the same discriminator "
+                "(rkl_seq)", "forward KL", "forward_kl[rkl_seq] − forward_kl[fkl_fairl]",
+                lambda r: pol(r, "rkl_seq", "forward_kl") - pol(r, "fkl_fairl", "forward_kl")))
+    # why Best-of-N by Init-SFT stops at the demonstrators' level, and what gets past them (docs/RESULTS.md)
+    out.append(("mechanism: Best-of-16 by the exact Init-SFT optimum picks off-support responses more often than "
+                "π_SFT's samples", "off-support rate", "bon.init_sft_optimum.off_support[N=16] − the same at N=1",
+                lambda r: _bon_at(r, "init_sft_optimum", 16, "off_support")
+                - _bon_at(r, "init_sft_optimum", 1, "off_support")))
+    plausible = lambda r, n: _bon_at(r, "init_sft", n, table="bon_plausible")
+    for n in PREREGISTERED_N:
+        out.append(("plausible extrapolation: Best-of-N by the learned Init-SFT reward model among the plausible "
+                    "candidates beats the demonstrations", f"N = {n}",
+                    f"bon_plausible.init_sft[N={n}] − demonstrations",
+                    lambda r, n=n: plausible(r, n) - _need(r, "demonstrations", "gold_reward")))
+    for n in PREREGISTERED_N:
+        out.append(("plausible extrapolation: the learned Init-SFT reward model among the plausible candidates "
+                    "beats π_SFT's likelihood alone", f"N = {n}",
+                    f"bon_plausible.init_sft[N={n}] − bon.sft_likelihood[N={n}]",
+                    lambda r, n=n: plausible(r, n) - _bon_at(r, "sft_likelihood", n)))
+    alpha = f"extrapolated_{ALPHA_JUDGED:g}"
+    out.append((f"extrapolation without a reward model: π_α at α = {ALPHA_JUDGED:g} has a higher gold reward than "
+                "π_SFT", "gold reward", f"gold_reward[{alpha}] − gold_reward[sft]",
+                lambda r: pol(r, alpha, "gold_reward") - pol(r, "sft", "gold_reward")))
     for m in ADVERSARIAL:   # a discriminator worth its name orders responses like the log-ratio it estimates
         out.append((f"calibration: {m}'s discriminator logit ranks its policy's samples like log β − log π",
                     "Spearman ρ > 0", f"calibration.{m}.spearman",

@@ -14,7 +14,7 @@ import numpy as np
 
 import figures
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
-from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM
+from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
 from metrics import PREREGISTERED_N, _bon_at, _Missing, _is_number, aggregate, effects, fmt, get
 from stats import paired_interval, t_quantile_975
 
@@ -45,19 +45,35 @@ def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
-def _bon_table(world, world_std, title):
-    """The Best-of-N section for one world (the main one or the control)."""
-    bon, bon_std = world["bon"], get(world_std, "bon")
-    rms = [r for r in RM_NAMES if r in bon] + [r for r in bon if r not in RM_NAMES]
+def _bon_table(world, world_std, title, tau):
+    """The Best-of-N section for one world (the main one or the control): each reward's gold reward at every N,
+    unconstrained and among the plausible candidates, and what its picks are."""
     demo = fmt(world["demonstrations"]["gold_reward"], get(world_std, "demonstrations", "gold_reward"))
-    lines = [f"## {title}", "", "Gold reward of the response ranked best among N samples of π_SFT, "
-             f"KL(Best-of-N ‖ π_SFT) = log N − (N−1)/N. Demonstrations: {demo}.", ""]
-    rows = []
-    for i, (n, kl) in enumerate(zip(bon[rms[0]]["n"], bon[rms[0]]["kl"])):
-        errs = [get(bon_std, r, "gold_reward") for r in rms]
-        rows.append([n, f"{kl:.3g}"] + [fmt(bon[r]["gold_reward"][i], e[i] if e else None)
-                                        for r, e in zip(rms, errs)])
-    return lines + _table(["N", "KL (nats)"] + [RM_LABELS.get(r, r) for r in rms], rows) + [""]
+    lines = [f"## {title}", "", "Gold reward of the response ranked best among N samples of π_SFT "
+             f"(KL(Best-of-N ‖ π_SFT) = log N − (N−1)/N). Demonstrations: {demo}. *exact*: computed from exact "
+             "log-probabilities (the world's, or the models' own); *learned*: a trained reward model's.", ""]
+    for table, what in [("bon", "every candidate"),
+                        ("bon_plausible", "the plausible candidates only (within τ nats of the likeliest of the N; "
+                                          f"τ = {tau})")]:
+        bon = world.get(table)
+        if not bon:
+            continue
+        rms = [r for r in RM_NAMES if r in bon] + [r for r in bon if r not in RM_NAMES]
+        ns = bon[rms[0]]["n"]
+        rows = [[RM_LABELS.get(r, r), "exact" if REWARD_MODEL.get(r, None) and REWARD_MODEL[r].exact else "learned",
+                 *[fmt(g, e) for g, e in zip(bon[r]["gold_reward"],
+                                             get(world_std, table, r, "gold_reward") or [None] * len(ns))]]
+                for r in rms]
+        lines += [f"Among {what}:", ""] + _table(["reward", "", *[f"N = {n}" for n in ns]], rows) + [""]
+    bon = world["bon"]
+    n = max(bon["gold"]["n"])
+    keys = [k for k in bon["gold"] if k not in ("n", "kl", "gold_reward")]
+    rows = [[RM_LABELS.get(r, r), *[f"{bon[r][k][0]:.2f} → {bon[r][k][-1]:.2f}" for k in keys]]
+            for r in [r for r in RM_NAMES if r in bon]]
+    return lines + [f"What the picks are, at N = 1 (π_SFT's samples) → N = {n}: off-support rate, mean length "
+                    "(tokens), signature rate, and each expert mode's share.", ""] + \
+        _table(["reward", *keys], rows) + [""]
+
 
 def _learned_vs_optimum(runs, world, name):
     """Each learned classifier against its exact optimum, in one world: how well it ranks like the optimum on
@@ -141,11 +157,11 @@ def _markdown(runs, mean, std, effects, figures, notes, err_label):
         lines += _table(["method", "Spearman ρ", "Pearson r", "AUC on/off support"], rows) + [""]
 
     if mean.get("bon") and mean.get("demonstrations"):
-        lines += _bon_table(mean, std, "Best-of-N")
+        lines += _bon_table(mean, std, "Best-of-N", get(mean, "config", "bon_plausibility"))
         lines += _learned_vs_optimum(runs, lambda r: r, "the signed world")
     if get(mean, "control", "bon") and get(mean, "control", "demonstrations"):
         lines += _bon_table(mean["control"], get(std, "control"),
-                            "Best-of-N, control world (no demonstrator signature)")
+                            "Best-of-N, control world (no demonstrator signature)", get(mean, "config", "bon_plausibility"))
         lines += _learned_vs_optimum(runs, lambda r: r.get("control", {}), "the control world")
 
     lines += ["## Figures", ""]
@@ -224,6 +240,8 @@ def write_report(out_dir, runs):
             ("fig_modes.png", lambda p: figures.fig_modes(p, mean, err), ["policies"]),
             ("fig_divergence_plane.png", lambda p: figures.fig_divergence_plane(p, mean, err), ["policies"]),
             ("fig_bon.png", lambda p: figures.fig_bon(p, mean, err), ["bon", "demonstrations"]),
+            ("fig_bon_picks.png", lambda p: figures.fig_bon_picks(p, mean, err), ["bon", "demonstrations"]),
+            ("fig_extrapolation.png", lambda p: figures.fig_extrapolation(p, mean, err), ["policies"]),
             ("fig_calibration.png",
              lambda p: figures.fig_calibration(p, mean, err, runs[0]["calibration_points"]),
              ["calibration_points"]),

@@ -453,6 +453,9 @@ class World:
     def modes(self, prompts, token_lists):
         return [j.mode for j in self.judge_many(prompts, token_lists)]
 
+    def signed(self, prompts, token_lists):
+        return [j.signature for j in self.judge_many(prompts, token_lists)]
+
     # ------------------------------------------------------------------ datasets
     def preference_pair(self, prompt, rng):
         """(chosen, rejected): two responses from one process, the signature-free expert (with

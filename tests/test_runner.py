@@ -37,7 +37,7 @@ def changed(**change):
     return {s for s in afd_mini.STAGE_NAMES if a[s] != b[s]}
 
 
-RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"}
+RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "fkl_fairl"}
 
 
 @pytest.mark.parametrize("change, stages", [
@@ -47,8 +47,11 @@ RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle"}
     (dict(bon_max_n=16), {"best_of_n", "control_best_of_n"}),
     (dict(rm_steps=10), {"reward_models", "best_of_n", "rl_init_sft", "control_reward_models", "control_best_of_n",
                          "evaluate"}),
-    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "reward_models", "best_of_n", "rl_init_sft",
+    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "fkl_fairl", "reward_models", "best_of_n", "rl_init_sft",
                            "control_reward_models", "control_best_of_n", "evaluate"}),
+    (dict(dpo_kl_coef=0.5), {"dpo", "spin", "evaluate"}),
+    (dict(spin_iters=3), {"spin", "evaluate"}),
+    (dict(bon_plausibility=2.0), {"best_of_n", "control_best_of_n"}),
     (dict(sft_steps=10), set(afd_mini.STAGE_NAMES) - {"pretrain"}),
     (dict(q=0.5), set(afd_mini.STAGE_NAMES)),
     (dict(signature_p=0.5), set(afd_mini.STAGE_NAMES)),   # the control world: through π_init, which reads the world

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import afd_mini
+import methods
 import objectives as obj
 from data import World
 from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, to_batch, token_logprobs,
@@ -134,12 +135,12 @@ def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, leve
     assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
 
 
-@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"])
+@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl"])
 def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(method, monkeypatch, tmp_path):
     """The reward stage_adversarial hands to the policy loop, on a hand-made Rollout, against the discriminator
     run on each unpadded row. AIRL form (--disc=airl): h = log q_φ − log π, summed over the response (rkl_seq),
     per response token and 0 elsewhere (rkl_tok), GAIL −log(1 − σ(h)) of the summed h (js). Scalar form
-    (rkl_seq_scalar): h at the last response token."""
+    (rkl_seq_scalar): h at the last response token. FAIRL (fkl_fairl): −h·e^h of the summed h."""
     loop = {}
 
     def fake_loop(run, stage, reward_fn, disc=None):
@@ -152,7 +153,7 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
                           load=lambda name: (sft, {}), save=lambda name, model, **extra: None)
     afd_mini.stage_adversarial(run, method)
     disc = loop["disc"]
-    level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq"}[method]
+    level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq", "fkl_fairl": "seq"}[method]
     assert loop["stage"] == method and disc.level == level
     assert disc.form == ("scalar" if method == "rkl_seq_scalar" else "airl")
     with torch.no_grad():   # the discriminator starts at h = 0: give it an opinion
@@ -178,7 +179,7 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
             expected[b, len(p):len(p) + len(r)] = h[b]
     else:
         seq = torch.stack([row[-1] if disc.form == "scalar" else row.sum() for row in h])
-        expected = -torch.log1p(-torch.sigmoid(seq)) if method == "js" else seq
+        expected = {"js": -torch.log1p(-torch.sigmoid(seq)), "fkl_fairl": -seq * torch.exp(seq)}.get(method, seq)
     torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
 
 
@@ -402,20 +403,45 @@ def test_best_of_n_curve_against_brute_force():
     g = torch.Generator().manual_seed(0)
     reward = torch.randint(0, 4, (M * N,), generator=g).float()   # few values: many ties
     gold = torch.rand(M * N, generator=g)
-    off = (torch.rand(M * N, generator=g) < 0.5).float()
-    res = afd_mini.best_of_n_curve(reward, gold, off, N)
-    assert res["n"] == [1, 2, 4, 8]
-    assert res["kl"] == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 4, 8)])
-    for i, n in enumerate(res["n"]):
-        picks = []
-        for start in range(0, M * N, n):   # consecutive samples of one prompt, N/n draws per prompt
-            best = start
-            for j in range(start, start + n):
-                if reward[j] > reward[best]:   # strictly greater: the first of equals stays
-                    best = j
-            picks.append(best)
-        assert res["gold_reward"][i] == pytest.approx(np.mean([gold[j].item() for j in picks]), abs=1e-6), n
-        assert res["off_support"][i] == pytest.approx(np.mean([off[j].item() for j in picks]), abs=1e-6), n
+    picks = {"off_support": (torch.rand(M * N, generator=g) < 0.5), "length": torch.randint(2, 30, (M * N,),
+                                                                                                  generator=g)}
+    logp = -torch.randint(0, 6, (M * N,), generator=g).float()   # π_SFT's log-probs, with ties too
+    for tau in [math.inf, 1.0, 0.0]:
+        res = afd_mini.best_of_n_curve(reward, gold, picks, N, logp, tau)
+        assert res["n"] == [1, 2, 4, 8]
+        if tau == math.inf:
+            assert res["kl"] == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 4, 8)])
+        else:
+            assert "kl" not in res, "the constrained choice has no analytic KL"
+        for i, n in enumerate(res["n"]):
+            chosen = []
+            for start in range(0, M * N, n):   # consecutive samples of one prompt, N/n draws per prompt
+                top = max(logp[start:start + n].tolist())
+                best = None
+                for j in range(start, start + n):
+                    if logp[j] >= top - tau and (best is None or reward[j] > reward[best]):   # first of equals
+                        best = j
+                chosen.append(best)
+            for key, values in [("gold_reward", gold), *picks.items()]:
+                assert res[key][i] == pytest.approx(np.mean([float(values[j]) for j in chosen]), abs=1e-6), (tau, n)
+
+
+def test_best_of_n_pick_statistics_hand_count():
+    """Two prompts, four candidates each: the picks' statistics counted by hand."""
+    reward = torch.tensor([0.0, 3.0, 1.0, 2.0, 5.0, 4.0, 4.0, 0.0])
+    gold = torch.tensor([0.0, 1.0, 0.5, 0.0, 0.25, 1.0, 1.0, 0.0])
+    picks = {"off_support": torch.tensor([0, 1, 0, 0, 1, 0, 0, 0]), "length": torch.tensor([4, 9, 5, 6, 12, 3, 3, 8]),
+             "signature": torch.tensor([0, 1, 1, 0, 1, 0, 1, 0])}
+    logp = torch.tensor([-1.0, -6.0, -1.5, -2.0, -9.0, -1.0, -1.0, -2.0])
+    res = afd_mini.best_of_n_curve(reward, gold, picks, 4)
+    # N = 4: prompt 1 picks candidate 1 (reward 3), prompt 2 candidate 4 (reward 5)
+    assert (res["gold_reward"][2], res["off_support"][2], res["length"][2], res["signature"][2]) == (0.625, 1, 10.5, 1)
+    # N = 2: pairs (0, 1), (2, 3), (4, 5), (6, 7) pick 1, 3, 4, 6
+    assert res["length"][1] == (9 + 6 + 12 + 3) / 4 and res["off_support"][1] == 0.5
+    # among the plausible (within τ = 1 nat of the likeliest, the floor included): prompt 1 keeps 0, 2, 3 and picks
+    # 3 (reward 2); prompt 2 keeps 5, 6, 7 and picks 5 (reward 4, the first of a tie)
+    res = afd_mini.best_of_n_curve(reward, gold, picks, 4, logp, 1.0)
+    assert (res["gold_reward"][2], res["off_support"][2], res["length"][2], res["signature"][2]) == (0.5, 0, 4.5, 0)
 
 
 def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
@@ -424,8 +450,8 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
     with log π computed here by a plain forward pass of each unpadded row and log β by the world.
     best_of_n_curve (tested above) is replaced by a recorder, whose return value tells which call was which."""
     calls = []
-    monkeypatch.setattr(afd_mini, "best_of_n_curve",
-                        lambda reward, gold, off, N: calls.append(reward) or len(calls) - 1)
+    monkeypatch.setattr(afd_mini, "best_of_n_curve", lambda reward, gold, picks, N, logp=None, tau=math.inf:
+                        calls.append((reward, logp, tau)) or len(calls) - 1)
     config = GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1, n_embd=16)
     torch.manual_seed(0)
     models = {"pretrain": (GPT(config), {}), "sft": (spread(GPT(config), seed=4), {}),
@@ -464,9 +490,18 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
     flat = [p for p in run.data["eval_prompts"] for _ in range(4)]
     log_beta = torch.tensor(world.expert_logprobs(flat, responses), dtype=torch.float32)
     assert (log_sft - log_init).abs().min() > 1e-3, "test has no teeth: π_SFT and π_init agree on a sample"
-    for name, expected in [("init_sft_optimum", log_sft - log_init), ("init_demo_optimum", log_beta - log_init),
-                           ("sft_demo_optimum", log_beta - log_sft)]:
-        torch.testing.assert_close(calls[extra["bon"][name]], expected, atol=1e-4, rtol=0)
+    expected = {"init_sft_optimum": log_sft - log_init, "init_demo_optimum": log_beta - log_init,
+                "sft_demo_optimum": log_beta - log_sft, "sft_likelihood": log_sft,
+                **{f"init_sft_optimum_g{g:g}": log_sft - g * log_init for g in methods.GAMMAS},
+                # learned: log q_φ − γ log π_init from the learned log q_φ − log π_init
+                **{f"init_sft_g{g:g}": calls[extra["bon"]["init_sft"]][0] + (1 - g) * log_init for g in methods.GAMMAS}}
+    for name, want in expected.items():
+        torch.testing.assert_close(calls[extra["bon"][name]][0], want, atol=1e-4, rtol=0, msg=name)
+        assert calls[extra["bon"][name]][2] == math.inf, f"{name}: unconstrained Best-of-N"
+    for name, (reward, plausible_logp, tau) in ((n, calls[i]) for n, i in extra["bon_plausible"].items()):
+        torch.testing.assert_close(plausible_logp, log_sft, atol=1e-4, rtol=0, msg=f"{name}: plausible by log π_SFT")
+        assert tau == run.cfg.bon_plausibility and reward is calls[extra["bon"][name]][0]
+    assert set(extra["bon_plausible"]) == set(extra["bon"]) - {"gold", "sft_likelihood"}
 
 
 # -----------------------------------------------------------------------------
@@ -572,15 +607,19 @@ def test_stage_rl_init_sft_uses_the_reward_models_own_kl_weight(monkeypatch, tmp
 # stage_evaluate: every log-probability beside the sample it belongs to
 
 def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world, monkeypatch):
-    """stage_evaluate on one hand-made policy (a tiny random GPT over the world's tokens) and the real world:
-    the forward KL is the mean of log β − log π over the EXPERT's samples, the reverse KL the mean of log π − log β
+    """stage_evaluate on hand-made policies (tiny random GPTs over the world's tokens) and the real world: the
+    forward KL is the mean of log β − log π over the EXPERT's samples, the reverse KL the mean of log π − log β
     over the POLICY's own samples, and KL(π ‖ π_SFT) the mean of log π − log π_SFT over the policy's samples; log π
-    by a plain forward pass of each row here, log β by the world. Every swap of a log-probability between the two
-    samples (the policy's log-probs of its own samples where those of the expert's belong, β's of one sample
-    with π's of the other) changes a number this test checks: it asserts that each swap would."""
-    policy, sft = (spread(GPT(GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1,
-                                        n_embd=16)), seed) for seed in (7, 8))
-    monkeypatch.setattr(afd_mini, "POLICIES", [afd_mini.POLICY["expert"], afd_mini.POLICY["rkl_oracle"]])
+    by a plain forward pass of each row here, log β by the world. The extrapolated policy π_α is made from π_SFT
+    and π_init in that order: its log π is log_softmax((1 + α) log π_SFT − α log π_init) at each token. Every swap
+    of a log-probability between the two samples (the policy's log-probs of its own samples where those of the
+    expert's belong, β's of one sample with π's of the other) or of π_SFT with π_init changes a number this test
+    checks: it asserts that each swap would."""
+    policy, sft, init = (spread(GPT(GPTConfig(block_size=96, vocab_size=world.vocab_size, n_layer=1, n_head=1,
+                                              n_embd=16)), seed) for seed in (7, 8, 9))
+    alpha = methods.ALPHAS[0]
+    monkeypatch.setattr(afd_mini, "POLICIES", [afd_mini.POLICY["expert"], afd_mini.POLICY["rkl_oracle"],
+                                               afd_mini.POLICY[f"extrapolated_{alpha:g}"]])
 
     class EvalRun:   # what stage_evaluate asks of a Run; it records what it samples
         rollout, batch, bar = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar
@@ -591,7 +630,7 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
             self.data = {"eval_prompts": world.sample_prompts(6, np.random.default_rng(1))}
 
         def load(self, name):
-            return {"rkl_oracle": policy, "sft": sft}[name], {}
+            return {"rkl_oracle": policy, "sft": sft, "pretrain": init}[name], {}
 
         def sample_responses(self, model, prompts, seed):
             self.sampled.append(afd_mini.Run.sample_responses(self, model, prompts, seed))
@@ -602,31 +641,44 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
     prompts = [p for p in run.data["eval_prompts"] for _ in range(2)]
     rng = np.random.default_rng(run.seed + afd_mini.EXPERT_SAMPLES_SEED)   # the stage's expert samples, again
     expert = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
-    own, = run.sampled
 
-    def logp(model, p, r):
+    def logits(model, p, r):
         with torch.no_grad():
-            logits = model(torch.tensor([p.tokens + r]))[0][0, len(p.tokens) - 1:-1]
-        return F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(r)[:, None]).sum().item()
+            return F.log_softmax(model(torch.tensor([p.tokens + r]))[0][0, len(p.tokens) - 1:-1].double(), dim=-1)
 
-    pi_expert, pi_own = (np.array([logp(policy, p, r) for p, r in zip(prompts, y)]) for y in (expert, own))
-    sft_own = np.array([logp(sft, p, r) for p, r in zip(prompts, own)])
-    beta_expert, beta_own = world.expert_logprobs(prompts, expert), world.expert_logprobs(prompts, own)
-    forward, reverse = np.mean(beta_expert - pi_expert), np.mean(pi_own - beta_own)
-    got = result["rkl_oracle"]
-    assert got["forward_kl"] == pytest.approx(forward, abs=1e-3)
-    assert got["reverse_kl"] == pytest.approx(reverse, abs=1e-3)
-    assert got["kl_sft"] == pytest.approx(np.mean(pi_own - sft_own), abs=1e-3)
-    assert got["gold_reward"] == pytest.approx(np.mean(world.gold_rewards(prompts, own)))
+    def logp(model, p, r, a=None):   # a: the extrapolated policy of sft and init
+        lp = logits(model, p, r) if a is None else \
+            F.log_softmax((1 + a) * logits(sft, p, r) - a * logits(init, p, r), dim=-1)
+        return lp.gather(-1, torch.tensor(r)[:, None]).sum().item()
+
+    beta_expert = world.expert_logprobs(prompts, expert)
+    checked = []
+    for name, own, model, a in [("rkl_oracle", run.sampled[0], policy, None),
+                                (f"extrapolated_{alpha:g}", run.sampled[1], None, alpha)]:
+        pi_expert, pi_own = (np.array([logp(model, p, r, a) for p, r in zip(prompts, y)]) for y in (expert, own))
+        sft_own = np.array([logp(sft, p, r) for p, r in zip(prompts, own)])
+        beta_own = world.expert_logprobs(prompts, own)
+        forward, reverse = np.mean(beta_expert - pi_expert), np.mean(pi_own - beta_own)
+        got = result[name]
+        assert got["forward_kl"] == pytest.approx(forward, abs=1e-3), name
+        assert got["reverse_kl"] == pytest.approx(reverse, abs=1e-3), name
+        assert got["kl_sft"] == pytest.approx(np.mean(pi_own - sft_own), abs=1e-3), name
+        assert got["gold_reward"] == pytest.approx(np.mean(world.gold_rewards(prompts, own))), name
+        swaps = {"π's own log-probs for the expert's": np.mean(beta_expert - pi_own),
+                 "β of the policy's samples in the forward KL": np.mean(beta_own - pi_expert),
+                 "π of the expert's samples in the reverse KL": np.mean(pi_expert - beta_own),
+                 "β of the expert's samples in the reverse KL": np.mean(pi_own - beta_expert),
+                 "log π_SFT of the expert's samples": np.mean(pi_own - np.array([logp(sft, p, r)
+                                                                                  for p, r in zip(prompts, expert)]))}
+        if a is not None:   # π_init and π_SFT swapped in the extrapolated policy
+            swapped = lambda q, r: F.log_softmax((1 + a) * logits(init, q, r) - a * logits(sft, q, r), dim=-1)
+            swaps["π_init for π_SFT in π_α"] = np.mean(beta_expert - np.array(
+                [swapped(q, r).gather(-1, torch.tensor(r)[:, None]).sum().item() for q, r in zip(prompts, expert)]))
+        for what, value in swaps.items():   # the test has teeth: each swap would move a checked number
+            assert min(abs(value - x) for x in (forward, reverse, got["kl_sft"])) > 0.1, (name, what)
+        checked.append(name)
     assert result["expert"]["forward_kl"] == result["expert"]["reverse_kl"] == 0.0   # β against itself
-    swaps = {"π's own log-probs for the expert's": np.mean(beta_expert - pi_own),
-             "β of the policy's samples in the forward KL": np.mean(beta_own - pi_expert),
-             "π of the expert's samples in the reverse KL": np.mean(pi_expert - beta_own),
-             "β of the expert's samples in the reverse KL": np.mean(pi_own - beta_expert),
-             "log π_SFT of the expert's samples": np.mean(pi_own - np.array([logp(sft, p, r)
-                                                                              for p, r in zip(prompts, expert)]))}
-    for what, value in swaps.items():   # the test has teeth: each swap would move a checked number
-        assert min(abs(value - x) for x in (forward, reverse, got["kl_sft"])) > 0.1, what
+    assert checked == ["rkl_oracle", f"extrapolated_{alpha:g}"]
 
 
 def test_a_stage_is_seeded_by_its_name_not_its_place(monkeypatch):
@@ -642,3 +694,83 @@ def test_a_stage_is_seeded_by_its_name_not_its_place(monkeypatch):
     assert {name: draws(name) for name in before} == before
     assert before["sft"] != before["rkl_seq"] and draws("sft", seed=1) != before["sft"]
     assert before["control_sft"] == before["sft"]
+
+
+# -----------------------------------------------------------------------------
+# DPO and SPIN
+
+def test_stage_dpo_trains_pi_sft_on_the_preference_pairs_with_pi_sft_as_reference(world, monkeypatch):
+    trained = {}
+    monkeypatch.setattr(afd_mini, "dpo_training", lambda run, policy, ref, chosen, rejected, desc:
+                        trained.update(policy=policy, ref=ref, chosen=chosen, rejected=rejected) or {})
+    models = [spread(tiny(GPT, vocab=world.vocab_size), seed) for seed in (1, 2)]
+    pref = [(p, f"the answer is {p.answer}.", "answer: X") for p in world.sample_prompts(5, np.random.default_rng(0))]
+    run = SimpleNamespace(world=world, data={"pref": pref}, load=lambda name: (models.pop(0), {}),
+                          save=lambda name, model, **extra: trained.update(saved=(name, model)))
+    afd_mini.stage_dpo(run)
+    enc = world.encode_response
+    assert trained["chosen"] == [(p.tokens, enc(c)) for p, c, _ in pref], "chosen: the preferred response"
+    assert trained["rejected"] == [(p.tokens, enc(r)) for p, _, r in pref], "rejected: the other one"
+    assert trained["saved"] == ("dpo", trained["policy"]) and trained["ref"] is not trained["policy"]
+    assert not any(p.requires_grad for p in trained["ref"].parameters()), "the reference is frozen"
+
+
+def test_stage_spin_pairs_each_demonstration_with_the_current_iterates_own_sample(monkeypatch):
+    """SPIN's iteration t: chosen = the demonstrations, rejected = a sample of the CURRENT iterate π_t for the same
+    prompt, reference π_t. The stub trainer moves the policy's weights by 1 per iteration, and the stub sampler
+    tags each response with the weights of the model that drew it and the prompt it answers: iteration 2 must
+    sample from the policy after iteration 1 (a stale π_SFT fails), and chosen and rejected must not swap."""
+    iterations = []
+
+    def fake_training(run, policy, ref, chosen, rejected, desc):
+        iterations.append(dict(policy=policy, ref_weight=ref.lm_head.weight[0, 0].item(), chosen=chosen,
+                               rejected=rejected))
+        with torch.no_grad():
+            policy.lm_head.weight.add_(1.0)   # "training"
+        return {}
+
+    monkeypatch.setattr(afd_mini, "dpo_training", fake_training)
+    sft = tiny(GPT, vocab=8)
+    w0 = sft.lm_head.weight[0, 0].item()
+
+    class SpinRun:
+        cfg = dataclasses.replace(afd_mini.Config(), spin_iters=2)
+        seed, demos = 0, [([1, k], [3, k, 0]) for k in range(5)]
+
+        def load(self, name):
+            return copy.deepcopy(sft), {}
+
+        def sample_pairs(self, model, prompts, seed):
+            return [(p, ["drawn by", round(model.lm_head.weight[0, 0].item() - w0), p[1]]) for p in prompts]
+
+        def save(self, name, model, **extra):
+            self.saved = (name, model)
+
+    run = SpinRun()
+    afd_mini.stage_spin(run)
+    assert len(iterations) == 2 and run.saved == ("spin", iterations[0]["policy"])
+    for t, it in enumerate(iterations):
+        assert it["chosen"] == run.demos, f"iteration {t + 1}: chosen must be the demonstrations"
+        assert [p for p, _ in it["rejected"]] == [p for p, _ in run.demos], "rejected: the same prompts, in order"
+        assert all(r[1] == t and r[2] == p[1] for p, r in it["rejected"]), \
+            f"iteration {t + 1}: rejected must be drawn by π_{t} (the current iterate) for its own prompt"
+        assert it["ref_weight"] - w0 == pytest.approx(t), f"iteration {t + 1}: the reference is π_{t}"
+
+
+def test_dpo_training_raises_the_chosen_response_over_the_rejected_one():
+    """One prompt, chosen response [3, 0], rejected [4, 0]: DPO's steps raise log π(chosen) − log π(rejected)
+    above the reference's, which stays as it was."""
+    model = tiny(GPT, vocab=8)
+    ref = copy.deepcopy(model).requires_grad_(False)
+    run = TinyRun([], [1, 2], dpo_steps=20, dpo_batch=4, dpo_lr=1e-2)
+    chosen, rejected = [([1, 2], [3, 0])] * 4, [([1, 2], [4, 0])] * 4
+
+    def margin(m):
+        with torch.no_grad():
+            lp = first_token_logp(m, [1, 2])
+        return (lp[3] - lp[4]).item()
+
+    before = margin(ref)
+    curve = afd_mini.dpo_training(run, model, ref, chosen, rejected, "test")
+    assert margin(model) > before + 0.5 and margin(ref) == before
+    assert curve["loss"][-1] < curve["loss"][0] and curve["margin"][-1] > 0
