@@ -43,7 +43,8 @@ class Exercise:
     name: str           # the name in the markers (coding) or of the experiment
     level: str          # easy, medium, hard
     task: str           # one line: what to write, or what to predict
-    tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it
+    tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it, the one that names a cause most
+                        # precisely first
     command: str = ""   # experiment: the run to compare with the default one
 
     @property
@@ -54,16 +55,18 @@ class Exercise:
 EXERCISES = [
     Exercise(1, "sft_loss", "easy",
              "the demonstrations' token NLL on response tokens only, per token or per sequence",
-             ("test_sft_loss_ignores_masked_positions_exactly", "test_sft_loss_is_forward_kl")),
+             ("test_sft_loss_ignores_masked_positions_exactly", "test_sft_loss_is_forward_kl",
+              "test_sft_loss_rejects_an_unknown_normalize")),
     Exercise(2, "kl_estimators", "easy",
              "one-sample Monte Carlo estimates of KL(β‖π) on expert samples and of KL(π‖β) on policy samples",
-             ("test_kl_mc_estimators_are_unbiased_in_their_own_direction",)),
+             ("test_kl_mc_estimators_hand_example", "test_kl_mc_estimators_are_unbiased_in_their_own_direction")),
     Exercise(3, "lower_q", "easy",
              "predict SFT's gold reward when the demonstrator is right less often",
              command="python afd_mini.py --q=0.5 --out_dir=out_q05"),
     Exercise(4, "bradley_terry", "easy",
              "the preference loss, the mean of −log σ(s_chosen − s_rejected), without overflow",
-             ("test_bradley_terry_loss_hand_example",)),
+             ("test_bradley_terry_loss_hand_example",
+              "test_bradley_terry_loss_is_exact_at_extreme_score_gaps_in_float32")),
     Exercise(5, "rewards_to_go", "medium",
              "R_t = Σ_{t'≥t} r_t' over response tokens and 0 elsewhere, without a Python loop",
              ("test_rewards_to_go_hand_example",)),
@@ -75,17 +78,20 @@ EXERCISES = [
     Exercise(7, "kl_k1_k3", "medium",
              "the per-token estimators k1 and k3 of KL(π‖π_ref) on samples of π",
              ("test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative",
-              "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference")),
+              "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference",
+              "test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32")),
     Exercise(8, "kl_coef", "medium",
              "predict where the RL policies move on the divergence plane when the KL penalty grows",
              command="python afd_mini.py --kl_coef=0.5 --out_dir=out_kl05"),
     Exercise(9, "discriminator", "hard",
              "the discriminator's class-balanced BCE, and the AIRL and GAIL rewards of its logit",
-             ("test_sequence_discriminator_recovers_log_ratio",
+             ("test_discriminator_loss_without_masks_averages_each_class",
+              "test_discriminator_loss_and_rewards_are_exact_at_extreme_logits_in_float32",
+              "test_airl_and_gail_rewards_are_constants",
+              "test_sequence_discriminator_recovers_log_ratio",
               "test_discriminator_rewards_policy_gradients_follow_their_divergences",
               "test_token_discriminator_recovers_occupancy_log_ratio",
               "test_init_sft_classifier_recovers_closed_form_logratio",
-              "test_discriminator_loss_without_masks_averages_each_class",
               "test_discriminator_fit_on_replicated_samples_recovers_log_ratio",
               "test_log_ratio_discriminator_optimum_is_the_exact_log_ratio",
               "test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only",
@@ -105,7 +111,8 @@ EXERCISES = [
              "JSD_β(p‖q) per position, stable, with KL(p‖q) at β = 0 and KL(q‖p) at β = 1",
              ("test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order",
               "test_generalized_jsd_zero_on_identical_inputs_and_symmetric",
-              "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls")),
+              "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls",
+              "test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32")),
 ]
 BY_NUMBER = {e.number: e for e in EXERCISES}
 

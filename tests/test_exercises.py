@@ -217,8 +217,8 @@ def test_check_names_the_broken_equation_and_the_missing_exercise(tmp_path):
     assert checked.returncode == 1
     blocks = verdicts(checked.stdout)
     assert blocks[1][0] == "exercise 1 (sft_loss): FAIL"
-    assert "test_sft_loss_ignores_masked_positions_exactly: sft_loss('tokens') reads prompt/padding positions" \
-        in blocks[1][1]
+    assert "test_sft_loss_ignores_masked_positions_exactly: sft_loss('tokens') reads prompt/padding positions " \
+           "(NaN and 1e4 there; 0 · NaN = NaN)" in blocks[1][1]
     assert f"the whole traceback: python -m pytest {ex.ANSWER_KEY}::test_sft_loss_ignores_masked_positions_exactly" \
         in blocks[1][1]
     assert not any("Traceback" in line or line.startswith("E ") for line in checked.stdout.splitlines())
