@@ -7,14 +7,16 @@ A coding exercise is a solution region of the real code (all in objectives.py), 
     ...the solution...
     # ---- exercise 1: end solution
 
-and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise. An
-experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
+and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise, with the
+exercises whose code those tests also call (needs). An experiment is a run of afd_mini.py with one option
+changed, and a prediction written down before it.
 
     python exercises.py list                  # the exercises, easy to hard, and which are left in this copy
     python exercises.py student DIR [N ...]   # a copy of the project in DIR with exercises N... (default: all)
                                               # blanked: each region becomes one raise NotImplementedError line
     python exercises.py check [N ...]         # run exercise N's tests (default: every coding exercise);
-                                              # prints PASS, or the equation that broke
+                                              # prints PASS, or first the one cause (an exercise to do first,
+                                              # or the first failing test's message), then the other failures
 
 Run list and check inside the copy you work in: they look at the files next to this one. afd_mini.py calls
 first_unfinished() at start-up, so that in a student copy it stops with a pointer to the first blanked
@@ -44,7 +46,9 @@ class Exercise:
     level: str          # easy, medium, hard
     task: str           # one line: what to write, or what to predict
     tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it, the one that names a cause most
-                        # precisely first
+                        # precisely first (check prints the first failing test's message first)
+    needs: tuple = ()   # coding: the exercises whose code those tests call too (measured by
+                        # tests/test_exercises.py: blank M alone, and exactly the checks that need M fail)
     command: str = ""   # experiment: the run to compare with the default one
 
     @property
@@ -74,7 +78,8 @@ EXERCISES = [
              "leave-one-out advantages, and the REINFORCE surrogate whose expected gradient is ∇KL(π‖β)",
              ("test_leave_one_out_advantages_hand_example",
               "test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient",
-              "test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_reference")),
+              "test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_reference"),
+             needs=(2, 5)),
     Exercise(7, "kl_k1_k3", "medium",
              "the per-token estimators k1 and k3 of KL(π‖π_ref) on samples of π",
              ("test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative",
@@ -96,7 +101,8 @@ EXERCISES = [
               "test_log_ratio_discriminator_optimum_is_the_exact_log_ratio",
               "test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only",
               "test_token_level_log_ratio_discriminator_is_exact_only_without_a_state_ratio",
-              "test_log_ratio_reward_model_optimum_is_the_classifier_optimum")),
+              "test_log_ratio_reward_model_optimum_is_the_classifier_optimum"),
+             needs=(5,)),
     Exercise(10, "small_model", "hard",
              "predict the mode frequencies of SFT and of the reverse-KL policies when the model is tiny",
              command="python afd_mini.py --n_layer=1 --n_embd=16 --out_dir=out_tiny"),
@@ -289,9 +295,14 @@ def run_tests(names):
 
 
 def check(numbers):
-    """Print a verdict per exercise, PASS, or FAIL and a line per failing test; return 0 if all pass."""
+    """Print a verdict per exercise: PASS, or FAIL and first the one cause, then a line per other failing
+    test. The cause is an exercise it needs that is not written yet or fails its own tests (do that one
+    first), or else the first line of the message of its first failing test, in the order of ex.tests.
+    Return 0 if all pass."""
     exercises = [BY_NUMBER[n] for n in numbers]
-    outcome, error = run_tests([t for ex in exercises for t in ex.tests])
+    todo = {n for n, _, _ in sentinels()}
+    needed = [BY_NUMBER[m] for m in dict.fromkeys(m for ex in exercises for m in ex.needs) if m not in todo]
+    outcome, error = run_tests(list(dict.fromkeys(t for ex in exercises + needed for t in ex.tests)))
     all_pass = True
     for ex in exercises:
         failing = [t for t in ex.tests if outcome.get(t, ("did not run", "")) is not None]
@@ -302,26 +313,43 @@ def check(numbers):
         if error:
             print(f"  {ANSWER_KEY} does not import: {error}")
             continue
-        lines = [explain(ex, t, outcome) for t in failing]
-        for line in dict.fromkeys(lines):   # a blanked region fails its tests the same way: say it once
-            print(f"  {line}")
+        lines = [first(ex, m, todo, outcome) for m in ex.needs]
+        for t in failing:
+            lines.append(explain(ex, t, outcome, named=any(lines)))
+        for line in dict.fromkeys(line for line in lines if line):   # a blanked region fails its tests the
+            print(f"  {line}")                                         # same way: say it once
         broken = [t for t in failing if t in outcome and not RAISED.search(outcome[t][0])]
         if broken:
             print(f"  the whole traceback: python -m pytest {ANSWER_KEY}::{broken[0]}")
     return 0 if all_pass else 1
 
 
-def explain(ex, test, outcome):
-    """One line for a failing test: the equation its assertion names, or the blanked exercise it ran into."""
+def first(ex, m, todo, outcome):
+    """The line that says to do exercise m, which exercise ex needs, first; None if m passes its tests."""
+    dep = BY_NUMBER[m]
+    if m in todo:
+        return f"needs exercise {m} ({dep.name}), not written yet: do exercise {m} first"
+    if any(outcome.get(t, ("did not run", "")) is not None for t in dep.tests):
+        return (f"needs exercise {m} ({dep.name}), which fails its check: do exercise {m} first "
+                f"(python exercises.py check {m})")
+    return None
+
+
+def explain(ex, test, outcome, named):
+    """One line for a failing test: the first line of its message (alone, for the exercise's first cause; after
+    the test's name once a cause is named), or the blanked exercise it ran into; None when that is an exercise
+    ex.needs, which has its own line."""
     if test not in outcome:
         return f"{test}: did not run; is it in {ANSWER_KEY}?"
     message, where = outcome[test]
     blanked = RAISED.search(message)
     if not blanked:
-        return f"{test}: {message}"
+        return f"{test}: {message}" if named else message
     n = int(blanked[1])
     if n == ex.number:
         return f"not written yet: {where} raises NotImplementedError"
+    if n in ex.needs:
+        return None
     return f"{test} uses exercise {n} ({BY_NUMBER[n].name}), not written yet ({where}): do exercise {n} first"
 
 
