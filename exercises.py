@@ -8,12 +8,18 @@ A coding exercise is a solution region of the real code (all in objectives.py), 
     # ---- exercise 1: end solution
 
 and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise, with the
-exercises whose code those tests also call (needs). An experiment is a run of afd_mini.py with one option
-changed, and a prediction written down before it.
+exercises whose code those tests also call (needs). What an exercise asks the student to derive is stated in
+the real tree's docstrings as a paragraph after a marker line, which the student copy replaces by a pointer:
+
+    Derived in exercise 11 (not in the student copy):
+    ...the result and its derivation, up to a blank line or the docstring's end...
+
+An experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
 
     python exercises.py list                  # the exercises, easy to hard, and which are left in this copy
     python exercises.py student DIR [N ...]   # a copy of the project in DIR with exercises N... (default: all)
                                               # blanked: each region becomes one raise NotImplementedError line
+                                              # and each derived paragraph a pointer to EXERCISES.md
     python exercises.py check [N ...]         # run exercise N's tests (default: every coding exercise);
                                               # prints PASS, or first the one cause (an exercise to do first,
                                               # or the first failing test's message), then the other failures
@@ -126,6 +132,7 @@ BEGIN = re.compile(r"^(\s*)# ---- exercise (\d+) \((\w+)\): begin solution$")
 END = re.compile(r"^\s*# ---- exercise (\d+): end solution$")
 SENTINEL = re.compile(r'raise NotImplementedError\("Exercise (\d+) \((\w+)\): ')   # in a source line
 RAISED = re.compile(r"NotImplementedError: Exercise (\d+) \((\w+)\): ")                # in a failure message
+DERIVED = re.compile(r"^(\s*)Derived in exercise (\d+) \(not in the student copy\):$")   # in a docstring
 
 
 def sentinel(ex):
@@ -173,6 +180,44 @@ def regions(root=ROOT):
     return found
 
 
+def derived_paragraphs(lines):
+    """{marker line index: (exercise number, index past its paragraph)} of a source file's lines (0-based): the
+    paragraph runs to the first blank line or to the docstring's closing quotes on a line of their own."""
+    found = {}
+    for i, line in enumerate(lines):
+        m = DERIVED.match(line)
+        if not m:
+            if "Derived in exercise" in line:
+                raise ValueError(f"line {i + 1}: not a marker in the format of exercises.py: {line.strip()}")
+            continue
+        n, end = int(m[2]), i + 1
+        if n not in BY_NUMBER or not BY_NUMBER[n].coding:
+            raise ValueError(f"line {i + 1}: exercises.py has no coding exercise {n} to derive this")
+        while end < len(lines) and lines[end].strip() not in ("", '"""'):
+            if '"""' in lines[end]:
+                raise ValueError(f"line {end + 1}: exercise {n}'s derived paragraph must end before the "
+                                 f"docstring's closing quotes, on a line of their own")
+            end += 1
+        if end == i + 1:
+            raise ValueError(f"line {i + 1}: exercise {n}'s derived paragraph is empty")
+        found[i] = (n, end)
+    return found
+
+
+def derivations(root=ROOT):
+    """[(exercise number, path, first line, last line)] (1-based) of every derived paragraph of SOURCES, its
+    marker line included: what the student copy leaves out."""
+    found = []
+    for path in SOURCES:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        try:
+            found += [(n, path, i + 1, end) for i, (n, end) in derived_paragraphs(lines).items()]
+        except ValueError as e:
+            raise ValueError(f"{path}:{e}") from None
+    return found
+
+
 def sentinels(root=ROOT):
     """[(exercise number, path, line)] of every sentinel left in SOURCES: the exercises still to do."""
     found = []
@@ -184,9 +229,19 @@ def sentinels(root=ROOT):
 
 def blank(text, numbers):
     """text with the regions of exercises `numbers` replaced by their sentinel; the markers stay, so the
-    student sees where to write, and the sentinel is indented like the marker, so the file still parses."""
+    student sees where to write, and the sentinel is indented like the marker, so the file still parses.
+    Their derived paragraphs, marker line included, become one line that points to EXERCISES.md."""
+    lines = text.split("\n")
+    instead = {}   # line index → what replaces it (None: nothing)
+    for i, (n, past) in derived_paragraphs(lines).items():
+        if n in numbers:
+            instead.update(dict.fromkeys(range(i, past)))
+            instead[i] = DERIVED.match(lines[i])[1] + f"Derive it: EXERCISES.md, exercise {n}."
     out, skipping = [], False
-    for line in text.split("\n"):
+    for i, line in enumerate(lines):
+        if i in instead:
+            out += [instead[i]] * (instead[i] is not None)
+            continue
         begin, end = BEGIN.match(line), END.match(line)
         if begin and int(begin[2]) in numbers:
             out += [line, begin[1] + sentinel(BY_NUMBER[int(begin[2])])]
@@ -222,6 +277,7 @@ def make_student_copy(dst, numbers=None, root=ROOT):
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f"{dst} exists and is not empty: give a new directory")
     missing = numbers - {r.number for r in regions(root)}   # and regions() refuses broken markers
+    derivations(root)                                        # as this does broken derived paragraphs
     if missing:
         raise ValueError(f"no solution region for exercise {', '.join(map(str, sorted(missing)))} in {root}")
     for rel in project_files(root):

@@ -99,6 +99,85 @@ def test_regions_refuse_broken_markers(tmp_path):
             ex.regions(str(tmp_path))
 
 
+def test_derived_paragraphs_refuse_broken_markers(tmp_path):
+    marker = "    Derived in exercise 11 (not in the student copy):"
+    good = ["def f():", '    """What f is.', "", marker, "    The result.", "    Its derivation.", '    """', ""]
+    broken = {
+        "must end before": good[:5] + ['    Its derivation."""', ""],
+        "is empty": good[:4] + good[6:],
+        "no coding exercise 3": [*good[:3], marker.replace("11", "3"), *good[4:]],
+        "not a marker": [*good[:3], marker.replace(":", ""), *good[4:]],
+    }
+    (tmp_path / SOURCE).write_text("\n".join(good))
+    assert ex.derivations(str(tmp_path)) == [(11, SOURCE, 4, 6)]
+    assert ex.blank("\n".join(good), {11}).split("\n")[3:5] == ["    Derive it: EXERCISES.md, exercise 11.", '    """']
+    assert ex.blank("\n".join(good), {1}) == "\n".join(good)   # another exercise's: kept
+    for error, lines in broken.items():
+        (tmp_path / SOURCE).write_text("\n".join(lines))
+        with pytest.raises(ValueError, match=error):
+            ex.derivations(str(tmp_path))
+
+
+# A phrase of each result an exercise asks the student to derive, which its derived paragraph states
+DERIVED_RESULTS = {
+    1: ["P (append the token) is the same for β and π, so it cancels"],
+    2: ["E_π[∇log π] = 0"],
+    4: ["Only score differences are learned"],
+    5: ["the same expected gradient as the whole return"],
+    6: ["Equivalently A_i = G/(G−1)·(r_i − group mean)", "(last sum: ∇Σ_y π = 0)"],
+    7: ["never negative (e^u ≥ 1 + u)", "= −Σ_a π_ref(a|s) ∇log π(a|s)"],
+    11: ["log n − (n − 1)/n", "π_BoN/π = n u^(n−1)"],
+    13: ["JSD_β ≈ β KL(p ‖ q)"],
+}
+
+
+def docstrings(root):
+    """{function name: its docstring} of SOURCE under root."""
+    return {f.name: ast.get_docstring(f) or "" for f in ast.walk(ast.parse(read(root)))
+            if isinstance(f, ast.FunctionDef)}
+
+
+def test_student_copy_leaves_out_what_the_exercises_derive(student):
+    """The real tree's docstrings state each derived result; the student copy's, of every function with a
+    region or a derived paragraph, state none and point to EXERCISES.md; the answer key's messages never print
+    one (whitespace aside)."""
+    assert sorted({n for n, *_ in ex.derivations(ROOT)}) == sorted(DERIVED_RESULTS)
+    lines = read(ROOT).split("\n")
+    enclosing = lambda i: [m[1] for m in (re.match(r"\s*def (\w+)\(", l) for l in lines[:i]) if m][-1]
+    owner = {enclosing(first): n for n, _, first, _ in ex.derivations(ROOT)}
+    blanked = {enclosing(r.begin) for r in ex.regions(ROOT)} | set(owner)
+    real, copy = docstrings(ROOT), docstrings(student)
+    answer_key = " ".join(read(ROOT, ex.ANSWER_KEY).split())
+    for n, phrases in DERIVED_RESULTS.items():
+        for phrase in phrases:
+            assert any(phrase in real[f] for f, m in owner.items() if m == n), \
+                f"exercise {n}'s derived paragraphs do not state {phrase!r}"
+            assert not [f for f in blanked if phrase in copy[f]], f"the student copy states {phrase!r}"
+            assert " ".join(phrase.split()) not in answer_key, f"{ex.ANSWER_KEY} prints {phrase!r}"
+    for f, n in owner.items():
+        assert f"Derive it: EXERCISES.md, exercise {n}." in copy[f], f"{f}: no pointer to exercise {n}"
+
+
+def exercises_md_sections():
+    """{exercise number: its section of EXERCISES.md, heading line first}."""
+    parts = re.split(r"^## (?=\d+\. )", read(ROOT, "EXERCISES.md"), flags=re.M)[1:]
+    return {int(part.split(".")[0]): part.split("\n---")[0] for part in parts}
+
+
+def test_exercises_md_says_what_to_derive_and_what_to_read():
+    """A coding exercise has a Derive list exactly when its docstrings have derived paragraphs; one without is
+    a reading exercise (its heading says so, and it has a Read list)."""
+    derived = {n for n, *_ in ex.derivations(ROOT)}
+    for e in CODING:
+        section = exercises_md_sections()[e.number]
+        derive, read_list = bool(re.search(r"^Derive$", section, re.M)), bool(re.search(r"^Read$", section, re.M))
+        assert derive == (e.number in derived), f"exercise {e.number}: a Derive list in EXERCISES.md: {derive}, " \
+                                                f"derived paragraphs in {SOURCE}: {e.number in derived}"
+        reading = section.split("\n")[0].endswith("reading)")
+        assert reading == read_list == (not derive), \
+            f"exercise {e.number}: neither derived nor marked as reading (or both)"
+
+
 def test_exercises_md_has_every_check_command_and_every_run():
     text = read(ROOT, "EXERCISES.md")
     for e in ex.EXERCISES:
@@ -139,7 +218,16 @@ def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
         assert copy[r.begin:r.end - 1] == [indent + ex.sentinel(ex.BY_NUMBER[r.number])]
     outside = lambda lines, regions: [l for i, l in enumerate(lines, 1)
                                       if not any(r.begin < i < r.end for r in regions)]
-    assert outside(copy, copy_regions) == outside(real, real_regions), "a line outside the regions changed"
+    derived, skip = {first: (n, last) for n, _, first, last in ex.derivations(ROOT)}, 0
+    expected = []   # the real lines outside the regions, each derived paragraph one pointer line
+    for i, line in enumerate(real, 1):
+        if i <= skip or any(r.begin < i < r.end for r in real_regions):
+            continue
+        if i in derived:
+            n, skip = derived[i]
+            line = line[:len(line) - len(line.lstrip())] + f"Derive it: EXERCISES.md, exercise {n}."
+        expected.append(line)
+    assert outside(copy, copy_regions) == expected, "a line outside the regions and derived paragraphs changed"
     copied = {l.strip() for l in copy}
     for r in real_regions:
         for line in real[r.begin:r.end - 1]:

@@ -198,7 +198,8 @@ def test_kl_mc_estimators_hand_example():
                                   ("reverse_kl_mc", obj.reverse_kl_mc(log_pi, log_beta), "π", "β")):
         expected = log_beta - log_pi if own == "β" else log_pi - log_beta
         assert not torch.allclose(got, -expected), \
-            f"{name}: log {other} − log {own}, the wrong way round: its samples come from {own}, so log {own} goes first"
+            f"{name}: log {other} − log {own}, the wrong way round: its samples come from {own}, " \
+            f"so log {own} goes first"
         assert not torch.allclose(got, expected.abs()) and not torch.allclose(got, expected.clamp_min(0)), \
             f"{name}: a negative term made non-negative: single terms can be negative, only their mean is a KL"
         assert_close(got, expected, f"{name}: the term of each sequence != log {own} − log {other}")
@@ -213,7 +214,7 @@ def test_kl_mc_estimators_are_unbiased_in_their_own_direction():
     assert_close(rev, kl(logp_pi, logp_beta), "reverse_kl_mc: E_π[log π − log β] != KL(π‖β)")
     assert_differs(fwd, rev, "test has no teeth: KL(β‖π) == KL(π‖β) here")
     assert_close(grad(rev, theta), torch.zeros_like(theta),
-                 "reverse_kl_mc's docstring: its gradient on policy samples should be 0 in expectation")
+                 "reverse_kl_mc: its gradient on policy samples should be 0 in expectation")
 
 
 # -----------------------------------------------------------------------------
@@ -346,11 +347,11 @@ def test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference():
     logpi, logref = F.log_softmax(theta, -1), F.log_softmax(ref, -1)
     per_state_fwd = (logref.exp() * (logref - logpi)).sum(-1)   # KL(π_ref(·|s) ‖ π(·|s))
     assert_close(g_k3, grad((reach * per_state_fwd).sum(), theta),
-                 "kl_k3's docstring: E_π[∇Σ_t k3] != Σ_s P_π(s) ∇KL(π_ref(·|s) ‖ π(·|s))")
+                 "kl_k3 as a loss: E_π[∇Σ_t k3] != Σ_s P_π(s) ∇KL(π_ref(·|s) ‖ π(·|s))")
     assert_differs(g_k3, grad(kl(seq_logp(theta, TREE), seq_logp(ref, TREE)), theta),
                    "test has no teeth: k3's loss gradient equals ∇KL(π‖π_ref) here")
     g_k1 = grad((p[:, None] * obj.kl_k1(logp, ref_logp)).sum(), theta)
-    assert_close(g_k1, torch.zeros_like(theta), "kl_k1's docstring: k1 differentiated directly should average 0")
+    assert_close(g_k1, torch.zeros_like(theta), "kl_k1 differentiated directly should average 0")
 
 
 def test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32():
@@ -615,7 +616,8 @@ def test_bradley_terry_loss_is_exact_at_extreme_score_gaps_in_float32():
             f"not the log of a sigmoid that underflows (nor log(1 + exp(−z)), which overflows)"
         expected = softplus(-gap)   # −log σ(z) = log(1 + e^{−z}), in float64 here
         assert abs(loss.item() - expected) <= 1e-6 + 1e-5 * expected, \
-            f"bradley_terry_loss at s_c − s_r = {gap:g} in float32: {loss.item():.6g} != softplus({-gap:g}) = {expected:.6g}"
+            f"bradley_terry_loss at s_c − s_r = {gap:g} in float32: {loss.item():.6g} " \
+            f"!= softplus({-gap:g}) = {expected:.6g}"
 
 
 def test_best_of_n_distribution_by_enumeration_and_kl_bound():
@@ -691,9 +693,9 @@ def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
     assert (near_1 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0)).all(), "JSD_β should → 0 as β → 1"
     scale = eps * (1 - eps)
     assert_close(near_0 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), rtol=1e-3, atol=0,
-                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
+                 msg="generalized_jsd: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
     assert_close(near_1 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), rtol=1e-3, atol=0,
-                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
+                 msg="generalized_jsd: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
 
 
 def test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32():
