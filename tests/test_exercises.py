@@ -178,6 +178,27 @@ def test_exercises_md_says_what_to_derive_and_what_to_read():
             f"exercise {e.number}: neither derived nor marked as reading (or both)"
 
 
+def test_exercises_md_states_the_needs_exercises_py_declares():
+    for e in CODING:
+        stated = [int(n) for line in re.findall(r"^Needs: (.*)$", exercises_md_sections()[e.number], re.M)
+                  for n in re.findall(r"exercise (\d+)", line)]
+        assert sorted(stated) == sorted(e.needs), f"exercise {e.number}: EXERCISES.md says it needs {stated}, " \
+                                                  f"exercises.py {list(e.needs)}"
+
+
+def test_exercises_md_names_the_stages_kl_coef_weighs():
+    """Exercise 8 lists the stages whose reward --kl_coef weighs (the options each stage reads: afd_mini.reads),
+    and says that rl_init_sft reads --rm_kl_coef instead."""
+    import afd_mini
+    cfg = afd_mini.parse_args([])
+    weighs = lambda option: [s for s in afd_mini.STAGES if option in afd_mini.reads(cfg, s)[0]]
+    section = exercises_md_sections()[8]
+    listed = re.search(r"stage \(((?:`\w+`, )*`\w+`)\)\s+subtracts kl_coef", section)
+    assert listed, "exercise 8 no longer lists the stages in the form this test reads"
+    assert re.findall(r"`(\w+)`", listed[1]) == weighs("kl_coef"), "exercise 8 lists other stages than --kl_coef's"
+    assert weighs("rm_kl_coef") == ["rl_init_sft"] and "`rl_init_sft`" in section and "`--rm_kl_coef`" in section
+
+
 def test_exercises_md_has_every_check_command_and_every_run():
     text = read(ROOT, "EXERCISES.md")
     for e in ex.EXERCISES:
