@@ -92,7 +92,7 @@ EXERCISES = [
               "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference",
               "test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32")),
     Exercise(8, "kl_coef", "medium",
-             "predict where the RL policies move on the divergence plane when the KL penalty grows",
+             "predict where the adversarial and oracle policies move on the divergence plane when the KL penalty grows",
              command="python afd_mini.py --kl_coef=0.5 --out_dir=out_kl05"),
     Exercise(9, "discriminator", "hard",
              "the discriminator's class-balanced BCE, and the AIRL and GAIL rewards of its logit",
@@ -420,7 +420,8 @@ def list_exercises():
         status = ("to do" if ex.number in todo else "written") if ex.coding else "experiment"
         place = where.get(ex.number, "no region!") if ex.coding else ex.command
         print(f"{ex.number:>2}  {ex.level:<6}  {ex.name:<20}  {status:<10}  {place}")
-        print(f"    {ex.task}")
+        needs = f"; needs exercise{'s' * (len(ex.needs) > 1)} {' and '.join(map(str, ex.needs))} first"
+        print(f"    {ex.task}" + needs * bool(ex.needs))
 
 
 def coding_numbers(args):

@@ -3,7 +3,9 @@ Tests of exercises.py: the student copy it writes, the checks it runs, and the p
 
 The student copy (every coding exercise blanked) is written once, by the command a teacher runs, and shared.
 The subprocess tests run pytest in it, in a copy with a mistake, or in the real tree (four runs of about 4 s,
-and a start of afd_mini.py that should stop at once); the rest read files.
+and a start of afd_mini.py that should stop at once), then `exercises.py check` in 11 copies holding the
+wrong answers of WRONG and in 9 copies with one exercise blanked each (about 4 s each on an idle machine);
+the rest read files.
 """
 import ast
 import os
