@@ -686,18 +686,6 @@ def test_generalized_jsd_zero_on_identical_inputs_and_symmetric():
                  "generalized_jsd: JSD_β(p‖q) != JSD_{1−β}(q‖p)")
 
 
-def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
-    eps = 1e-5
-    near_0, near_1 = (obj.generalized_jsd(LOGITS_P, LOGITS_Q, b) for b in (eps, 1 - eps))
-    assert (near_0 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0)).all(), "JSD_β should → 0 as β → 0"
-    assert (near_1 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0)).all(), "JSD_β should → 0 as β → 1"
-    scale = eps * (1 - eps)
-    assert_close(near_0 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), rtol=1e-3, atol=0,
-                 msg="generalized_jsd: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
-    assert_close(near_1 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), rtol=1e-3, atol=0,
-                 msg="generalized_jsd: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
-
-
 def test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32():
     """Tokens that p and q both make nearly impossible (e^{−200} is 0 in float32): the log-probabilities are exact,
     the probabilities are 0, and log m must come from the log-probabilities. The expected values: the same
@@ -716,3 +704,14 @@ def test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32():
             f"apart): work with log-probabilities, and get log m by logsumexp, not by log of a sum of exps"
         assert_close(got.double().reshape(()), expected, atol=1e-6, rtol=1e-4,
                      msg=f"generalized_jsd(β={beta:g}) in float32, logits 200 apart: != its float64 value")
+
+def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
+    eps = 1e-5
+    near_0, near_1 = (obj.generalized_jsd(LOGITS_P, LOGITS_Q, b) for b in (eps, 1 - eps))
+    assert (near_0 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0)).all(), "JSD_β should → 0 as β → 0"
+    assert (near_1 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0)).all(), "JSD_β should → 0 as β → 1"
+    scale = eps * (1 - eps)
+    assert_close(near_0 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), rtol=1e-3, atol=0,
+                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(p‖q) as β → 0")
+    assert_close(near_1 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), rtol=1e-3, atol=0,
+                 msg="generalized_jsd's docstring: JSD_β/(β(1−β)) should → KL(q‖p) as β → 1")
