@@ -7,14 +7,22 @@ A coding exercise is a solution region of the real code (all in objectives.py), 
     ...the solution...
     # ---- exercise 1: end solution
 
-and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise. An
-experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
+and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise, with the
+exercises whose code those tests also call (needs). What an exercise asks the student to derive is stated in
+the real tree's docstrings as a paragraph after a marker line, which the student copy replaces by a pointer:
+
+    Derived in exercise 11 (not in the student copy):
+    ...the result and its derivation, up to a blank line or the docstring's end...
+
+An experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
 
     python exercises.py list                  # the exercises, easy to hard, and which are left in this copy
     python exercises.py student DIR [N ...]   # a copy of the project in DIR with exercises N... (default: all)
                                               # blanked: each region becomes one raise NotImplementedError line
+                                              # and each derived paragraph a pointer to EXERCISES.md
     python exercises.py check [N ...]         # run exercise N's tests (default: every coding exercise);
-                                              # prints PASS, or the equation that broke
+                                              # prints PASS, or first the one cause (an exercise to do first,
+                                              # or the first failing test's message), then the other failures
 
 Run list and check inside the copy you work in: they look at the files next to this one. afd_mini.py calls
 first_unfinished() at start-up, so that in a student copy it stops with a pointer to the first blanked
@@ -43,7 +51,10 @@ class Exercise:
     name: str           # the name in the markers (coding) or of the experiment
     level: str          # easy, medium, hard
     task: str           # one line: what to write, or what to predict
-    tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it
+    tests: tuple = ()   # coding: the tests of ANSWER_KEY that check it, the one that names a cause most
+                        # precisely first (check prints the first failing test's message first)
+    needs: tuple = ()   # coding: the exercises whose code those tests call too (measured by
+                        # tests/test_exercises.py: blank M alone, and exactly the checks that need M fail)
     command: str = ""   # experiment: the run to compare with the default one
 
     @property
@@ -54,16 +65,18 @@ class Exercise:
 EXERCISES = [
     Exercise(1, "sft_loss", "easy",
              "the demonstrations' token NLL on response tokens only, per token or per sequence",
-             ("test_sft_loss_ignores_masked_positions_exactly", "test_sft_loss_is_forward_kl")),
+             ("test_sft_loss_ignores_masked_positions_exactly", "test_sft_loss_is_forward_kl",
+              "test_sft_loss_rejects_an_unknown_normalize")),
     Exercise(2, "kl_estimators", "easy",
              "one-sample Monte Carlo estimates of KL(β‖π) on expert samples and of KL(π‖β) on policy samples",
-             ("test_kl_mc_estimators_are_unbiased_in_their_own_direction",)),
+             ("test_kl_mc_estimators_hand_example", "test_kl_mc_estimators_are_unbiased_in_their_own_direction")),
     Exercise(3, "lower_q", "easy",
              "predict SFT's gold reward when the demonstrator is right less often",
              command="python afd_mini.py --q=0.5 --out_dir=out_q05"),
     Exercise(4, "bradley_terry", "easy",
              "the preference loss, the mean of −log σ(s_chosen − s_rejected), without overflow",
-             ("test_bradley_terry_loss_hand_example",)),
+             ("test_bradley_terry_loss_hand_example",
+              "test_bradley_terry_loss_is_exact_at_extreme_score_gaps_in_float32")),
     Exercise(5, "rewards_to_go", "medium",
              "R_t = Σ_{t'≥t} r_t' over response tokens and 0 elsewhere, without a Python loop",
              ("test_rewards_to_go_hand_example",)),
@@ -71,26 +84,31 @@ EXERCISES = [
              "leave-one-out advantages, and the REINFORCE surrogate whose expected gradient is ∇KL(π‖β)",
              ("test_leave_one_out_advantages_hand_example",
               "test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient",
-              "test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_reference")),
+              "test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_reference"),
+             needs=(2, 5)),
     Exercise(7, "kl_k1_k3", "medium",
              "the per-token estimators k1 and k3 of KL(π‖π_ref) on samples of π",
              ("test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative",
-              "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference")),
+              "test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference",
+              "test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32")),
     Exercise(8, "kl_coef", "medium",
-             "predict where the RL policies move on the divergence plane when the KL penalty grows",
+             "predict where the adversarial and oracle policies move on the divergence plane when the KL penalty grows",
              command="python afd_mini.py --kl_coef=0.5 --out_dir=out_kl05"),
     Exercise(9, "discriminator", "hard",
              "the discriminator's class-balanced BCE, and the AIRL and GAIL rewards of its logit",
-             ("test_sequence_discriminator_recovers_log_ratio",
+             ("test_discriminator_loss_without_masks_averages_each_class",
+              "test_discriminator_loss_and_rewards_are_exact_at_extreme_logits_in_float32",
+              "test_airl_and_gail_rewards_are_constants",
+              "test_sequence_discriminator_recovers_log_ratio",
               "test_discriminator_rewards_policy_gradients_follow_their_divergences",
               "test_token_discriminator_recovers_occupancy_log_ratio",
               "test_init_sft_classifier_recovers_closed_form_logratio",
-              "test_discriminator_loss_without_masks_averages_each_class",
               "test_discriminator_fit_on_replicated_samples_recovers_log_ratio",
               "test_log_ratio_discriminator_optimum_is_the_exact_log_ratio",
               "test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only",
               "test_token_level_log_ratio_discriminator_is_exact_only_without_a_state_ratio",
-              "test_log_ratio_reward_model_optimum_is_the_classifier_optimum")),
+              "test_log_ratio_reward_model_optimum_is_the_classifier_optimum"),
+             needs=(5,)),
     Exercise(10, "small_model", "hard",
              "predict the mode frequencies of SFT and of the reverse-KL policies when the model is tiny",
              command="python afd_mini.py --n_layer=1 --n_embd=16 --out_dir=out_tiny"),
@@ -105,7 +123,8 @@ EXERCISES = [
              "JSD_β(p‖q) per position, stable, with KL(p‖q) at β = 0 and KL(q‖p) at β = 1",
              ("test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order",
               "test_generalized_jsd_zero_on_identical_inputs_and_symmetric",
-              "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls")),
+              "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls",
+              "test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32")),
 ]
 BY_NUMBER = {e.number: e for e in EXERCISES}
 
@@ -113,6 +132,7 @@ BEGIN = re.compile(r"^(\s*)# ---- exercise (\d+) \((\w+)\): begin solution$")
 END = re.compile(r"^\s*# ---- exercise (\d+): end solution$")
 SENTINEL = re.compile(r'raise NotImplementedError\("Exercise (\d+) \((\w+)\): ')   # in a source line
 RAISED = re.compile(r"NotImplementedError: Exercise (\d+) \((\w+)\): ")                # in a failure message
+DERIVED = re.compile(r"^(\s*)Derived in exercise (\d+) \(not in the student copy\):$")   # in a docstring
 
 
 def sentinel(ex):
@@ -160,6 +180,44 @@ def regions(root=ROOT):
     return found
 
 
+def derived_paragraphs(lines):
+    """{marker line index: (exercise number, index past its paragraph)} of a source file's lines (0-based): the
+    paragraph runs to the first blank line or to the docstring's closing quotes on a line of their own."""
+    found = {}
+    for i, line in enumerate(lines):
+        m = DERIVED.match(line)
+        if not m:
+            if "Derived in exercise" in line:
+                raise ValueError(f"line {i + 1}: not a marker in the format of exercises.py: {line.strip()}")
+            continue
+        n, end = int(m[2]), i + 1
+        if n not in BY_NUMBER or not BY_NUMBER[n].coding:
+            raise ValueError(f"line {i + 1}: exercises.py has no coding exercise {n} to derive this")
+        while end < len(lines) and lines[end].strip() not in ("", '"""'):
+            if '"""' in lines[end]:
+                raise ValueError(f"line {end + 1}: exercise {n}'s derived paragraph must end before the "
+                                 f"docstring's closing quotes, on a line of their own")
+            end += 1
+        if end == i + 1:
+            raise ValueError(f"line {i + 1}: exercise {n}'s derived paragraph is empty")
+        found[i] = (n, end)
+    return found
+
+
+def derivations(root=ROOT):
+    """[(exercise number, path, first line, last line)] (1-based) of every derived paragraph of SOURCES, its
+    marker line included: what the student copy leaves out."""
+    found = []
+    for path in SOURCES:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        try:
+            found += [(n, path, i + 1, end) for i, (n, end) in derived_paragraphs(lines).items()]
+        except ValueError as e:
+            raise ValueError(f"{path}:{e}") from None
+    return found
+
+
 def sentinels(root=ROOT):
     """[(exercise number, path, line)] of every sentinel left in SOURCES: the exercises still to do."""
     found = []
@@ -171,9 +229,19 @@ def sentinels(root=ROOT):
 
 def blank(text, numbers):
     """text with the regions of exercises `numbers` replaced by their sentinel; the markers stay, so the
-    student sees where to write, and the sentinel is indented like the marker, so the file still parses."""
+    student sees where to write, and the sentinel is indented like the marker, so the file still parses.
+    Their derived paragraphs, marker line included, become one line that points to EXERCISES.md."""
+    lines = text.split("\n")
+    instead = {}   # line index → what replaces it (None: nothing)
+    for i, (n, past) in derived_paragraphs(lines).items():
+        if n in numbers:
+            instead.update(dict.fromkeys(range(i, past)))
+            instead[i] = DERIVED.match(lines[i])[1] + f"Derive it: EXERCISES.md, exercise {n}."
     out, skipping = [], False
-    for line in text.split("\n"):
+    for i, line in enumerate(lines):
+        if i in instead:
+            out += [instead[i]] * (instead[i] is not None)
+            continue
         begin, end = BEGIN.match(line), END.match(line)
         if begin and int(begin[2]) in numbers:
             out += [line, begin[1] + sentinel(BY_NUMBER[int(begin[2])])]
@@ -209,6 +277,7 @@ def make_student_copy(dst, numbers=None, root=ROOT):
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f"{dst} exists and is not empty: give a new directory")
     missing = numbers - {r.number for r in regions(root)}   # and regions() refuses broken markers
+    derivations(root)                                        # as this does broken derived paragraphs
     if missing:
         raise ValueError(f"no solution region for exercise {', '.join(map(str, sorted(missing)))} in {root}")
     for rel in project_files(root):
@@ -282,9 +351,14 @@ def run_tests(names):
 
 
 def check(numbers):
-    """Print a verdict per exercise, PASS, or FAIL and a line per failing test; return 0 if all pass."""
+    """Print a verdict per exercise: PASS, or FAIL and first the one cause, then a line per other failing
+    test. The cause is an exercise it needs that is not written yet or fails its own tests (do that one
+    first), or else the first line of the message of its first failing test, in the order of ex.tests.
+    Return 0 if all pass."""
     exercises = [BY_NUMBER[n] for n in numbers]
-    outcome, error = run_tests([t for ex in exercises for t in ex.tests])
+    todo = {n for n, _, _ in sentinels()}
+    needed = [BY_NUMBER[m] for m in dict.fromkeys(m for ex in exercises for m in ex.needs) if m not in todo]
+    outcome, error = run_tests(list(dict.fromkeys(t for ex in exercises + needed for t in ex.tests)))
     all_pass = True
     for ex in exercises:
         failing = [t for t in ex.tests if outcome.get(t, ("did not run", "")) is not None]
@@ -295,26 +369,43 @@ def check(numbers):
         if error:
             print(f"  {ANSWER_KEY} does not import: {error}")
             continue
-        lines = [explain(ex, t, outcome) for t in failing]
-        for line in dict.fromkeys(lines):   # a blanked region fails its tests the same way: say it once
-            print(f"  {line}")
+        lines = [first(ex, m, todo, outcome) for m in ex.needs]
+        for t in failing:
+            lines.append(explain(ex, t, outcome, named=any(lines)))
+        for line in dict.fromkeys(line for line in lines if line):   # a blanked region fails its tests the
+            print(f"  {line}")                                         # same way: say it once
         broken = [t for t in failing if t in outcome and not RAISED.search(outcome[t][0])]
         if broken:
             print(f"  the whole traceback: python -m pytest {ANSWER_KEY}::{broken[0]}")
     return 0 if all_pass else 1
 
 
-def explain(ex, test, outcome):
-    """One line for a failing test: the equation its assertion names, or the blanked exercise it ran into."""
+def first(ex, m, todo, outcome):
+    """The line that says to do exercise m, which exercise ex needs, first; None if m passes its tests."""
+    dep = BY_NUMBER[m]
+    if m in todo:
+        return f"needs exercise {m} ({dep.name}), not written yet: do exercise {m} first"
+    if any(outcome.get(t, ("did not run", "")) is not None for t in dep.tests):
+        return (f"needs exercise {m} ({dep.name}), which fails its check: do exercise {m} first "
+                f"(python exercises.py check {m})")
+    return None
+
+
+def explain(ex, test, outcome, named):
+    """One line for a failing test: the first line of its message (alone, for the exercise's first cause; after
+    the test's name once a cause is named), or the blanked exercise it ran into; None when that is an exercise
+    ex.needs, which has its own line."""
     if test not in outcome:
         return f"{test}: did not run; is it in {ANSWER_KEY}?"
     message, where = outcome[test]
     blanked = RAISED.search(message)
     if not blanked:
-        return f"{test}: {message}"
+        return f"{test}: {message}" if named else message
     n = int(blanked[1])
     if n == ex.number:
         return f"not written yet: {where} raises NotImplementedError"
+    if n in ex.needs:
+        return None
     return f"{test} uses exercise {n} ({BY_NUMBER[n].name}), not written yet ({where}): do exercise {n} first"
 
 
@@ -329,7 +420,8 @@ def list_exercises():
         status = ("to do" if ex.number in todo else "written") if ex.coding else "experiment"
         place = where.get(ex.number, "no region!") if ex.coding else ex.command
         print(f"{ex.number:>2}  {ex.level:<6}  {ex.name:<20}  {status:<10}  {place}")
-        print(f"    {ex.task}")
+        needs = f"; needs exercise{'s' * (len(ex.needs) > 1)} {' and '.join(map(str, ex.needs))} first"
+        print(f"    {ex.task}" + needs * bool(ex.needs))
 
 
 def coding_numbers(args):

@@ -58,6 +58,7 @@ def sequence_logprob(logp, mask):
 def sft_loss(logp, mask, normalize="tokens"):
     """Forward KL = SFT: minimise KL(β ‖ π), forward, mass-covering, on demonstrations (x, y) ~ β.
 
+    Derived in exercise 1 (not in the student copy):
     In the token MDP a trajectory has density d^π(y|x) = Π_t P(s_{t+1} | s_t, y_t) π(y_t | s_t). The transition
     P (append the token) is the same for β and π, so it cancels in the ratio d^β / d^π:
         KL(β ‖ π) = E_β[log d^β(y|x) − log d^π(y|x)] = −E_β[Σ_t log π(y_t | x, y_<t)] − H(β),
@@ -98,8 +99,10 @@ def forward_kl_mc(expert_logp_seq, policy_logp_seq):
 def reverse_kl_mc(policy_logp_seq, expert_logp_seq):
     """One sample of KL(π ‖ β), reverse, mode-seeking, per sequence, on POLICY samples y ~ π(·|x):
         KL(π ‖ β) = E_{y~π}[log π(y|x) − log β(y|x)],   estimate: the mean of the returned (B,).
-    A number to log, not a loss: the samples themselves depend on π, and the gradient of this mean,
-    E_π[∇log π] = 0, is zero in expectation. To minimise KL(π ‖ β) use reverse_kl_reinforce_loss.
+    A number to log, not a loss: to minimise KL(π ‖ β) use reverse_kl_reinforce_loss.
+
+    Derived in exercise 2 (not in the student copy):
+    The samples themselves depend on π, and the gradient of this mean, E_π[∇log π] = 0, is zero in expectation.
     """
     # ---- exercise 2 (kl_estimators): begin solution
     return policy_logp_seq - expert_logp_seq
@@ -110,11 +113,13 @@ def reverse_kl_mc(policy_logp_seq, expert_logp_seq):
 # Policy optimisation
 
 def leave_one_out_advantages(rewards, group_size):
-    """A_i = r_i − mean_{j≠i} r_j, within groups of group_size consecutive samples of the same prompt.
+    """A_i = r_i − mean_{j≠i} r_j, within groups of group_size consecutive samples of the same prompt (RLOO,
+    Kool et al. 2019). rewards (B,) → (B,), detached.
 
+    Derived in exercise 6 (not in the student copy):
     Sample i's baseline uses only the other samples, which are independent of y_i, so
-    E[A_i ∇log π(y_i|x)] = E[r_i ∇log π(y_i|x)]: unbiased (RLOO, Kool et al. 2019), with less variance.
-    Equivalently A_i = G/(G−1)·(r_i − group mean). rewards (B,) → (B,), detached.
+    E[A_i ∇log π(y_i|x)] = E[r_i ∇log π(y_i|x)]: unbiased, with less variance.
+    Equivalently A_i = G/(G−1)·(r_i − group mean).
     """
     assert group_size >= 2, "a leave-one-out baseline needs at least two samples per prompt"
     # ---- exercise 6 (reverse_kl_reinforce): begin solution
@@ -127,6 +132,7 @@ def leave_one_out_advantages(rewards, group_size):
 def rewards_to_go(token_rewards, mask):
     """R_t = Σ_{t' ≥ t} r_{t'} over response tokens (undiscounted); 0 off the response. (B, T) → (B, T).
 
+    Derived in exercise 5 (not in the student copy):
     Token y_t cannot change the rewards already received before it, so only R_t multiplies ∇log π(y_t|s_t):
     the same expected gradient as the whole return Σ_t r_t, with less variance.
     """
@@ -168,13 +174,15 @@ def ppo_clip_loss(logp, old_logp, advantages, mask, clip_eps=0.2):
 def reverse_kl_reinforce_loss(logp, mask, expert_logp_seq, group_size):
     """The oracle: minimise KL(π ‖ β), reverse, mode-seeking, when log β(y|x) is known (on-policy
     distillation). The upper bound that the discriminator methods below approximate.
+    policy_gradient_loss with the reward r(y) = log β(y|x) − log π(y|x), held constant, has expected gradient
+    ∇ KL(π ‖ β). Rows: group_size consecutive samples of each prompt, leave-one-out baseline.
+    expert_logp_seq: log β(y|x) of the policy's samples, (B,).
 
+    Derived in exercise 6 (not in the student copy):
         ∇ KL(π ‖ β) = ∇ Σ_y π(y) (log π(y) − log β(y))
                     = Σ_y ∇π(y) (log π(y) − log β(y)) + Σ_y π(y) ∇log π(y)   (last sum: ∇Σ_y π = 0)
-                    = −E_{y~π}[r(y) ∇log π(y|x)],   r(y) = log β(y|x) − log π(y|x).
-    So policy_gradient_loss with reward r, held constant (its own gradient is the vanishing sum), has expected
-    gradient ∇ KL(π ‖ β). Rows: group_size consecutive samples of each prompt, leave-one-out baseline.
-    expert_logp_seq: log β(y|x) of the policy's samples, (B,).
+                    = −E_{y~π}[r(y) ∇log π(y|x)],
+    and r may be held constant: its own gradient gives the vanishing sum.
     """
     # ---- exercise 6 (reverse_kl_reinforce): begin solution
     reward = -reverse_kl_mc(sequence_logprob(logp, mask), expert_logp_seq)
@@ -198,15 +206,17 @@ def kl_k1(logp, ref_logp):
 
 def kl_k3(logp, ref_logp):
     """k3 = (ratio − 1) − log ratio ≥ 0, ratio = π_ref/π; per token, on samples from π. Same shape.
+    Unbiased for KL(π ‖ π_ref) like k1 (Schulman, "Approximating KL divergence", 2020).
+    Where it enters: the LOSS, + λ · mean of k3, differentiated directly (GRPO). Know which gradient that
+    gives: at each visited state s, that of the FORWARD KL to the reference, KL(π_ref(·|s) ‖ π(·|s)),
+    mass-covering, at the states π visits (their distribution is not differentiated); not ∇KL(π ‖ π_ref).
 
+    Derived in exercise 7 (not in the student copy):
     E_{a~π}[ratio − 1] = Σ_a π_ref(a|s) − 1 = 0, so k3 is k1 plus a zero-mean control variate: unbiased for
     KL(π ‖ π_ref) like k1, never negative (e^u ≥ 1 + u), and of lower variance near π_ref (k3 ≈ u²/2 for
-    u = log ratio small). Schulman, "Approximating KL divergence" (2020).
-    Where it enters: the LOSS, + λ · mean of k3, differentiated directly (GRPO). Know which gradient that
-    gives: at each visited state s,
-        E_{a~π}[∇k3] = E_{a~π}[(1 − ratio) ∇log π(a|s)] = −Σ_a π_ref(a|s) ∇log π(a|s) = ∇KL(π_ref(·|s) ‖ π(·|s)),
-    the FORWARD KL to the reference, mass-covering, at the states π visits (their distribution is not
-    differentiated); not ∇KL(π ‖ π_ref). (k1 differentiated directly averages to zero.)
+    u = log ratio small). Its gradient:
+        E_{a~π}[∇k3] = E_{a~π}[(1 − ratio) ∇log π(a|s)] = −Σ_a π_ref(a|s) ∇log π(a|s) = ∇KL(π_ref(·|s) ‖ π(·|s)).
+    (k1 differentiated directly averages to zero.)
     """
     # ---- exercise 7 (kl_k1_k3): begin solution
     log_ratio = ref_logp - logp
@@ -352,6 +362,8 @@ def classifier_reward_loss(scores_pos, scores_neg, mask_pos=None, mask_neg=None)
 
 def bradley_terry_loss(score_chosen, score_rejected):
     """Preference reward model: P(chosen ≻ rejected) = σ(s_c − s_r); loss = mean of −log σ(s_c − s_r).
+
+    Derived in exercise 4 (not in the student copy):
     Only score differences are learned (a per-prompt constant is free), where the classifier above fixes the
     logit's level: 0 where positives and negatives are equally likely.
     """
@@ -366,12 +378,15 @@ def best_of_n(rewards):
 
 
 def best_of_n_kl(n):
-    """KL(π_BoN ‖ π) = log n − (n − 1)/n, the x-axis of the paper's Best-of-N plots.
+    """KL(π_BoN ‖ π), π_BoN the best of n draws of π by a reward: the x-axis of the paper's Best-of-N plots.
+    In closed form, for continuous rewards (no ties, no response of appreciable probability).
 
-    With continuous rewards (no ties), u = F(r(y)) is uniform under π and the best of n has CDF u^n, so
-    π_BoN/π = n u^(n−1) and KL = ∫_0^1 n u^(n−1) log(n u^(n−1)) du = log n − (n − 1)/n. Exact when no single
-    response has appreciable probability; for a π with atoms the exact KL, Σ_y P_y log(P_y/π(y)) with
-    P_y = F(y)^n − F(y⁻)^n, is smaller and the formula is an upper bound (Beirami et al. 2024).
+    Derived in exercise 11 (not in the student copy):
+    KL(π_BoN ‖ π) = log n − (n − 1)/n. With continuous rewards, u = F(r(y)) is uniform under π and the best of
+    n has CDF u^n, so π_BoN/π = n u^(n−1) and KL = ∫_0^1 n u^(n−1) log(n u^(n−1)) du = log n − (n − 1)/n.
+    Exact when no single response has appreciable probability; for a π with atoms the exact KL,
+    Σ_y P_y log(P_y/π(y)) with P_y = F(y)^n − F(y⁻)^n, is smaller and the formula is an upper bound
+    (Beirami et al. 2024).
     """
     # ---- exercise 11 (best_of_n_kl): begin solution
     return math.log(n) - (n - 1) / n
@@ -518,8 +533,11 @@ def generalized_jsd(logits_p, logits_q, beta):
     The ends are explicit cases, by convention (GKD, Agarwal et al. 2024):
         β = 0 → KL(p ‖ q),   β = 1 → KL(q ‖ p);
     with p the expert and q the policy, forward (mass-covering) and reverse (mode-seeking) KL.
-    They are not the formula's limits: as β → 0, m → q and JSD_β ≈ β KL(p ‖ q) → 0; as β → 1,
-    JSD_β ≈ (1 − β) KL(q ‖ p) → 0. It is JSD_β / (β(1 − β)) that tends to the two KLs.
+    They are not the formula's limits: the formula tends to 0 at both ends.
+
+    Derived in exercise 13 (not in the student copy):
+    As β → 0, m → q and JSD_β ≈ β KL(p ‖ q) → 0; as β → 1, JSD_β ≈ (1 − β) KL(q ‖ p) → 0. It is
+    JSD_β / (β(1 − β)) that tends to the two KLs.
     """
     # ---- exercise 13 (generalized_jsd): begin solution
     log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)

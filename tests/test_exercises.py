@@ -3,13 +3,17 @@ Tests of exercises.py: the student copy it writes, the checks it runs, and the p
 
 The student copy (every coding exercise blanked) is written once, by the command a teacher runs, and shared.
 The subprocess tests run pytest in it, in a copy with a mistake, or in the real tree (four runs of about 4 s,
-and a start of afd_mini.py that should stop at once); the rest read files.
+and a start of afd_mini.py that should stop at once), then `exercises.py check` in 11 copies holding the
+wrong answers of WRONG and in 9 copies with one exercise blanked each (about 4 s each on an idle machine);
+the rest read files.
 """
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -97,6 +101,106 @@ def test_regions_refuse_broken_markers(tmp_path):
             ex.regions(str(tmp_path))
 
 
+def test_derived_paragraphs_refuse_broken_markers(tmp_path):
+    marker = "    Derived in exercise 11 (not in the student copy):"
+    good = ["def f():", '    """What f is.', "", marker, "    The result.", "    Its derivation.", '    """', ""]
+    broken = {
+        "must end before": good[:5] + ['    Its derivation."""', ""],
+        "is empty": good[:4] + good[6:],
+        "no coding exercise 3": [*good[:3], marker.replace("11", "3"), *good[4:]],
+        "not a marker": [*good[:3], marker.replace(":", ""), *good[4:]],
+    }
+    (tmp_path / SOURCE).write_text("\n".join(good))
+    assert ex.derivations(str(tmp_path)) == [(11, SOURCE, 4, 6)]
+    assert ex.blank("\n".join(good), {11}).split("\n")[3:5] == ["    Derive it: EXERCISES.md, exercise 11.", '    """']
+    assert ex.blank("\n".join(good), {1}) == "\n".join(good)   # another exercise's: kept
+    for error, lines in broken.items():
+        (tmp_path / SOURCE).write_text("\n".join(lines))
+        with pytest.raises(ValueError, match=error):
+            ex.derivations(str(tmp_path))
+
+
+# A phrase of each result an exercise asks the student to derive, which its derived paragraph states
+DERIVED_RESULTS = {
+    1: ["P (append the token) is the same for β and π, so it cancels"],
+    2: ["E_π[∇log π] = 0"],
+    4: ["Only score differences are learned"],
+    5: ["the same expected gradient as the whole return"],
+    6: ["Equivalently A_i = G/(G−1)·(r_i − group mean)", "(last sum: ∇Σ_y π = 0)"],
+    7: ["never negative (e^u ≥ 1 + u)", "= −Σ_a π_ref(a|s) ∇log π(a|s)"],
+    11: ["log n − (n − 1)/n", "π_BoN/π = n u^(n−1)"],
+    13: ["JSD_β ≈ β KL(p ‖ q)"],
+}
+
+
+def docstrings(root):
+    """{function name: its docstring} of SOURCE under root."""
+    return {f.name: ast.get_docstring(f) or "" for f in ast.walk(ast.parse(read(root)))
+            if isinstance(f, ast.FunctionDef)}
+
+
+def test_student_copy_leaves_out_what_the_exercises_derive(student):
+    """The real tree's docstrings state each derived result; the student copy's, of every function with a
+    region or a derived paragraph, state none and point to EXERCISES.md; the answer key's messages never print
+    one (whitespace aside)."""
+    assert sorted({n for n, *_ in ex.derivations(ROOT)}) == sorted(DERIVED_RESULTS)
+    lines = read(ROOT).split("\n")
+    enclosing = lambda i: [m[1] for m in (re.match(r"\s*def (\w+)\(", l) for l in lines[:i]) if m][-1]
+    owner = {enclosing(first): n for n, _, first, _ in ex.derivations(ROOT)}
+    blanked = {enclosing(r.begin) for r in ex.regions(ROOT)} | set(owner)
+    real, copy = docstrings(ROOT), docstrings(student)
+    answer_key = " ".join(read(ROOT, ex.ANSWER_KEY).split())
+    for n, phrases in DERIVED_RESULTS.items():
+        for phrase in phrases:
+            assert any(phrase in real[f] for f, m in owner.items() if m == n), \
+                f"exercise {n}'s derived paragraphs do not state {phrase!r}"
+            assert not [f for f in blanked if phrase in copy[f]], f"the student copy states {phrase!r}"
+            assert " ".join(phrase.split()) not in answer_key, f"{ex.ANSWER_KEY} prints {phrase!r}"
+    for f, n in owner.items():
+        assert f"Derive it: EXERCISES.md, exercise {n}." in copy[f], f"{f}: no pointer to exercise {n}"
+
+
+def exercises_md_sections():
+    """{exercise number: its section of EXERCISES.md, heading line first}."""
+    parts = re.split(r"^## (?=\d+\. )", read(ROOT, "EXERCISES.md"), flags=re.M)[1:]
+    return {int(part.split(".")[0]): part.split("\n---")[0] for part in parts}
+
+
+def test_exercises_md_says_what_to_derive_and_what_to_read():
+    """A coding exercise has a Derive list exactly when its docstrings have derived paragraphs; one without is
+    a reading exercise (its heading says so, and it has a Read list)."""
+    derived = {n for n, *_ in ex.derivations(ROOT)}
+    for e in CODING:
+        section = exercises_md_sections()[e.number]
+        derive, read_list = bool(re.search(r"^Derive$", section, re.M)), bool(re.search(r"^Read$", section, re.M))
+        assert derive == (e.number in derived), f"exercise {e.number}: a Derive list in EXERCISES.md: {derive}, " \
+                                                f"derived paragraphs in {SOURCE}: {e.number in derived}"
+        reading = section.split("\n")[0].endswith("reading)")
+        assert reading == read_list == (not derive), \
+            f"exercise {e.number}: neither derived nor marked as reading (or both)"
+
+
+def test_exercises_md_states_the_needs_exercises_py_declares():
+    for e in CODING:
+        stated = [int(n) for line in re.findall(r"^Needs: (.*)$", exercises_md_sections()[e.number], re.M)
+                  for n in re.findall(r"exercise (\d+)", line)]
+        assert sorted(stated) == sorted(e.needs), f"exercise {e.number}: EXERCISES.md says it needs {stated}, " \
+                                                  f"exercises.py {list(e.needs)}"
+
+
+def test_exercises_md_names_the_stages_kl_coef_weighs():
+    """Exercise 8 lists the stages whose reward --kl_coef weighs (the options each stage reads: afd_mini.reads),
+    and says that rl_init_sft reads --rm_kl_coef instead."""
+    import afd_mini
+    cfg = afd_mini.parse_args([])
+    weighs = lambda option: [s for s in afd_mini.STAGES if option in afd_mini.reads(cfg, s)[0]]
+    section = exercises_md_sections()[8]
+    listed = re.search(r"stage \(((?:`\w+`, )*`\w+`)\)\s+subtracts kl_coef", section)
+    assert listed, "exercise 8 no longer lists the stages in the form this test reads"
+    assert re.findall(r"`(\w+)`", listed[1]) == weighs("kl_coef"), "exercise 8 lists other stages than --kl_coef's"
+    assert weighs("rm_kl_coef") == ["rl_init_sft"] and "`rl_init_sft`" in section and "`--rm_kl_coef`" in section
+
+
 def test_exercises_md_has_every_check_command_and_every_run():
     text = read(ROOT, "EXERCISES.md")
     for e in ex.EXERCISES:
@@ -137,7 +241,16 @@ def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
         assert copy[r.begin:r.end - 1] == [indent + ex.sentinel(ex.BY_NUMBER[r.number])]
     outside = lambda lines, regions: [l for i, l in enumerate(lines, 1)
                                       if not any(r.begin < i < r.end for r in regions)]
-    assert outside(copy, copy_regions) == outside(real, real_regions), "a line outside the regions changed"
+    derived, skip = {first: (n, last) for n, _, first, last in ex.derivations(ROOT)}, 0
+    expected = []   # the real lines outside the regions, each derived paragraph one pointer line
+    for i, line in enumerate(real, 1):
+        if i <= skip or any(r.begin < i < r.end for r in real_regions):
+            continue
+        if i in derived:
+            n, skip = derived[i]
+            line = line[:len(line) - len(line.lstrip())] + f"Derive it: EXERCISES.md, exercise {n}."
+        expected.append(line)
+    assert outside(copy, copy_regions) == expected, "a line outside the regions and derived paragraphs changed"
     copied = {l.strip() for l in copy}
     for r in real_regions:
         for line in real[r.begin:r.end - 1]:
@@ -191,8 +304,10 @@ def test_check_fails_each_exercise_in_the_student_copy_naming_it(student):
     for e in CODING:
         head, details = blocks[e.number]
         assert head == f"exercise {e.number} ({e.name}): FAIL"
+        first = [f"needs exercise {m} ({ex.BY_NUMBER[m].name}), not written yet: do exercise {m} first" for m in e.needs]
         own = {f"not written yet: {SOURCE}:{n} raises NotImplementedError" for n in sentinel_lines(student, e.number)}
-        assert details and set(details) <= own, f"exercise {e.number}: {details}"
+        assert details[:len(first)] == first, f"exercise {e.number}: {details}"
+        assert details[len(first):] and set(details[len(first):]) <= own, f"exercise {e.number}: {details}"
 
 
 def test_check_passes_every_exercise_in_the_real_tree():
@@ -208,23 +323,198 @@ def test_check_passes_every_exercise_in_the_real_tree():
 def test_check_names_the_broken_equation_and_the_missing_exercise(tmp_path):
     copy = str(tmp_path / "copy")
     ex.make_student_copy(copy, [2])
-    text = read(copy)   # exercise 1 written wrong: x * mask lets the NaN of padding through
-    wrong = text.replace("nll = -_response(logp, mask).sum()", "nll = -(logp * mask).sum()")
-    assert wrong != text
-    with open(os.path.join(copy, SOURCE), "w", encoding="utf-8") as f:
-        f.write(wrong)
-    checked = python(["exercises.py", "check", "1", "6", "11"], cwd=copy)
+    plant(copy, 1, "sft_loss", """
+        nll = -(logp * mask).sum()   # x * mask lets the NaN of padding through
+        return nll / mask.sum() if normalize == "tokens" else nll / logp.shape[0]
+        """)
+    plant(copy, 5, "rewards_to_go", "return _response(token_rewards.detach().cumsum(-1), mask)   # forwards")
+    checked = python(["exercises.py", "check", "1", "6", "9", "11"], cwd=copy)
     assert checked.returncode == 1
     blocks = verdicts(checked.stdout)
     assert blocks[1][0] == "exercise 1 (sft_loss): FAIL"
-    assert "test_sft_loss_ignores_masked_positions_exactly: sft_loss('tokens') reads prompt/padding positions" \
-        in blocks[1][1]
-    assert f"the whole traceback: python -m pytest {ex.ANSWER_KEY}::test_sft_loss_ignores_masked_positions_exactly" \
-        in blocks[1][1]
+    assert blocks[1][1][0] == "sft_loss('tokens') reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN)"
+    assert blocks[1][1][1].startswith("test_sft_loss_rejects_an_unknown_normalize: sft_loss(normalize='mean') ")
+    assert blocks[1][1][-1] == \
+        f"the whole traceback: python -m pytest {ex.ANSWER_KEY}::test_sft_loss_ignores_masked_positions_exactly"
     assert not any("Traceback" in line or line.startswith("E ") for line in checked.stdout.splitlines())
     assert blocks[6][0] == "exercise 6 (reverse_kl_reinforce): FAIL"
-    assert any("uses exercise 2 (kl_estimators), not written yet" in line for line in blocks[6][1])
+    assert blocks[6][1][:2] == [
+        "needs exercise 2 (kl_estimators), not written yet: do exercise 2 first",
+        "needs exercise 5 (rewards_to_go), which fails its check: do exercise 5 first (python exercises.py check 5)"]
+    assert not any("not written yet" in line for line in blocks[6][1][2:]), "exercise 2 is named twice"
+    assert blocks[9][0] == "exercise 9 (discriminator): FAIL"
+    assert blocks[9][1][0] == \
+        "needs exercise 5 (rewards_to_go), which fails its check: do exercise 5 first (python exercises.py check 5)"
     assert blocks[11] == ("exercise 11 (best_of_n_kl): PASS (2 tests)", [])
+
+
+# -----------------------------------------------------------------------------
+# each hint is enforced: a plausible wrong answer fails its check, and the check's first line names its cause
+
+def copy_project(dst):
+    """A copy of the project with every exercise written (the real tree's solutions)."""
+    for rel in ex.project_files(ROOT):
+        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, rel), os.path.join(dst, rel))
+
+
+def plant(root, number, function, code):
+    """Write `code` in place of whatever exercise `number`'s region inside def `function` holds, under root."""
+    lines = read(root).split("\n")
+    for r in ex.regions(root):
+        defs = [re.match(r"\s*def (\w+)\(", line) for line in lines[:r.begin]]
+        if r.number == number and [d[1] for d in defs if d][-1] == function:
+            indent = ex.BEGIN.match(lines[r.begin - 1])[1]
+            lines[r.begin:r.end - 1] = [indent + line if line else line
+                                        for line in textwrap.dedent(code).strip("\n").split("\n")]
+            with open(os.path.join(root, SOURCE), "w", encoding="utf-8") as f:
+                f.write("\n".join(lines))
+            return
+    raise AssertionError(f"exercise {number} has no region in {function}")
+
+
+# (exercise, function, the wrong answer, what the first line of its check must say)
+WRONG = [
+    (1, "sft_loss", """
+        nll = -_response(logp, mask).sum()
+        return nll / mask.sum() if normalize == "tokens" else nll / logp.shape[0]   # no ValueError
+        """, "sft_loss(normalize='mean') returns tensor(1.): it must raise ValueError"),
+    (1, "sft_loss", """
+        nll = -_response(logp, mask).sum(-1)
+        if normalize == "tokens":
+            return (nll / mask.sum(-1)).mean()   # each response's mean first
+        if normalize == "sequences":
+            return nll.mean()
+        raise ValueError(normalize)
+        """, "sft_loss('tokens') averages within each response first"),
+    (1, "sft_loss", """
+        nll = -(logp * mask).sum()
+        if normalize == "tokens":
+            return nll / mask.sum()
+        if normalize == "sequences":
+            return nll / logp.shape[0]
+        raise ValueError(normalize)
+        """, "sft_loss('tokens') reads prompt/padding positions"),
+    (2, "forward_kl_mc", "return policy_logp_seq - expert_logp_seq",
+     "forward_kl_mc: log π − log β, the wrong way round"),
+    (2, "reverse_kl_mc", "return (policy_logp_seq - expert_logp_seq).clamp_min(0)",
+     "reverse_kl_mc: a negative term made non-negative"),
+    (4, "bradley_terry_loss", "return -torch.log(torch.sigmoid(score_chosen - score_rejected)).mean()",
+     "bradley_terry_loss is inf at s_c − s_r = -150 in float32"),
+    (4, "bradley_terry_loss", "return torch.log1p(torch.exp(score_rejected - score_chosen)).mean()",
+     "bradley_terry_loss is inf at s_c − s_r = -150 in float32"),
+    (5, "rewards_to_go", """
+        r = _response(token_rewards, mask)   # not detached
+        return _response(r.flip(-1).cumsum(-1).flip(-1), mask)
+        """, "rewards_to_go carries a gradient back to token_rewards"),
+    (5, "rewards_to_go", "return _response(token_rewards.detach().flip(-1).cumsum(-1).flip(-1), mask)",
+     "rewards_to_go: a reward off the response leaks into R_t"),
+    (5, "rewards_to_go", "return _response(token_rewards.detach(), mask).flip(-1).cumsum(-1).flip(-1)",
+     "rewards_to_go is [6.0, 0.0] off the response, not 0"),
+    (5, "rewards_to_go", """
+        r, out = _response(token_rewards.detach(), mask), torch.zeros_like(token_rewards)
+        for t in range(r.shape[-1]):
+            out[:, t] = r[:, t:].sum(-1)
+        return _response(out, mask)
+        """, "rewards_to_go has a Python loop"),
+    (6, "leave_one_out_advantages", """
+        r = rewards.view(-1, group_size)   # not detached
+        return (r - (r.sum(-1, keepdim=True) - r) / (group_size - 1)).view(-1)
+        """, "leave_one_out_advantages carries a gradient back to the rewards"),
+    (6, "leave_one_out_advantages", """
+        r = rewards.detach().view(-1, group_size)
+        return (r - r.mean(-1, keepdim=True)).view(-1)
+        """, "leave_one_out_advantages subtracts the group mean including r_i itself"),
+    (6, "reverse_kl_reinforce_loss", """
+        reward = reverse_kl_mc(sequence_logprob(logp, mask), expert_logp_seq)
+        return policy_gradient_loss(logp, mask, leave_one_out_advantages(reward, group_size))
+        """, "reverse_kl_reinforce_loss: E[∇surrogate] = −∇KL(π‖β), it would increase the KL"),
+    (7, "kl_k3", """
+        ratio = torch.exp(ref_logp) / torch.exp(logp)
+        return ratio - 1 - torch.log(ratio)
+        """, "kl_k3 is [nan, nan, "),
+    (9, "discriminator_loss", """
+        terms = torch.cat([F.softplus(-logits_expert).flatten(), F.softplus(logits_policy).flatten()])
+        weights = None if mask_expert is None else torch.cat([mask_expert.flatten(), mask_policy.flatten()])
+        return _mean(terms, weights)
+        """, "averages the two classes together"),
+    (9, "discriminator_loss", "return _mean(F.softplus(logits_expert), mask_expert) "
+                              "+ _mean(F.softplus(-logits_policy), mask_policy)",
+     "labels the classes the wrong way round: the first argument"),
+    (9, "discriminator_loss", """
+        d_expert, d_policy = torch.sigmoid(logits_expert), torch.sigmoid(logits_policy)
+        return _mean(-torch.log(d_expert), mask_expert) + _mean(-torch.log(1 - d_policy), mask_policy)
+        """, "discriminator_loss of a demonstration is inf at h = -100 in float32"),
+    (9, "airl_reward", "return logits", "airl_reward carries a gradient back to the discriminator's logits"),
+    (9, "airl_reward", """
+        d = torch.sigmoid(logits.detach())
+        return torch.log(d) - torch.log(1 - d)
+        """, "airl_reward is -inf at h = -100 in float32"),
+    (9, "gail_reward", "return F.softplus(logits)", "gail_reward carries a gradient back to the discriminator's"),
+    (9, "gail_reward", "return -torch.log(1 - torch.sigmoid(logits.detach()))",
+     "gail_reward is inf at h = 20 in float32"),
+    (11, "best_of_n_kl", "return math.log(n)", "best_of_n_kl(2) = 0.693"),
+    (13, "generalized_jsd", """
+        log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
+        if beta == 0:
+            return _kl(log_p, log_q)
+        if beta == 1:
+            return _kl(log_q, log_p)
+        log_m = torch.log(beta * log_p.exp() + (1 - beta) * log_q.exp())
+        return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+        """, "generalized_jsd(β=0.3) is nan where probabilities underflow in float32"),
+    (13, "generalized_jsd", """
+        log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
+        return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+        """, "generalized_jsd(β=0) raises ValueError (math domain error): the ends are explicit cases"),
+]
+
+
+def copies(wrong):
+    """The wrong answers grouped into as few copies as first fit gives: at most one per exercise in a copy, and
+    none in an exercise that another planted one needs (its check would say to do that one first)."""
+    groups = []
+    for w in wrong:
+        fit = [g for g in groups if all(w[0] != n and w[0] not in ex.BY_NUMBER[n].needs
+                                        and n not in ex.BY_NUMBER[w[0]].needs for n, *_ in g)]
+        if fit:
+            fit[0].append(w)
+        else:
+            groups.append([w])
+    return groups
+
+
+@pytest.mark.parametrize("group", copies(WRONG), ids=lambda g: "+".join(f"{n}.{f}" for n, f, *_ in g))
+def test_a_wrong_answer_fails_its_check_naming_its_cause_first(group, tmp_path):
+    copy_project(str(tmp_path))
+    for number, function, code, _ in group:
+        plant(str(tmp_path), number, function, code)
+    checked = python(["exercises.py", "check", *(str(n) for n, *_ in group)], cwd=str(tmp_path))
+    blocks = verdicts(checked.stdout)
+    wrong = [f"exercise {n} ({function}): expected first {cause!r}, got {blocks.get(n)}"
+             for n, function, _, cause in group
+             if n not in blocks or not blocks[n][0].endswith(": FAIL") or cause not in blocks[n][1][0]]
+    assert not wrong, "\n".join(wrong) + "\n" + checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("blanked", [e.number for e in CODING])
+def test_declared_needs_are_the_measured_dependencies(blanked, tmp_path):
+    """Exercise `blanked` alone blanked: the checks that fail are those of the exercises that declare they
+    need it, and each says first to do it."""
+    copy = str(tmp_path / "copy")
+    ex.make_student_copy(copy, [blanked])
+    others = [e.number for e in CODING if e.number != blanked]
+    checked = python(["exercises.py", "check", *map(str, others)], cwd=copy)
+    blocks = verdicts(checked.stdout)
+    assert sorted(blocks) == others, checked.stdout + checked.stderr
+    failing = {n for n in others if blocks[n][0].endswith(": FAIL")}
+    declared = {n for n in others if blanked in ex.BY_NUMBER[n].needs}
+    assert failing == declared, \
+        f"blanking exercise {blanked} fails the checks of {sorted(failing)}; declared: {sorted(declared)}"
+    for n in failing:
+        assert blocks[n][1][0] == f"needs exercise {blanked} ({ex.BY_NUMBER[blanked].name}), not written yet: " \
+                                  f"do exercise {blanked} first", blocks[n]
 
 
 def test_afd_mini_in_the_student_copy_stops_with_a_pointer(student, tmp_path):

@@ -20,8 +20,11 @@ Bugs that the enumeration cannot see, and the tests that guard against them:
   test_dpo_loss_is_finite_at_extreme_margins_in_float32 (float32, margins up to 1e4).
 """
 
+import ast
+import inspect
 import itertools
 import math
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -146,7 +149,10 @@ def test_sft_loss_ignores_masked_positions_exactly():
                          [0.0, -3.0, 0.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[False, True, True, False],
                          [False, True, False, False]])
-    assert obj.sft_loss(logp, mask, "tokens").item() == 6 / 3, "sft_loss('tokens'): Σ NLL / #response tokens"
+    tokens = obj.sft_loss(logp, mask, "tokens").item()
+    assert tokens != (3 / 2 + 3 / 1) / 2, \
+        "sft_loss('tokens') averages within each response first: divide the batch's summed NLL by its response tokens"
+    assert tokens == 6 / 3, "sft_loss('tokens'): Σ NLL / #response tokens"
     assert obj.sft_loss(logp, mask, "sequences").item() == 6 / 2, "sft_loss('sequences'): Σ NLL / B"
     garbage = torch.where(mask, logp.detach(), float("nan"))   # padding: NaN
     garbage[:, 0] = 1e4                                       # prompt: a huge, wrong log-prob
@@ -154,9 +160,23 @@ def test_sft_loss_ignores_masked_positions_exactly():
     for normalize in ("tokens", "sequences"):
         loss = obj.sft_loss(garbage, mask, normalize)
         assert loss.item() == obj.sft_loss(logp, mask, normalize).item(), \
-            f"sft_loss({normalize!r}) reads prompt/padding positions"
+            f"sft_loss({normalize!r}) reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN)"
         g = grad(loss, garbage)
         assert (g[~mask] == 0).all(), f"sft_loss({normalize!r}) sends gradient to masked positions"
+
+
+def test_sft_loss_rejects_an_unknown_normalize():
+    logp, mask = torch.tensor([[0.0, -1.0]]), torch.tensor([[False, True]])
+    for bad in ("mean", "token", None):
+        try:
+            got = obj.sft_loss(logp, mask, bad)
+        except ValueError:
+            continue
+        except NotImplementedError:   # a blanked exercise: exercises.py check says so
+            raise
+        except Exception as e:
+            assert False, f"sft_loss(normalize={bad!r}) raises {type(e).__name__}, not the ValueError of its docstring"
+        assert False, f"sft_loss(normalize={bad!r}) returns {got!r}: it must raise ValueError for any other normalize"
 
 
 def test_sft_loss_is_forward_kl():
@@ -174,6 +194,19 @@ def test_sft_loss_is_forward_kl():
 # -----------------------------------------------------------------------------
 # Monte Carlo KL against a known expert
 
+def test_kl_mc_estimators_hand_example():
+    log_beta, log_pi = torch.tensor([-1.0, -3.0, -2.0]), torch.tensor([-2.0, -1.0, -2.0])   # of three responses
+    for name, got, own, other in (("forward_kl_mc", obj.forward_kl_mc(log_beta, log_pi), "β", "π"),
+                                  ("reverse_kl_mc", obj.reverse_kl_mc(log_pi, log_beta), "π", "β")):
+        expected = log_beta - log_pi if own == "β" else log_pi - log_beta
+        assert not torch.allclose(got, -expected), \
+            f"{name}: log {other} − log {own}, the wrong way round: its samples come from {own}, " \
+            f"so log {own} goes first"
+        assert not torch.allclose(got, expected.abs()) and not torch.allclose(got, expected.clamp_min(0)), \
+            f"{name}: a negative term made non-negative: single terms can be negative, only their mean is a KL"
+        assert_close(got, expected, f"{name}: the term of each sequence != log {own} − log {other}")
+
+
 def test_kl_mc_estimators_are_unbiased_in_their_own_direction():
     theta, expert = random_policy(TREE, 3, grad=True), random_policy(TREE, 4)
     logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
@@ -183,7 +216,7 @@ def test_kl_mc_estimators_are_unbiased_in_their_own_direction():
     assert_close(rev, kl(logp_pi, logp_beta), "reverse_kl_mc: E_π[log π − log β] != KL(π‖β)")
     assert_differs(fwd, rev, "test has no teeth: KL(β‖π) == KL(π‖β) here")
     assert_close(grad(rev, theta), torch.zeros_like(theta),
-                 "reverse_kl_mc's docstring: its gradient on policy samples should be 0 in expectation")
+                 "reverse_kl_mc: its gradient on policy samples should be 0 in expectation")
 
 
 # -----------------------------------------------------------------------------
@@ -222,15 +255,33 @@ def test_kl_shaped_advantages_give_the_gradient_of_reward_minus_kl_to_the_refere
 
 def test_leave_one_out_advantages_hand_example():
     r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
-    assert_close(obj.leave_one_out_advantages(r, 3), torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]),
+    got = obj.leave_one_out_advantages(r, 3)
+    assert not torch.allclose(got, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0])), \
+        "leave_one_out_advantages subtracts the group mean including r_i itself: the baseline is the others' mean"
+    assert_close(got, torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]),
                  "leave_one_out_advantages: A_i != r_i − mean of the other group members")
+    assert not obj.leave_one_out_advantages(r.clone().requires_grad_(True), 3).requires_grad, \
+        "leave_one_out_advantages carries a gradient back to the rewards: detach them (advantages are constants)"
 
 
 def test_rewards_to_go_hand_example():
-    r = torch.tensor([[9.0, 1.0, 2.0, 3.0, 9.0]])
+    r = torch.tensor([[9.0, 1.0, 2.0, 3.0, 9.0]])   # 9: a prompt and a padding position's reward
     mask = torch.tensor([[False, True, True, True, False]])
-    assert_close(obj.rewards_to_go(r, mask), torch.tensor([[0.0, 6.0, 5.0, 3.0, 0.0]]),
+    got = obj.rewards_to_go(r, mask)
+    assert torch.equal(got[~mask], torch.zeros(2)), \
+        f"rewards_to_go is {got[~mask].tolist()} off the response, not 0: mask the result after summing"
+    assert not torch.allclose(got, torch.tensor([[0.0, 15.0, 14.0, 12.0, 0.0]])), \
+        "rewards_to_go: a reward off the response leaks into R_t: mask the rewards before summing"
+    assert not torch.allclose(got, torch.tensor([[0.0, 1.0, 3.0, 6.0, 0.0]])), \
+        "rewards_to_go sums the rewards up to t, Σ_{t'≤t}, not the rewards to go, Σ_{t'≥t}"
+    assert_close(got, torch.tensor([[0.0, 6.0, 5.0, 3.0, 0.0]]),
                  "rewards_to_go: R_t != Σ_{t'≥t} r_t' over the response, 0 elsewhere")
+    assert not obj.rewards_to_go(r.clone().requires_grad_(True), mask).requires_grad, \
+        "rewards_to_go carries a gradient back to token_rewards: detach it (R_t is a constant for the loss)"
+    loops = [node for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(obj.rewards_to_go))))
+             if isinstance(node, (ast.For, ast.While, ast.comprehension))]
+    assert not loops, f"rewards_to_go has a Python loop (line {loops[0].lineno} of the function): write it " \
+                      f"with tensor operations (a reversed cumulative sum: flip, cumsum, flip)"
 
 
 def test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient():
@@ -244,6 +295,8 @@ def test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient():
         loss = obj.reverse_kl_reinforce_loss(logp[idx], tree.mask[idx], logp_beta[idx], group)
         expected = expected + p[idx].prod() * loss
     g = grad(expected, theta)
+    assert not torch.allclose(g, -grad(kl(logp_pi, logp_beta), theta)), \
+        "reverse_kl_reinforce_loss: E[∇surrogate] = −∇KL(π‖β), it would increase the KL: the reward's sign is wrong"
     assert_close(g, grad(kl(logp_pi, logp_beta), theta),
                  "reverse_kl_reinforce_loss: E[∇surrogate] != ∇KL(π‖β)")
     assert_differs(g, grad(kl(logp_beta, logp_pi), theta), "test has no teeth: ∇KL(π‖β) == ∇KL(β‖π) here")
@@ -296,11 +349,24 @@ def test_kl_k3_as_a_loss_pulls_toward_forward_kl_to_reference():
     logpi, logref = F.log_softmax(theta, -1), F.log_softmax(ref, -1)
     per_state_fwd = (logref.exp() * (logref - logpi)).sum(-1)   # KL(π_ref(·|s) ‖ π(·|s))
     assert_close(g_k3, grad((reach * per_state_fwd).sum(), theta),
-                 "kl_k3's docstring: E_π[∇Σ_t k3] != Σ_s P_π(s) ∇KL(π_ref(·|s) ‖ π(·|s))")
+                 "kl_k3 as a loss: E_π[∇Σ_t k3] != Σ_s P_π(s) ∇KL(π_ref(·|s) ‖ π(·|s))")
     assert_differs(g_k3, grad(kl(seq_logp(theta, TREE), seq_logp(ref, TREE)), theta),
                    "test has no teeth: k3's loss gradient equals ∇KL(π‖π_ref) here")
     g_k1 = grad((p[:, None] * obj.kl_k1(logp, ref_logp)).sum(), theta)
-    assert_close(g_k1, torch.zeros_like(theta), "kl_k1's docstring: k1 differentiated directly should average 0")
+    assert_close(g_k1, torch.zeros_like(theta), "kl_k1 differentiated directly should average 0")
+
+
+def test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32():
+    """A token both models find unlikely: e^{−110} is 0 in float32, so π_ref/π must come from the log ratio."""
+    logp = torch.tensor([-110.0, -130.0, -0.5], dtype=torch.float32)
+    ref_logp = torch.tensor([-111.0, -128.0, -0.7], dtype=torch.float32)
+    k3 = obj.kl_k3(logp, ref_logp)
+    assert torch.isfinite(k3).all(), \
+        f"kl_k3 is {k3.tolist()} at log π = {logp.tolist()} in float32: compute log ratio = ref_logp − logp " \
+        f"first, then exp (e^{{−110}} / e^{{−111}} is 0/0)"
+    u = (ref_logp - logp).double()
+    assert_close(k3.double(), u.exp() - 1 - u, atol=1e-6, rtol=1e-5,
+                 msg="kl_k3 in float32 != (ratio − 1) − log ratio at small probabilities")
 
 
 # -----------------------------------------------------------------------------
@@ -478,12 +544,47 @@ def test_discriminator_loss_without_masks_averages_each_class(loss):
     neg_terms = [softplus(0.5), softplus(-3.0), softplus(1.0), softplus(0.0), softplus(-0.5), softplus(4.0)]
     expected = sum(pos_terms) / 2 + sum(neg_terms) / 6         # each class averaged on its own
     pooled = (sum(pos_terms) + sum(neg_terms)) / 8
-    assert abs(expected - pooled) > 1e-3 and abs(expected - sum(pos_terms + neg_terms)) > 1e-3, \
-        "test has no teeth: equal class weights and a pooled mean or a sum agree here"
+    swapped = [softplus(2.0), softplus(-1.0)], [softplus(-h) for h in h_neg.tolist()]   # labels 0 and 1
+    wrong = {"averages the two classes together (one mean of all 8 terms): average each class on its own": pooled,
+             "sums the terms: average each class on its own": sum(pos_terms + neg_terms),
+             "labels the classes the wrong way round: the first argument, labelled 1, pays −log D = softplus(−h); "
+             "the second, labelled 0, pays −log(1 − D) = softplus(h)": sum(swapped[0]) / 2 + sum(swapped[1]) / 6,
+             "labels the classes the wrong way round and averages them together": sum(swapped[0] + swapped[1]) / 8}
+    assert min(abs(expected - v) for v in wrong.values()) > 1e-3, "test has no teeth: a wrong loss agrees here"
+    got = loss(h_pos, h_neg).item()
+    for cause, value in wrong.items():
+        assert abs(got - value) > 1e-9, f"{loss.__name__}, 2 demonstrations against 6 policy samples, {cause}"
     assert_close(loss(h_pos, h_neg), torch.tensor(expected),
                  f"{loss.__name__} without masks: != mean_β softplus(−h) + mean_π softplus(h), each class on its own")
     assert abs(loss(h_neg, h_pos).item() - expected) > 1e-3, \
         f"{loss.__name__}: the first argument must be the class labelled 1"
+
+
+def test_discriminator_loss_and_rewards_are_exact_at_extreme_logits_in_float32():
+    """The pipeline's logits are float32, and a log-ratio discriminator's span tens of nats. Each class's term alone:
+    the other class gets a logit whose term is 0 (softplus(−200) underflows to 0 exactly)."""
+    far = torch.tensor([200.0], dtype=torch.float32)
+    for h in (-100.0, -50.0, -20.0, 20.0, 50.0, 100.0):
+        x = torch.tensor([h], dtype=torch.float32)
+        for what, got, expected, how in (
+                ("discriminator_loss of a demonstration", obj.discriminator_loss(x, -far), softplus(-h),
+                 "−log D = softplus(−h)"),
+                ("discriminator_loss of a policy sample", obj.discriminator_loss(far, x), softplus(h),
+                 "−log(1 − D) = softplus(h)"),
+                ("airl_reward", obj.airl_reward(x), h, "log D − log(1 − D), simplified by hand"),
+                ("gail_reward", obj.gail_reward(x), softplus(h), "−log(1 − D) = softplus(h)")):
+            got = got.detach().double().reshape(())
+            assert torch.isfinite(got), \
+                f"{what} is {got.item()} at h = {h:g} in float32: {how}; do not take the log of σ(h)"
+            assert abs(got.item() - expected) <= 1e-6 + 1e-5 * abs(expected), \
+                f"{what} at h = {h:g} in float32: {got.item():.6g} != {expected:.6g} ({how})"
+
+
+def test_airl_and_gail_rewards_are_constants():
+    h = torch.tensor([0.5, -1.0], requires_grad=True)
+    for reward in (obj.airl_reward, obj.gail_reward):
+        assert not reward(h).requires_grad, f"{reward.__name__} carries a gradient back to the discriminator's " \
+                                            f"logits: detach them (a reward is a constant for the policy's loss)"
 
 
 @pytest.mark.parametrize("loss", [obj.discriminator_loss, obj.classifier_reward_loss])
@@ -507,6 +608,20 @@ def test_bradley_terry_loss_hand_example():
     assert_close(loss, torch.tensor(expected), "bradley_terry_loss != mean −log σ(s_c − s_r)")
 
 
+def test_bradley_terry_loss_is_exact_at_extreme_score_gaps_in_float32():
+    """The pipeline's scores are float32, and log-ratio reward models' scores span tens of nats."""
+    for gap in (-150.0, -100.0, -50.0, -20.0, 20.0, 50.0, 100.0, 150.0):   # s_c − s_r
+        chosen, rejected = torch.tensor([gap], dtype=torch.float32), torch.zeros(1, dtype=torch.float32)
+        loss = obj.bradley_terry_loss(chosen, rejected)
+        assert torch.isfinite(loss), \
+            f"bradley_terry_loss is {loss.item()} at s_c − s_r = {gap:g} in float32: −log σ(z) = softplus(−z), " \
+            f"not the log of a sigmoid that underflows (nor log(1 + exp(−z)), which overflows)"
+        expected = softplus(-gap)   # −log σ(z) = log(1 + e^{−z}), in float64 here
+        assert abs(loss.item() - expected) <= 1e-6 + 1e-5 * expected, \
+            f"bradley_terry_loss at s_c − s_r = {gap:g} in float32: {loss.item():.6g} " \
+            f"!= softplus({-gap:g}) = {expected:.6g}"
+
+
 def test_best_of_n_distribution_by_enumeration_and_kl_bound():
     p = torch.tensor([0.1, 0.4, 0.2, 0.3])          # base policy over four responses
     reward = torch.tensor([0.3, -1.0, 2.0, 0.7])    # distinct: no ties
@@ -519,8 +634,9 @@ def test_best_of_n_distribution_by_enumeration_and_kl_bound():
     closed = torch.empty(4)
     closed[order] = cdf ** n - torch.cat([torch.zeros(1), cdf[:-1]]) ** n   # P(best = y) = F(y)^n − F(y⁻)^n
     assert_close(p_bon, closed, "best_of_n: enumerated Best-of-N distribution != F(y)^n − F(y⁻)^n")
-    assert kl(p_bon.log(), p.log()) < obj.best_of_n_kl(n), \
-        "best_of_n_kl: log n − (n−1)/n should bound the KL of a base policy with atoms"
+    exact = kl(p_bon.log(), p.log()).item()
+    assert exact < obj.best_of_n_kl(n), \
+        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)} should bound the exact KL, {exact:.6g}, of a base policy with atoms"
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 16])
@@ -546,6 +662,14 @@ def test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order():
     kl_pq = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
     kl_qp = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
     assert_differs(kl_pq, kl_qp, "test has no teeth: KL(p‖q) == KL(q‖p) here")
+    for beta in (0.0, 1.0):
+        try:
+            end = obj.generalized_jsd(LOGITS_P, LOGITS_Q, beta)
+        except (ValueError, ZeroDivisionError) as e:   # math.log(0), a division by β(1 − β)
+            assert False, f"generalized_jsd(β={beta:g}) raises {type(e).__name__} ({e}): the ends are explicit cases"
+        assert torch.isfinite(end).all() and (end.abs() > 1e-6).all(), \
+            f"generalized_jsd(β={beta:g}) is {end.flatten()[0].item():.3g}, the formula's value there: the ends " \
+            f"are explicit cases, KL(p‖q) at β = 0 and KL(q‖p) at β = 1"
     assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), kl_pq, "generalized_jsd(β=0) != KL(p‖q)")
     assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), kl_qp, "generalized_jsd(β=1) != KL(q‖p)")
 
@@ -563,6 +687,25 @@ def test_generalized_jsd_zero_on_identical_inputs_and_symmetric():
     assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.3), obj.generalized_jsd(LOGITS_Q, LOGITS_P, 0.7),
                  "generalized_jsd: JSD_β(p‖q) != JSD_{1−β}(q‖p)")
 
+
+def test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32():
+    """Tokens that p and q both make nearly impossible (e^{−200} is 0 in float32): the log-probabilities are exact,
+    the probabilities are 0, and log m must come from the log-probabilities. The expected values: the same
+    formulas on float64 probabilities, which do not underflow here."""
+    logits_p = torch.tensor([[0.0, 1.0, -200.0, -300.0]], dtype=torch.float32)
+    logits_q = torch.tensor([[1.0, 0.0, -250.0, -200.0]], dtype=torch.float32)
+    p, q = (F.softmax(x.double(), -1) for x in (logits_p, logits_q))
+    for beta in (0.0, 0.3, 0.5, 1.0):
+        m = beta * p + (1 - beta) * q
+        kl_pm, kl_qm = (p * (p / m).log()).sum(), (q * (q / m).log()).sum()
+        expected = {0.0: (p * (p / q).log()).sum(), 1.0: (q * (q / p).log()).sum()}.get(
+            beta, beta * kl_pm + (1 - beta) * kl_qm)
+        got = obj.generalized_jsd(logits_p, logits_q, beta)
+        assert torch.isfinite(got).all(), \
+            f"generalized_jsd(β={beta:g}) is {got.item()} where probabilities underflow in float32 (logits 200 " \
+            f"apart): work with log-probabilities, and get log m by logsumexp, not by log of a sum of exps"
+        assert_close(got.double().reshape(()), expected, atol=1e-6, rtol=1e-4,
+                     msg=f"generalized_jsd(β={beta:g}) in float32, logits 200 apart: != its float64 value")
 
 def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
     eps = 1e-5
