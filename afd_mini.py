@@ -16,6 +16,7 @@ writes: it is the pipeline. All the maths lives in objectives.py, the model in m
 table of methods in methods.py; running, resuming and caching the stages in runner.py, the command line in
 cli.py, statistics in stats.py, metrics.json and the report in report.py.
 """
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -55,6 +56,7 @@ class Config:
     seed: int = 0
     seeds: int = 1                # run seeds seed, seed+1, ..., and report mean ± std over them
     device: str = "auto"          # auto | cpu | cuda | mps
+    dtype: str = "auto"           # auto (bf16 autocast on CUDA, float32 elsewhere) | bfloat16 | float32
     preset: str = "default"       # default | quick | gpu
     quick: bool = False           # shorthand for --preset=quick
     redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
@@ -116,7 +118,8 @@ class Config:
     rm_lr: float = 3e-4
     bon_prompts: int = 64         # held-out prompts for Best-of-N
     bon_max_n: int = 64           # N = 1, 2, 4, ..., bon_max_n
-    bon_plausibility: float = 1.0  # τ (nats): Best-of-N also among the candidates within τ of the likeliest; 0 = off
+    bon_plausibility: float = 0.25  # τ (nats): Best-of-N also among the candidates within τ of the likeliest; 0 = off
+    #                               (chosen on seeds 0-4 from 0.25, 0.5, 1, 2, 4 before seeds 5-9 ran: docs/RESULTS.md)
     # evaluation
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
@@ -143,7 +146,7 @@ PRESETS = {
 # Options that change no number: a run with other values of these can resume the same output directory.
 RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache", "clear_cache"}
 # What every stage reads (the world and its datasets), and groups of options some stages share.
-EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval")
+EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
 POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr")
 DISCRIMINATOR = ("disc_steps", "disc_lr", "disc_warmup")
 
@@ -213,7 +216,7 @@ def lr_schedule(opt, peak, step, total, warmup=20):
 @torch.no_grad()
 def score(run, model, pairs, fn, chunk=512):
     """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
-    with autocast(run.device):
+    with run.autocast():
         out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
                for i in range(0, len(pairs), chunk)]
     return torch.cat(out).float().cpu()
@@ -261,6 +264,9 @@ class Run:
         """Seed each stage on its own, so that a resumed run draws exactly what an uninterrupted one does."""
         self.rng = np.random.default_rng(stage_seed(self.seed, stage))   # minibatches and prompts
         torch.manual_seed(stage_seed(self.seed, stage))
+
+    def autocast(self):
+        return autocast(self.device, self.cfg.dtype)
 
     def bar(self, iterable, desc):
         return runner.progress(iterable, desc, self.cfg.progress)
@@ -322,7 +328,7 @@ def stage_pretrain(run):
         # prompts and responses alike
         seqs = [run.base[i][0] + run.base[i][1] for i in idx]
         tokens, mask = to_batch([s[:1] for s in seqs], [s[1:] for s in seqs], run.world.eos_id, run.device)
-        with autocast(run.device):
+        with run.autocast():
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)
         optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
@@ -342,7 +348,7 @@ def stage_sft(run):
     for step in (pbar := run.bar(range(cfg.sft_steps), "sft")):
         lr_schedule(opt, cfg.sft_lr, step, cfg.sft_steps)
         tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
-        with autocast(run.device):
+        with run.autocast():
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
         optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
@@ -397,7 +403,7 @@ def disc_step(run, disc, opt, demo, pol, step):
     """One discriminator step on (tokens, mask, pi_logp) batches of demonstrations (label 1) and policy samples
     (label 0); returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on
     samples. Token level: every response token is one (state, action) example of its class."""
-    with autocast(run.device):
+    with run.autocast():
         h_demo, h_pol = disc.logits(*demo), disc.logits(*pol)
         if disc.level == "seq":
             loss = obj.discriminator_loss(h_demo, h_pol)
@@ -432,12 +438,12 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
         prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
         roll = run.rollout(policy, [p.tokens for p in prompts], seed=sampling_seed(run.seed, "rollout", it))
         tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
-        with torch.no_grad(), autocast(run.device):
+        with torch.no_grad(), run.autocast():
             pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
             for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
                 demo_tokens, demo_mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=len(prompts)))
-                with torch.no_grad(), autocast(run.device):
+                with torch.no_grad(), run.autocast():
                     demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
                 acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
                                               (tokens, mask, pi_logp), it)
@@ -450,7 +456,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
             adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
                                            cfg.group_size)
         for _ in range(cfg.ppo_epochs):
-            with autocast(run.device):
+            with run.autocast():
                 logp = token_logprobs(policy, tokens, mask)
             loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
             optimiser_step(opt, policy, loss, it)
@@ -476,12 +482,12 @@ def stage_adversarial(run, method):
                                    sampling_seed(run.seed, "disc_warmup"))
         for step in run.bar(range(cfg.disc_warmup), f"{method} D"):
             batches = [run.batch(data, run.rng.integers(len(data), size=b)) for data in (run.demos, samples)]
-            with torch.no_grad(), autocast(run.device):   # the policy is π_SFT throughout the warm-up
+            with torch.no_grad(), run.autocast():   # the policy is π_SFT throughout the warm-up
                 batches = [(t, m, token_logprobs(sft, t, m)) for t, m in batches]
             disc_step(run, disc, opt, *batches, step)
 
     def reward_fn(prompts, roll, pi_logp):
-        with torch.no_grad(), autocast(run.device):
+        with torch.no_grad(), run.autocast():
             return method_.transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
 
     extra = policy_optimisation(run, method, reward_fn, disc)
@@ -523,7 +529,7 @@ def dpo_training(run, policy, ref, chosen, rejected, desc):
     curve = {"loss": [], "margin": []}
     for step in (pbar := run.bar(range(cfg.dpo_steps), desc)):
         idx = run.rng.integers(len(chosen), size=cfg.dpo_batch)
-        with autocast(run.device):
+        with run.autocast():
             logp_c, logp_r = (seq_logprob(policy, *run.batch(pairs, idx)) for pairs in (chosen, rejected))
         i = torch.as_tensor(idx, device=run.device)
         loss = obj.dpo_loss(logp_c, logp_r, ref_chosen[i], ref_rejected[i], cfg.dpo_kl_coef)
@@ -602,7 +608,7 @@ def train_reward_model(run, name, base, pos, neg, held_pos, held_neg, form, pair
                 reference[id(pairs)] = flat.split([len(r) for _, r in pairs])
             ref = torch.zeros(tokens.shape, device=run.device)
             ref[mask] = torch.cat([reference[id(pairs)][i] for i in idx]).to(run.device)
-        with autocast(run.device):
+        with run.autocast():
             return rm.logits(tokens, mask, ref)
 
     def loss_of(p, n):
@@ -745,7 +751,7 @@ def stage_rl_init_sft(run):
     rm = load_reward_model(run, "init_sft")
 
     def reward_fn(prompts, roll, pi_logp):
-        with torch.no_grad(), autocast(run.device):
+        with torch.no_grad(), run.autocast():
             return rm(roll.tokens, roll.response_mask).float()
     return policy_optimisation(run, "rl_init_sft", reward_fn, kl_coef=run.cfg.rm_kl_coef)
 
@@ -889,27 +895,42 @@ def parse_args(argv):
     return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1], STAGE_NAMES)
 
 
-def run_seeds(cfg):
-    """Every stage of every seed (runner.py skips, reuses or computes each), then metrics.json and the report."""
-    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-    stages = [s for s in STAGES if cfg.control or s.world != "control"]
-    with runner.output_dir(cfg.out_dir, seeds, result_config(cfg), cfg.redo):
+@contextlib.contextmanager
+def output_dir(cfg):
+    """The output directory, checked and locked for the length of the run; the stage cache emptied if asked."""
+    with runner.output_dir(cfg.out_dir, seeds_of(cfg), result_config(cfg), cfg.redo):
         if cfg.clear_cache and runner.cache_root(cfg.cache):
             runner.clear_cache(runner.cache_root(cfg.cache), runner.log)
-        runs = []
-        for seed in seeds:
-            run = Run(cfg, seed)
-            results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, cfg,
-                                      seed, EVERY_STAGE, __file__, runner.log)
-            if results is None:   # --stop_after
-                return 0
-            runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(cfg)))
-            runner.write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
-        top = metrics.combine(runs)
-        runner.write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
-        report.write_report(cfg.out_dir, runs)
-        print(report.summary(top, cfg.out_dir))
-    return 0
+        yield
+
+
+def seeds_of(cfg):
+    return list(range(cfg.seed, cfg.seed + cfg.seeds))
+
+
+def run_seeds(cfg, ranks):
+    """This process's share of the seeds (all of them without torchrun), every stage of each (runner.py skips,
+    reuses or computes it): each seed's metrics.json, or None when stopped by --stop_after."""
+    stages = [s for s in STAGES if cfg.control or s.world != "control"]
+    runs = []
+    for seed in ranks.share(seeds_of(cfg)):
+        run = Run(cfg, seed)
+        results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, cfg, seed,
+                                  EVERY_STAGE, __file__, runner.log)
+        if results is None:   # --stop_after
+            return None
+        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(cfg)))
+        runner.write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
+    return runs
+
+
+def report_seeds(cfg, shares):
+    """Every seed's metrics (each rank's share) → the top-level metrics.json, report.md and the summary."""
+    runs = sorted((m for share in shares for m in share), key=lambda m: m["seed"])
+    top = metrics.combine(runs)
+    runner.write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
+    report.write_report(cfg.out_dir, runs)
+    print(report.summary(top, cfg.out_dir))
 
 
 def main(argv=None):
@@ -917,7 +938,8 @@ def main(argv=None):
     if unfinished:
         print(f"afd_mini: {unfinished}", file=sys.stderr)
         return 1
-    return runner.guarded(lambda: run_seeds(parse_args(sys.argv[1:] if argv is None else argv)), "afd_mini")
+    return runner.launch("afd_mini", lambda: parse_args(sys.argv[1:] if argv is None else argv), output_dir,
+                         run_seeds, report_seeds)
 
 
 if __name__ == "__main__":

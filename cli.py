@@ -93,7 +93,8 @@ def validate(cfg, stages):
             continue
         if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
             raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
-    choices = {"disc": ("airl", "scalar"), "device": ("auto", "cpu", "cuda", "mps")}
+    choices = {"disc": ("airl", "scalar"), "device": ("auto", "cpu", "cuda", "mps"),
+               "dtype": ("auto", "bfloat16", "float32")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UsageError(f"--{key}={getattr(cfg, key)}: allowed values are {', '.join(allowed)}")

@@ -475,10 +475,13 @@ def get_device(name="auto"):
     return torch.device(name)
 
 
-def autocast(device):
-    """bf16 autocast on CUDA (matmuls in bf16, reductions in fp32); a no-op elsewhere."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device, dtype="auto"):
+    """The precision of the forward passes. "auto": bf16 autocast on CUDA (matmuls in bf16, reductions in
+    fp32), float32 elsewhere; "bfloat16": bf16 autocast on any device (a CPU too, which is how the GPU path is
+    tested where there is no GPU); "float32": none."""
+    device = torch.device(device)
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -388,21 +388,107 @@ class PlainProgress:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
 
-def guarded(body, prog):
-    """body() → its exit status, with every failure one line on stderr: bad input 2, a failed stage 1, Ctrl-C
-    130 (finished stages are saved), stdout closed early (… | head) 0."""
+def attempt(body, prog):
+    """body() → (exit status, its value, the one line that says why it failed or None): bad input 2, a failed
+    stage 1, Ctrl-C 130 (finished stages are saved), stdout closed early (… | head) 0."""
     try:
-        return body()
+        return 0, body(), None
     except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        return 2, None, f"{prog}: error: {e}"
     except StageError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
+        return 1, None, f"{prog}: {e}"
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 0, None, None
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted in {NOW['stage']}; finished stages are saved: rerun the same command to "
-              "resume", file=sys.stderr)
-        return 130
+        return 130, None, (f"\n{prog}: interrupted in {NOW['stage']}; finished stages are saved: rerun the same "
+                           "command to resume")
+
+
+def guarded(body, prog):
+    """body() → its exit status, with every failure one line on stderr (attempt)."""
+    status, value, line = attempt(body, prog)
+    if line:
+        print(line, file=sys.stderr)
+    return status if status or value is None else value
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Many runs at once: torchrun starts K copies of the program, one per process (rank). For tiny models one run
+# per process beats splitting one run's batches, so each rank takes its own share of the seeds (and of a sweep's
+# points) and rank 0, once every rank is done, writes what a single process would. docs/DISTRIBUTED.md.
+
+class Ranks:
+    """This process's place among torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE in the environment);
+    alone without them. On CUDA each rank takes its own GPU, cuda:LOCAL_RANK; on a CPU the machine's cores are
+    split between the ranks on it (torch's thread count: part of every fingerprint)."""
+
+    def __init__(self, environ=os.environ):
+        self.rank, self.size = int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1))
+        self.local_rank, self.local_size = int(environ.get("LOCAL_RANK", 0)), int(environ.get("LOCAL_WORLD_SIZE", 1))
+        if self.size == 1:
+            return
+        import datetime
+
+        import torch.distributed as dist
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(self.local_rank)
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_size))
+        # a rank can wait for the slowest one for as long as that one's share of the work takes
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))
+        self.dist = dist
+
+    def share(self, items):
+        """This rank's share of a list: items r, r + K, r + 2K, ..."""
+        return list(items)[self.rank::self.size]
+
+    def gather(self, value):
+        """Every rank's value, in rank order (all of them wait for the slowest)."""
+        if self.size == 1:
+            return [value]
+        out = [None] * self.size
+        self.dist.all_gather_object(out, value)
+        return out
+
+    def close(self):
+        if self.size > 1:
+            self.dist.destroy_process_group()
+
+
+def launch(prog, parse, begin, work, end):
+    """A run, alone or as one of torchrun's ranks, every failure one line (the failing rank's), never a hang:
+        parse() → cfg               on every rank (a bad option: every rank stops; rank 0 says why)
+        begin(cfg) → a context      on rank 0, held until the end: the output directory's guards
+        work(cfg, ranks) → results  on every rank, its share; None: stopped early (--stop_after)
+        end(cfg, [results, ...])    on rank 0, with every rank's results in rank order
+    After each step the ranks agree whether to go on: every rank reaches every agreement, failed or not, so a
+    rank that fails stops the others at the next one. Returns the exit status."""
+    ranks = Ranks()
+    quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if ranks.rank else contextlib.nullcontext()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(quiet)
+        cfg = None
+
+        def step(fn, everywhere=True):
+            status, value, line = attempt(fn, prog) if everywhere or ranks.rank == 0 else (0, None, None)
+            outcomes = ranks.gather((status, line))
+            if ranks.rank == 0:   # each failing rank's line once, and which rank it came from if not all did
+                for text in dict.fromkeys(line for _, line in outcomes if line):
+                    where = [r for r, (_, x) in enumerate(outcomes) if x == text]
+                    print(text + (f" (rank {where[0]} of {ranks.size})" if len(where) < ranks.size else ""),
+                          file=sys.stderr)
+            return max(s for s, _ in outcomes), value
+
+        try:
+            status, cfg = step(parse)
+            if not status:
+                status, _ = step(lambda: stack.enter_context(begin(cfg)), everywhere=False)
+            if not status:
+                status, results = step(lambda: work(cfg, ranks))
+            if not status and None not in (everyone := ranks.gather(results)):
+                status, _ = step(lambda: end(cfg, everyone), everywhere=False)
+            return status
+        finally:
+            ranks.close()

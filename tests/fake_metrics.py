@@ -26,6 +26,8 @@ def fake_run(seed, control=True):
     """A metrics dict shaped like afd_mini.py's, in which every expected effect holds."""
     rng = np.random.default_rng(seed)
     e = lambda: float(rng.normal(0, 0.02))  # a little seed-to-seed noise
+    rng2 = np.random.default_rng(seed + 1000)   # the same for the later methods, apart: the others' draws stay put
+    e2 = lambda: float(rng2.normal(0, 0.02))
     policies = {
         "expert": _policy(0.01 + e(), -0.01 + e(), 0.0, [1, 1, 1, 1], 1.0),
         "init": _policy(40 + e(), 30 + e(), 0.6, [1, 1, 1, 1], 0.2),
@@ -42,16 +44,31 @@ def fake_run(seed, control=True):
     for name, p in policies.items():  # KL(π ‖ π_SFT), measured for every policy but the expert
         if name != "expert":
             p["kl_sft"] = 0.0 if name == "sft" else 2.5 + e()
+    later = {  # the methods added after the others: their own noise, so the others' draws stay put
+        "fkl_fairl": _policy(4 + e2(), 10 + e2(), 0.12, [1, 1, 0.9, 0.8], 0.92 + e2()),
+        "dpo": _policy(5 + e2(), 9 + e2(), 0.1, [1, 1, 0.9, 0.8], 1.0 + e2()),
+        "spin": _policy(4 + e2(), 8 + e2(), 0.1, [1, 1, 0.9, 0.8], 1.0 + e2()),
+        "extrapolated_0.25": _policy(3.5 + e2(), 11 + e2(), 0.14, [1, 1, 0.9, 0.8], 0.93 + e2()),
+        "extrapolated_0.5": _policy(4 + e2(), 10 + e2(), 0.13, [1, 1, 0.9, 0.8], 1.0 + e2()),
+        "extrapolated_1": _policy(6 + e2(), 12 + e2(), 0.15, [1, 1, 0.9, 0.8], 0.9 + e2()),
+        "extrapolated_2": _policy(9 + e2(), 20 + e2(), 0.25, [1, 1, 0.9, 0.8], 0.7 + e2()),
+    }
+    for p in later.values():
+        p["kl_sft"] = 2.5 + e2()
+    policies.update(later)
     bon = {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.05),
            "sft_demo": _bon(0.9 + e(), -0.02), "pairwise_bt": _bon(0.9 + e(), 0.1),
            "init_sft_optimum": _bon(0.9 + e(), 0.25), "init_sft_scalar": _bon(0.9 + e(), 0.1),
            "init_demo_optimum": _bon(0.9 + e(), 0.1), "sft_demo_optimum": _bon(0.9 + e(), 0.0),
-           "gold": _bon(0.9 + e(), 0.3)}
+           "sft_likelihood": _bon(0.9 + e2(), 0.05), "gold": _bon(0.9 + e(), 0.3)}
+    bon["init_sft_optimum"]["off_support"] = [0.1 + 0.05 * i for i in range(len(BON_N))]   # the mechanism
+    plausible = {k: _bon(0.95 + e2(), 0.15) for k in ["init_sft", "init_sft_optimum"]}
     adversarial = {m: {"disc_acc_expert": (0.8 - 0.005 * np.arange(40) + e()).tolist(),
                        "disc_acc_policy": (0.9 - 0.008 * np.arange(40) + e()).tolist(),
                        "reward": (-3 + 0.07 * np.arange(40) + e()).tolist(),
                        "kl_ref": (0.1 * np.sqrt(np.arange(40)) + e()).tolist()}
                    for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]}
+    adversarial["fkl_fairl"] = {k: list(v) for k, v in adversarial["rkl_seq"].items()}
     for m in ["rkl_oracle", "js_oracle", "rl_init_sft"]:  # no discriminator: empty accuracy curves
         adversarial[m] = {"disc_acc_expert": [], "disc_acc_policy": [],
                           "reward": (-5 + 0.1 * np.arange(40)).tolist(),
@@ -65,6 +82,7 @@ def fake_run(seed, control=True):
         "policies": policies,
         "demonstrations": {"gold_reward": 1.0 + e()},
         "bon": bon,
+        "bon_plausible": plausible,
         "reward_models": {**{f"{m}_vs_optimum": {"pearson": 0.8 + e(), "spearman": 0.85 + e()}
                              for m in ["init_sft", "init_demo", "sft_demo", "init_sft_scalar"]},
                           "final_loss": {"init_sft": 0.6}},
@@ -77,6 +95,7 @@ def fake_run(seed, control=True):
                    "sft_loss": (2 * np.exp(-0.1 * np.arange(30)) + 0.8 + e()).tolist(),
                    "adversarial": adversarial},
     }
+    run["calibration"]["fkl_fairl"] = {"pearson": 0.9 + e2(), "spearman": 0.8 + e2(), "auc_off_support": 0.7 + e2()}
     if control:  # without the signature the demonstration-based reward models catch up
         run["control"] = {"bon": {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.18),
                                   "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3),

@@ -189,11 +189,10 @@ def test_exercises_md_states_the_needs_exercises_py_declares():
 
 
 def test_exercises_md_names_the_stages_kl_coef_weighs():
-    """Exercise 8 lists the stages whose reward --kl_coef weighs (the options each stage reads: afd_mini.reads),
+    """Exercise 8 lists the stages whose reward --kl_coef weighs (the options each stage reads: afd_mini.STAGES),
     and says that rl_init_sft reads --rm_kl_coef instead."""
     import afd_mini
-    cfg = afd_mini.parse_args([])
-    weighs = lambda option: [s for s in afd_mini.STAGES if option in afd_mini.reads(cfg, s)[0]]
+    weighs = lambda option: [s.name for s in afd_mini.STAGES if option in s.reads]
     section = exercises_md_sections()[8]
     listed = re.search(r"stage \(((?:`\w+`, )*`\w+`)\)\s+subtracts kl_coef", section)
     assert listed, "exercise 8 no longer lists the stages in the form this test reads"

@@ -68,7 +68,7 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "rl_init_sft"]:
+                 "fkl_fairl", "dpo", "spin", "rl_init_sft", "extrapolated_0.5"]:
         assert name in m["policies"], f"policy {name} missing"
         for key in POLICY_KEYS:
             assert key in m["policies"][name], f"policies.{name}.{key} missing"
@@ -79,7 +79,7 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
             assert set(world["bon"][rm]) >= {"n", "kl", "gold_reward"}, f"bon.{rm} incomplete"
         for rm in ["init_sft", "init_demo", "sft_demo", *scalar[1:]]:
             assert set(world["reward_models"][f"{rm}_vs_optimum"]) == {"pearson", "spearman"}
-    assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"}
+    assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl"}
     for c in m["calibration"].values():
         assert set(c) == {"pearson", "spearman", "auc_off_support"}
         assert -1 <= c["spearman"] <= 1 and (c["auc_off_support"] is None or 0 <= c["auc_off_support"] <= 1)
@@ -311,3 +311,28 @@ def test_without_the_control_world_its_stages_do_not_run(quick_run, tmp_path):
     m = json.load(open(tmp_path / "seed_0" / "metrics.json"))
     assert "control" not in m and not (tmp_path / "seed_0" / "control").exists()
     assert "control_sft" not in res.stderr and "seed 0 · evaluate: reused" in res.stderr
+
+
+def test_the_gpu_precision_path_runs_on_a_cpu(tmp_path, monkeypatch):
+    """--dtype=bfloat16 forces the GPU path's bf16 autocast on the CPU: every stage of the quick preset must run,
+    its models' matmuls in bf16 (a forward hook on the LM head sees bf16), every loss in float32 (a loss computed
+    in bf16 would be a precision bug of the GPU path), every number of metrics.json finite."""
+    seen, losses = set(), set()
+    hook = lambda module, args, out: seen.add(out.dtype)
+    original = afd_mini.GPT.__init__
+
+    def hooked_init(self, config):
+        original(self, config)
+        self.lm_head.register_forward_hook(hook)
+
+    step = afd_mini.optimiser_step
+    monkeypatch.setattr(afd_mini.GPT, "__init__", hooked_init)
+    monkeypatch.setattr(afd_mini, "optimiser_step", lambda opt, model, loss, *a: losses.add(loss.dtype)
+                        or step(opt, model, loss, *a))
+    assert afd_mini.main(["--quick", "--dtype=bfloat16", f"--out_dir={tmp_path}", "--progress=false",
+                          "--cache=off"]) == 0
+    assert torch.bfloat16 in seen, "the models never ran in bf16: the precision path was not exercised"
+    assert losses == {torch.float32}, f"a loss in {losses - {torch.float32}}"
+    m = json.load(open(tmp_path / "metrics.json"))
+    for path, value in finite_leaves(m):
+        assert math.isfinite(value), f"{path} = {value} is not finite"
