@@ -65,6 +65,7 @@ class Config:
     progress: bool = True         # progress bars on a terminal, a few plain lines per stage elsewhere
     cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
     clear_cache: bool = False     # empty the cache first
+    sweep: str = ""               # KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2): every value × every seed, in out_dir/KNOB=v
     # the world (data/world.py documents each knob; WORLD lists them)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
@@ -124,6 +125,9 @@ class Config:
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
     # The world's knobs: data.WorldConfig checks them, and every stage's result depends on them.
+    # Options that change no number: a run with other values of these can resume the same output directory.
+    RUN_ONLY: ClassVar[set] = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache",
+                               "clear_cache", "sweep"}
     WORLD: ClassVar[tuple] = ("q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len",
                               "max_len", "max_operand", "max_new_tokens")
 
@@ -143,8 +147,7 @@ PRESETS = {
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
                 bon_prompts=512, bon_max_n=256, eval_samples=4),
 }
-# Options that change no number: a run with other values of these can resume the same output directory.
-RUN_ONLY = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache", "clear_cache"}
+RUN_ONLY = Config.RUN_ONLY
 # What every stage reads (the world and its datasets), and groups of options some stages share.
 EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
 POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr")
@@ -895,42 +898,64 @@ def parse_args(argv):
     return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1], STAGE_NAMES)
 
 
-@contextlib.contextmanager
-def output_dir(cfg):
-    """The output directory, checked and locked for the length of the run; the stage cache emptied if asked."""
-    with runner.output_dir(cfg.out_dir, seeds_of(cfg), result_config(cfg), cfg.redo):
-        if cfg.clear_cache and runner.cache_root(cfg.cache):
-            runner.clear_cache(runner.cache_root(cfg.cache), runner.log)
-        yield
+def points_of(cfg):
+    """The runs a command asks for: itself, or each point of its --sweep in a folder of its own (cli.sweep_points)."""
+    if not cfg.sweep:
+        return [cfg]
+    return [dataclasses.replace(cfg, sweep="", out_dir=os.path.join(cfg.out_dir, name), **values)
+            for name, values in cli.sweep_points(cfg)]
 
 
 def seeds_of(cfg):
     return list(range(cfg.seed, cfg.seed + cfg.seeds))
 
 
+@contextlib.contextmanager
+def output_dir(cfg):
+    """The output directories, checked and locked for the length of the run; the stage cache emptied if asked."""
+    with contextlib.ExitStack() as stack:
+        if cfg.sweep:   # the sweep's own folder: locked; each point's: as a run's
+            stack.enter_context(runner.output_dir(cfg.out_dir, [], {}, cfg.redo))
+        for point in points_of(cfg):
+            stack.enter_context(runner.output_dir(point.out_dir, seeds_of(point), result_config(point), cfg.redo))
+        if cfg.clear_cache and runner.cache_root(cfg.cache):
+            runner.clear_cache(runner.cache_root(cfg.cache), runner.log)
+        yield
+
+
 def run_seeds(cfg, ranks):
-    """This process's share of the seeds (all of them without torchrun), every stage of each (runner.py skips,
-    reuses or computes it): each seed's metrics.json, or None when stopped by --stop_after."""
-    stages = [s for s in STAGES if cfg.control or s.world != "control"]
+    """This process's share of the runs (every seed of every point; all of them without torchrun), every stage of
+    each (runner.py skips, reuses or computes it): each one's metrics.json, or None when stopped by --stop_after."""
     runs = []
-    for seed in ranks.share(seeds_of(cfg)):
-        run = Run(cfg, seed)
-        results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, cfg, seed,
+    for point, seed in ranks.share([(point, seed) for point in points_of(cfg) for seed in seeds_of(point)]):
+        run = Run(point, seed)
+        stages = [s for s in STAGES if point.control or s.world != "control"]
+        results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, point, seed,
                                   EVERY_STAGE, __file__, runner.log)
         if results is None:   # --stop_after
             return None
-        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(cfg)))
+        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
         runner.write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
     return runs
 
 
 def report_seeds(cfg, shares):
-    """Every seed's metrics (each rank's share) → the top-level metrics.json, report.md and the summary."""
-    runs = sorted((m for share in shares for m in share), key=lambda m: m["seed"])
-    top = metrics.combine(runs)
-    runner.write_json(os.path.join(cfg.out_dir, "metrics.json"), top)
-    report.write_report(cfg.out_dir, runs)
-    print(report.summary(top, cfg.out_dir))
+    """Every run's metrics (each rank's share) → each point's metrics.json, report.md and summary; for a sweep,
+    sweep.json and its figure of every effect against the knob."""
+    done = [m for share in shares for m in share]
+    tops = {}
+    for point in points_of(cfg):
+        runs = sorted((m for m in done if m["config"]["out_dir"] == point.out_dir), key=lambda m: m["seed"])
+        tops[point.out_dir] = top = metrics.combine(runs)
+        runner.write_json(os.path.join(point.out_dir, "metrics.json"), top)
+        report.write_report(point.out_dir, runs)
+        if not cfg.sweep:
+            print(report.summary(top, point.out_dir))
+    if cfg.sweep:
+        sweep = metrics.sweep_summary(cli.sweep_points(cfg), [tops[p.out_dir] for p in points_of(cfg)])
+        runner.write_json(os.path.join(cfg.out_dir, "sweep.json"), sweep)
+        report.write_sweep(cfg.out_dir, sweep)
+        print(report.sweep_summary(sweep, cfg.out_dir))
 
 
 def main(argv=None):

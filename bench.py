@@ -18,6 +18,8 @@ disturbed by other work on the machine.
     python bench.py --rounds=10  # more rounds: steadier numbers on a busy machine
     python bench.py --pipeline   # also the default run's per-stage profile, and a classroom experiment after it
                                  # reusing its stages (about 4 minutes on 2 CPU cores)
+    python bench.py --processes=quick   # also --seeds=2 in one process, then in two (torchrun): --processes=default
+                                        # times the default run's (about 10 minutes on 2 CPU cores)
 
 On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS), which is printed.
 """
@@ -115,6 +117,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per measurement (best one kept)")
     parser.add_argument("--pipeline", action="store_true",
                         help="also profile one seed of the default run by stage, and time --kl_coef=0.5 after it")
+    parser.add_argument("--processes", default="", metavar="PRESET",
+                        help="also time --seeds=2 of PRESET (quick or default) in one process with every core, "
+                             "and spread over two processes by torchrun, the cores split between them")
     args = parser.parse_args()
     device = get_device(args.device)
     torch.manual_seed(0)
@@ -171,6 +176,9 @@ def main():
     results["cache_speedup"] = results["sample_tokens_per_s_cached"] / results["sample_tokens_per_s_uncached"]
     if args.pipeline:
         results["pipeline"] = pipeline(device)
+    if args.processes:
+        results["processes"] = walls = processes(args.processes)
+        results["processes_speedup"] = list(walls.values())[0] / list(walls.values())[1]
     if args.json:
         print(json.dumps(results))
         return
@@ -189,6 +197,10 @@ def main():
         ("tokens sampled per call", f"{results['sample_tokens']:,}"),
         (memory + ", MiB", f"{results['peak_memory_mib']:,.0f}"),
     ]
+    if args.processes:
+        for name, sec in results["processes"].items():
+            rows.append((f"--seeds=2 --preset={args.processes}, {name}, wall s", f"{sec:.1f}"))
+        rows.append(("  one process / two processes", f"{results['processes_speedup']:.2f}x"))
     if args.pipeline:
         p = results["pipeline"]
         rows += [(f"default run, stage {stage}, s", f"{sec:.1f}") for stage, sec in p["stage_seconds"].items()]
@@ -196,6 +208,28 @@ def main():
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value:>12}")
+
+
+def processes(preset):
+    """--processes: --seeds=2 of a preset, from scratch (no cache), in one process using every core, then as two
+    torchrun processes with half the cores each. For tiny models one run per process wins: a second thread of
+    one process mostly waits on the first."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    common = [f"--preset={preset}", "--seeds=2", "--cache=off", "--progress=false"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, launcher in [(f"1 process x {os.cpu_count()} threads", [sys.executable]),
+                               (f"2 processes x {max(1, (os.cpu_count() or 1) // 2)} threads",
+                                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])]:
+            t0 = time.perf_counter()
+            subprocess.run([*launcher, os.path.join(here, "afd_mini.py"), *common,
+                            f"--out_dir={os.path.join(tmp, str(len(walls)))}"], check=True, capture_output=True)
+            walls[name] = time.perf_counter() - t0
+    return walls
 
 
 def pipeline(device):

@@ -10,6 +10,7 @@ are runner.py's.
 """
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import os
@@ -76,7 +77,37 @@ def parse_args(argv, config_class, presets, usage, stages):
     values.update(given)
     cfg = config_class(**values)
     validate(cfg, stages)
+    for _, point in sweep_points(cfg):   # every point of a sweep, before any work
+        validate(dataclasses.replace(cfg, sweep="", **point), stages)
     return cfg
+
+
+def sweep_points(cfg):
+    """--sweep=KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2: a grid) → [(folder, {knob: value})], every combination
+    in order. A knob must be an option that changes results (not in cfg.RUN_ONLY); values are parsed like
+    --KNOB=value."""
+    if not cfg.sweep:
+        return []
+    fields = {f.name: f.default for f in dataclasses.fields(cfg)}
+    axes = []
+    for part in cfg.sweep.split("/"):
+        knob, eq, text = part.partition("=")
+        if knob not in fields:
+            close = difflib.get_close_matches(knob, list(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see --help"
+            raise UsageError(f"--sweep={cfg.sweep}: {knob!r} is not an option{hint}")
+        if knob in cfg.RUN_ONLY | {"seed", "sweep", "device", "control"}:
+            raise UsageError(f"--sweep={cfg.sweep}: --{knob} changes no result (or chooses what runs, like --seeds); "
+                             "sweep an option that changes results")
+        values = [parse_value(knob, v, fields[knob]) for v in text.split(",") if v] if eq else []
+        if len(values) < 2 or len(set(values)) < len(values) or knob in dict(axes):
+            raise UsageError(f"--sweep={cfg.sweep}: give {knob} two or more different values once, like "
+                             f"--sweep={knob}={fields[knob]},...")
+        axes.append((knob, values))
+    if len(axes) > 2:
+        raise UsageError(f"--sweep={cfg.sweep}: at most two knobs (a grid)")
+    return [("+".join(f"{k}={v}" for k, v in zip(dict(axes), combo)), dict(zip(dict(axes), combo)))
+            for combo in itertools.product(*(values for _, values in axes))]
 
 
 ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)

@@ -267,6 +267,42 @@ def fig_extrapolation(path, mean, err):
                  fontsize=12)
     _save(fig, path)
 
+def fig_sweep(path, sweep):
+    """Each effect's mean paired difference and 95% interval (expected > 0) against the swept knob, one panel per
+    effect, one line per condition (and per value of a second knob)."""
+    knob, *second = sweep["knobs"]
+    effects = list(dict.fromkeys(e["effect"] for e in sweep["points"][0]["effects"] if e["condition"] != "all conditions"))
+    cols = 4
+    rows = -(-len(effects) // cols)
+    fig = Figure(layout="constrained", figsize=(4.2 * cols, 2.6 * rows))
+    axes = list(np.atleast_1d(fig.subplots(rows, cols)).flat)
+    groups = {}
+    for i, p in enumerate(sweep["points"]):
+        groups.setdefault(tuple(p["values"][k] for k in second), []).append(p)
+    for ax, effect in zip(axes, effects):
+        for g, (other, points) in enumerate(groups.items()):
+            xs = list(range(len(points)))
+            conds = [e["condition"] for e in points[0]["effects"]
+                     if e["effect"] == effect and e["condition"] != "all conditions"]
+            for c, cond in enumerate(conds):
+                rows_ = [next(e for e in p["effects"] if e["effect"] == effect and e["condition"] == cond) for p in points]
+                y = [r["diff_mean"] if r["diff_mean"] is not None else np.nan for r in rows_]
+                lo = [y_ - r["ci95"][0] if r["ci95"] else 0 for y_, r in zip(y, rows_)]
+                hi = [r["ci95"][1] - y_ if r["ci95"] else 0 for y_, r in zip(y, rows_)]
+                label = cond + (f", {', '.join(f'{k}={v}' for k, v in zip(second, other))}" if second else "")
+                ax.errorbar(np.array(xs) + 0.06 * (c + len(conds) * g), y, yerr=[lo, hi], marker="o", capsize=3,
+                            label=label)
+            ax.set_xticks(xs, [str(p["values"][knob]) for p in points])
+        ax.axhline(0, color="0.5", lw=1)
+        ax.set_title(effect if len(effect) < 60 else effect[:57] + "...", fontsize=7)
+        ax.set_xlabel(knob, fontsize=8)
+        ax.legend(fontsize=6, frameon=False)
+    for ax in axes[len(effects):]:   # the panels left over
+        ax.axis("off")
+    fig.suptitle(f"Every expected effect against {knob} (mean paired difference over seeds, 95% interval; > 0: "
+                 "the effect's expected direction)", fontsize=11)
+    _save(fig, path)
+
 def fig_calibration(path, mean, err, points):
     methods = [m for m in ADVERSARIAL if m in points and points[m].get("logit")]
     fig = Figure(layout="constrained", figsize=(4.2 * len(methods), 4.2))

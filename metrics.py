@@ -264,3 +264,16 @@ def effects(runs):
                          "ci95": None, "diffs": None})
     order = list(by_effect)   # each effect's conditions together, its combined row last
     return sorted(rows, key=lambda r: order.index(r["effect"]))
+
+
+# -----------------------------------------------------------------------------
+# a sweep: the effects at every point
+
+def sweep_summary(points, tops):
+    """sweep.json: for each point of a sweep (cli.sweep_points: (folder, {knob: value})) and its top-level
+    metrics, every effect's verdict, mean paired difference and interval there."""
+    keep = ("effect", "condition", "verdict", "diff_mean", "ci95", "seeds_holding", "seeds")
+    return {"knobs": list(points[0][1]) if points else [],
+            "points": [{"folder": name, "values": values, "seeds": top["seeds"],
+                        "effects": [{k: e[k] for k in keep} for e in top["effects"]]}
+                       for (name, values), top in zip(points, tops)]}

@@ -262,6 +262,24 @@ def write_report(out_dir, runs):
     os.replace(path + ".tmp", path)
     return path
 
+def write_sweep(out_dir, sweep):
+    """The sweep's figure: every effect's paired interval at every point (figures.fig_sweep)."""
+    figures.fig_sweep(os.path.join(out_dir, "fig_sweep.png"), sweep)
+
+
+def sweep_summary(sweep, out_dir):
+    """The lines a sweep prints at the end: each effect's verdict at every point."""
+    names = [p["folder"] for p in sweep["points"]]
+    lines = ["verdicts at " + " | ".join(names) + f" ({len(sweep['points'][0]['seeds'])} seeds each):"]
+    rows = {}
+    for p in sweep["points"]:
+        last = {e["effect"]: e for e in p["effects"]}   # an effect's combined row comes last
+        for effect, e in last.items():
+            rows.setdefault(effect, []).append(e["verdict"])
+    lines += [f"  {' | '.join(verdicts)}   {effect}" for effect, verdicts in rows.items()]
+    return "\n".join(lines + [f"outputs: {out_dir}/sweep.json, {out_dir}/fig_sweep.png, each point's folder"])
+
+
 def load_runs(out_dir):
     """The per-seed metrics dicts saved under out_dir/seed_*/metrics.json."""
     runs = []

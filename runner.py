@@ -453,7 +453,8 @@ class Ranks:
         return out
 
     def close(self):
-        if self.size > 1:
+        if self.size > 1:   # together: a rank that leaves while another still talks to it aborts the other
+            self.dist.barrier()
             self.dist.destroy_process_group()
 
 
