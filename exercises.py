@@ -120,11 +120,16 @@ EXERCISES = [
              "predict Best-of-N with the Init-Demo and Init-SFT reward models when the demonstrator never signs",
              command="python afd_mini.py --signature_p=0 --out_dir=out_nosig"),
     Exercise(13, "generalized_jsd", "hard",
-             "JSD_β(p‖q) per position, stable, with KL(p‖q) at β = 0 and KL(q‖p) at β = 1",
+             "JSD_w(p‖q) per position, stable, with KL(p‖q) at w = 0 and KL(q‖p) at w = 1",
              ("test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order",
               "test_generalized_jsd_zero_on_identical_inputs_and_symmetric",
               "test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls",
               "test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32")),
+    Exercise(14, "plausible_best_of_n", "hard",
+             "contrastive decoding's plausibility constraint on Best-of-N: eligible within τ nats of the likeliest",
+             ("test_plausible_floor_is_relative_to_each_prompts_best_candidate",
+              "test_best_of_n_plausible_hand_examples",
+              "test_best_of_n_plausible_without_a_floor_is_best_of_n")),
 ]
 BY_NUMBER = {e.number: e for e in EXERCISES}
 

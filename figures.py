@@ -42,7 +42,7 @@ def fit_gaussian(target_probs, grid, direction, steps=200, lr=0.2):
     so that a symmetric target does not leave the reverse fit balanced between two modes.
     Returns (mu, sigma) as floats.
     """
-    beta = {"forward": 0.0, "reverse": 1.0}[direction]
+    w = {"forward": 0.0, "reverse": 1.0}[direction]
     grid = torch.as_tensor(grid, dtype=torch.float64)
     target_logits = torch.as_tensor(target_probs, dtype=torch.float64).clamp_min(1e-300).log()
     span = float(grid.max() - grid.min())
@@ -51,8 +51,8 @@ def fit_gaussian(target_probs, grid, direction, steps=200, lr=0.2):
     for _ in range(steps):
         mu, sigma = params[0], params[1].exp()
         fit_logits = -0.5 * ((grid - mu) / sigma) ** 2  # softmax normalises on the grid
-        # generalized_jsd(p, q, beta=0) = KL(p ‖ q), beta=1: KL(q ‖ p); p = target, q = fit
-        loss = generalized_jsd(target_logits[None], fit_logits[None], beta).mean()
+        # generalized_jsd(p, q, w=0) = KL(p ‖ q), w=1: KL(q ‖ p); p = target, q = fit
+        loss = generalized_jsd(target_logits[None], fit_logits[None], w).mean()
         grad, = torch.autograd.grad(loss, params)
         with torch.no_grad():
             # steps no longer than lr: from a narrow start that misses a whole mode, the forward

@@ -424,6 +424,7 @@ def plausible(logp, tau):
     where it is not. The most likely candidate is always eligible; τ = math.inf: every candidate (α = 0);
     τ = 0: only the most likely, ties included (α = 1).
 
+    Derived in exercise 14 (not in the student copy):
     Why a log-ratio reward needs it. r = log π_SFT − log π_init (classifier_optimum) is largest where π_init finds
     a response implausible, whether or not it is good. That includes π_SFT's own imitation errors: responses
     π_SFT draws now and then but itself rates unlikely, and π_init rates more unlikely still. With many
@@ -432,20 +433,24 @@ def plausible(logp, tau):
     A whole response's log-prob falls with its length, so the floor also favours short responses; pass
     per-token mean log-probs to compare responses of different lengths per token (the caller's choice).
     """
+    # ---- exercise 14 (plausible_best_of_n): begin solution
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0 (tau = −log α, α ≤ 1), not {tau}")
     return logp >= logp.amax(-1, keepdim=True) - tau
+    # ---- exercise 14: end solution
 
 
 def best_of_n_plausible(rewards, logp, tau):
     """Best-of-N under the plausibility constraint: rewards, logp (M, N) → (M,) index of the highest reward
     among the candidates plausible(logp, tau) keeps, the first on ties (like best_of_n). tau = math.inf: best_of_n.
     """
+    # ---- exercise 14 (plausible_best_of_n): begin solution
     eligible = plausible(logp, tau)
     best = rewards.masked_fill(~eligible, -math.inf).amax(-1, keepdim=True)
     # the first eligible candidate with the best reward (an argmax of the masked rewards alone could return an
     # ineligible one when the best eligible reward is itself -inf)
     return (eligible & (rewards == best)).int().argmax(-1)
+    # ---- exercise 14: end solution
 
 
 def extrapolated_logits(logits_sft, logits_init, alpha):
@@ -525,26 +530,26 @@ def _kl(log_a, log_b):
     return (log_a.exp() * (log_a - log_b)).sum(-1)  # KL(a ‖ b) over the last dim
 
 
-def generalized_jsd(logits_p, logits_q, beta):
+def generalized_jsd(logits_p, logits_q, w):
     """Generalised Jensen–Shannon divergence of p = softmax(logits_p) and q = softmax(logits_q), over the last
     (vocab) dim; returns one value per position (shape logits.shape[:-1]): mask and average as you need.
-        JSD_β(p ‖ q) = β KL(p ‖ m) + (1 − β) KL(q ‖ m),   m = β p + (1 − β) q.
-    β = 0.5 is the symmetric Jensen–Shannon; JSD_β(p ‖ q) = JSD_{1−β}(q ‖ p).
+        JSD_w(p ‖ q) = w KL(p ‖ m) + (1 − w) KL(q ‖ m),   m = w p + (1 − w) q.
+    w = 0.5 is the symmetric Jensen–Shannon; JSD_w(p ‖ q) = JSD_{1−w}(q ‖ p).
     The ends are explicit cases, by convention (GKD, Agarwal et al. 2024):
-        β = 0 → KL(p ‖ q),   β = 1 → KL(q ‖ p);
+        w = 0 → KL(p ‖ q),   w = 1 → KL(q ‖ p);
     with p the expert and q the policy, forward (mass-covering) and reverse (mode-seeking) KL.
     They are not the formula's limits: the formula tends to 0 at both ends.
 
     Derived in exercise 13 (not in the student copy):
-    As β → 0, m → q and JSD_β ≈ β KL(p ‖ q) → 0; as β → 1, JSD_β ≈ (1 − β) KL(q ‖ p) → 0. It is
-    JSD_β / (β(1 − β)) that tends to the two KLs.
+    As w → 0, m → q and JSD_w ≈ w KL(p ‖ q) → 0; as w → 1, JSD_w ≈ (1 − w) KL(q ‖ p) → 0. It is
+    JSD_w / (w(1 − w)) that tends to the two KLs.
     """
     # ---- exercise 13 (generalized_jsd): begin solution
     log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-    if beta == 0:
+    if w == 0:
         return _kl(log_p, log_q)
-    if beta == 1:
+    if w == 1:
         return _kl(log_q, log_p)
-    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
-    return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(w), log_q + math.log(1 - w)]), 0)
+    return w * _kl(log_p, log_m) + (1 - w) * _kl(log_q, log_m)
     # ---- exercise 13: end solution

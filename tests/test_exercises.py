@@ -129,7 +129,8 @@ DERIVED_RESULTS = {
     6: ["Equivalently A_i = G/(G−1)·(r_i − group mean)", "(last sum: ∇Σ_y π = 0)"],
     7: ["never negative (e^u ≥ 1 + u)", "= −Σ_a π_ref(a|s) ∇log π(a|s)"],
     11: ["log n − (n − 1)/n", "π_BoN/π = n u^(n−1)"],
-    13: ["JSD_β ≈ β KL(p ‖ q)"],
+    13: ["JSD_w ≈ w KL(p ‖ q)"],
+    14: ["Why a log-ratio reward needs it"],
 }
 
 
@@ -455,18 +456,18 @@ WRONG = [
     (11, "best_of_n_kl", "return math.log(n)", "best_of_n_kl(2) = 0.693"),
     (13, "generalized_jsd", """
         log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-        if beta == 0:
+        if w == 0:
             return _kl(log_p, log_q)
-        if beta == 1:
+        if w == 1:
             return _kl(log_q, log_p)
-        log_m = torch.log(beta * log_p.exp() + (1 - beta) * log_q.exp())
-        return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
-        """, "generalized_jsd(β=0.3) is nan where probabilities underflow in float32"),
+        log_m = torch.log(w * log_p.exp() + (1 - w) * log_q.exp())
+        return w * _kl(log_p, log_m) + (1 - w) * _kl(log_q, log_m)
+        """, "generalized_jsd(w=0.3) is nan where probabilities underflow in float32"),
     (13, "generalized_jsd", """
         log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
-        return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
-        """, "generalized_jsd(β=0) raises ValueError (math domain error): the ends are explicit cases"),
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(w), log_q + math.log(1 - w)]), 0)
+        return w * _kl(log_p, log_m) + (1 - w) * _kl(log_q, log_m)
+        """, "generalized_jsd(w=0) raises ValueError (math domain error): the ends are explicit cases"),
 ]
 
 

@@ -33,6 +33,7 @@ Bugs each test guards against:
   kl_shaped_advantages or by kl_k1's arguments swapped in the loop.
 """
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -50,7 +51,7 @@ from data import World
 from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, to_batch, token_logprobs,
                    token_scores)
 
-CPU = SimpleNamespace(device=torch.device("cpu"))   # all that disc_step asks of a run
+CPU = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)   # all that disc_step asks
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,7 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
     monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
     sft = spread(tiny(GPT, vocab=8), seed=3)
     run = SimpleNamespace(cfg=SimpleNamespace(disc_warmup=0, disc="airl"), device=torch.device("cpu"),
+                          autocast=contextlib.nullcontext,
                           load=lambda name: (sft, {}), save=lambda name, model, **extra: None)
     afd_mini.stage_adversarial(run, method)
     disc = loop["disc"]
@@ -199,6 +201,7 @@ def test_stage_reward_models_trains_each_classifier_on_its_classes(monkeypatch):
                         trained.update({name: (base, pos, neg, held_pos, held_neg, form, pairwise)}) or [0.0])
 
     class StubRun:
+        autocast = afd_mini.Run.autocast
         cfg = dataclasses.replace(afd_mini.Config(), rm_samples=6)
         seed, rng, control = 0, np.random.default_rng(0), False
         demos = [([1, k], ["demo", k]) for k in range(20)]
@@ -246,6 +249,7 @@ def test_train_reward_model_scores_positives_above_negatives(name, form, tmp_pat
     base = tiny(GPT, vocab=8)
 
     class StubRun:
+        autocast = afd_mini.Run.autocast
         cfg = dataclasses.replace(afd_mini.Config(), rm_steps=30, rm_batch=8, rm_lr=1e-2, progress=False)
         rng, device, world = np.random.default_rng(0), torch.device("cpu"), SimpleNamespace(eos_id=0)
         batch, bar, save = afd_mini.Run.batch, afd_mini.Run.bar, afd_mini.Run.save
@@ -459,6 +463,7 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
                  for name in afd_mini.LEARNED}}
 
     class BonRun:   # what stage_best_of_n asks of a Run; it records what it samples
+        autocast = afd_mini.Run.autocast
         rollout, batch, bar, sample_pairs = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar, \
             afd_mini.Run.sample_pairs
 
@@ -510,6 +515,7 @@ def test_stage_best_of_n_ranks_by_the_exact_optima(world, monkeypatch):
 class TinyRun:
     """What policy_optimisation asks of a Run, around tiny GPTs: load("sft") hands out `models` in turn (the
     policy and the reference; `loaded` records which was which)."""
+    autocast = afd_mini.Run.autocast
     rollout, batch, bar = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar   # the pipeline's own
 
     def save(self, name, model, **extra):   # the model the loop trained
@@ -595,6 +601,7 @@ def test_stage_rl_init_sft_uses_the_reward_models_own_kl_weight(monkeypatch, tmp
     monkeypatch.setattr(afd_mini, "load_reward_model", lambda run, name: loop.update(rm=name) or
                         (lambda tokens, mask: mask.sum(-1).float()))
     run = SimpleNamespace(cfg=dataclasses.replace(afd_mini.Config(), kl_coef=0.05, rm_kl_coef=0.7),
+                          autocast=contextlib.nullcontext,
                           device=torch.device("cpu"))
     afd_mini.stage_rl_init_sft(run)
     assert loop["stage"] == "rl_init_sft" and loop["rm"] == "init_sft" and loop["kl_coef"] == 0.7
@@ -622,6 +629,7 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
                                                afd_mini.POLICY[f"extrapolated_{alpha:g}"]])
 
     class EvalRun:   # what stage_evaluate asks of a Run; it records what it samples
+        autocast = afd_mini.Run.autocast
         rollout, batch, bar = afd_mini.Run.rollout, afd_mini.Run.batch, afd_mini.Run.bar
 
         def __init__(self):
