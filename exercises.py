@@ -276,8 +276,12 @@ def project_files(root):
     return files
 
 
+TEACHER_ONLY = ("docs/TEACHING.md",)   # the answers to every question: never in a student copy
+
+
 def make_student_copy(dst, numbers=None, root=ROOT):
-    """Copy the project into dst (new or empty) with the regions of exercises `numbers` (all) blanked."""
+    """Copy the project into dst (new or empty) with the regions of exercises `numbers` (all) blanked, and
+    without the teacher's guide (TEACHER_ONLY)."""
     numbers = set(numbers or [e.number for e in EXERCISES if e.coding])
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f"{dst} exists and is not empty: give a new directory")
@@ -286,6 +290,8 @@ def make_student_copy(dst, numbers=None, root=ROOT):
     if missing:
         raise ValueError(f"no solution region for exercise {', '.join(map(str, sorted(missing)))} in {root}")
     for rel in project_files(root):
+        if rel in TEACHER_ONLY:
+            continue
         target = os.path.join(dst, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if rel in SOURCES:

@@ -377,9 +377,10 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
     "fig_divergence_plane.png": "expected: π_SFT upper left (low forward KL), the reverse-KL "
         "policies lower right (low reverse KL). Symlog axes, linear within ±0.1 nats, so the "
         "expert's own ≈ 0 (possibly slightly negative) Monte Carlo estimates sit at the origin.",
-    "fig_bon.png": "expected: Init-SFT keeps rising past the demonstrations (orange line) as N "
+    "fig_bon.png": "the papers predict: Init-SFT rises past the demonstrations (orange line) as N "
         "grows, the reward models trained against demonstrations gain less, and in the control "
-        "panel (no signature) that gap shrinks.",
+        "panel (no signature) that gap shrinks. A curve that peaks and then falls is over-optimisation: "
+        "fig_bon_picks shows what the larger N picks.",
     "fig_bon_picks.png": "as N grows, Best-of-N by a log-ratio reward picks longer, signed and off-support "
         "responses (the ratio rewards SFT's own imitation errors); among the plausible candidates only it does not.",
     "fig_extrapolation.png": "where the expert lies along the direction π_init → π_SFT: a gold reward that "

@@ -227,7 +227,11 @@ def test_experiment_runs_are_valid_afd_mini_options_off_the_default():
 def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
     files = ex.project_files(ROOT)
     assert "exercises.py" in files and "EXERCISES.md" in files
+    for rel in ex.TEACHER_ONLY:   # the teacher's guide holds the answers
+        assert not os.path.exists(os.path.join(student, rel)), f"{rel} is in the student copy"
     for rel in files:
+        if rel in ex.TEACHER_ONLY:
+            continue
         assert os.path.isfile(os.path.join(student, rel)), f"{rel} is missing from the student copy"
         if rel != SOURCE:
             with open(os.path.join(ROOT, rel), "rb") as a, open(os.path.join(student, rel), "rb") as b:
