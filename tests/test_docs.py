@@ -4,7 +4,8 @@ README sections.
 
 dangling_references(text, folder) is the check, for any markdown file of the project; the test runs it on
 EXERCISES.md and on docs/TEACHING.md once that exists. Its rules:
-- every --option (in code blocks too) is a field of afd_mini.Config (or --help);
+- every --option (in code blocks too) is a field of afd_mini.Config (or --help), but for torchrun's own
+  options before the script;
 - in inline code (`...`): every word with a file extension, or a path that starts in a folder of the project,
   is a file or folder of the project (relative to the root or to the document's folder) or a file the
   pipeline writes (named in the source of afd_mini.py or report.py), after dropping a <placeholder>/ prefix;
@@ -98,7 +99,8 @@ def dangling_references(text, folder="."):
     """Every reference of a markdown text (a file in `folder`, relative to the project root) to something that
     does not exist, one line each; [] when there is none."""
     problems = []
-    for name in sorted(set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", text)) - options()):
+    launcher = re.sub(r"\btorchrun((?:\s+--[\w-]+(?:=\S+)?)+)", "torchrun", text)   # torchrun's own options
+    for name in sorted(set(re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", launcher)) - options()):
         problems.append(f"--{name}: not an option of afd_mini.py (a field of afd_mini.Config)")
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)   # fenced code blocks: options only
     known, files = known_names(), set(project_files())
@@ -156,10 +158,11 @@ See README ("Results of a default run") and README ("Results"), [there](README.m
 
 ```bash
 python afd_mini.py --q=0.5 --nope=1
+torchrun --standalone --nproc_per_node=2 afd_mini.py --seeds=2 --nnodes=2
 ```
 """
     problems = dangling_references(planted)
-    for wanted in ["--kl_coeff", "--nope", "fig_bonn.png", "docs/NOWHERE.md", "docs/nothing/", "rkl_oracel",
+    for wanted in ["--kl_coeff", "--nope", "--nnodes", "fig_bonn.png", "docs/NOWHERE.md", "docs/nothing/", "rkl_oracel",
                    "`jss`", 'README "Results of a default run"', "#no-such-section", "docs/GONE.md"]:
         assert sum(wanted in p for p in problems) == 1, f"{wanted} not reported once: {problems}"
-    assert len(problems) == 10, problems
+    assert len(problems) == 11, problems   # torchrun's own options before the script are not afd_mini's
