@@ -1,7 +1,7 @@
 """
 afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
 
-    python afd_mini.py                      # the default run (about 2½ minutes on 2 CPU cores)
+    python afd_mini.py                      # the default run (about 4 minutes on 2 CPU cores)
     python afd_mini.py --quick              # every stage, small: a first contact in under a minute
     python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
