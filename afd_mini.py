@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import cli
+import evaluation
 import exercises
 import metrics
 import objectives as obj
@@ -106,6 +107,7 @@ class Config:
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
     disc_warmup: int = 0          # discriminator steps on demonstrations vs π_SFT samples before the policy moves
+    disc_nll: float = 0.0         # + this × the demonstrations' NLL under q_φ in the discriminator's loss (AIRL form)
     # DPO and SPIN: DPO's loss from π_SFT, on preference pairs (dpo) or on (demonstration, own sample) pairs (spin)
     dpo_kl_coef: float = 0.1      # λ, the weight of KL(π ‖ π_ref) in the objective DPO solves (DPO's "β")
     dpo_steps: int = 100          # steps per run of DPO (per iteration of SPIN)
@@ -151,7 +153,6 @@ RUN_ONLY = Config.RUN_ONLY
 # What every stage reads (the world and its datasets), and groups of options some stages share.
 EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
 POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr")
-DISCRIMINATOR = ("disc_steps", "disc_lr", "disc_warmup")
 
 
 def result_config(cfg):
@@ -178,12 +179,14 @@ def sampling_seed(seed, purpose, i=0):
         "rm_init_heldout": seed * 7 + 101,  # ... and their held-out ones
         "rm_sft_heldout": seed * 7 + 102,
         "spin": seed * 7 + 4 + 1000 * i,    # SPIN's own samples at iteration i
+        "control": seed * 7 + 5,            # π_SFT's samples, pg_control's positives
         "best_of_n": seed,                  # π_SFT's N samples of each Best-of-N prompt
         "evaluate": seed + 3000,            # every policy's evaluation samples
     }[purpose]
 
 
 EXPERT_SAMPLES_SEED = 2000    # + seed: numpy's stream for the expert's evaluation samples (the world samples β)
+FLOOR_SAMPLES_SEED = 4000     # + seed: numpy's stream for the floor's samples (the forward KL's ε-share)
 CALIBRATION_POINTS_SEED = 0   # which 300 evaluation samples the calibration figure draws
 
 
@@ -405,7 +408,9 @@ def new_discriminator(start, form, level):
 def disc_step(run, disc, opt, demo, pol, step):
     """One discriminator step on (tokens, mask, pi_logp) batches of demonstrations (label 1) and policy samples
     (label 0); returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on
-    samples. Token level: every response token is one (state, action) example of its class."""
+    samples. Token level: every response token is one (state, action) example of its class.
+    --disc_nll=w adds w × the demonstrations' NLL under q_φ (AIRL form): the BCE alone can raise the margin by
+    lowering the likelihood of both classes (likelihood displacement); the NLL anchors q_φ to the demonstrations."""
     with run.autocast():
         h_demo, h_pol = disc.logits(*demo), disc.logits(*pol)
         if disc.level == "seq":
@@ -413,6 +418,8 @@ def disc_step(run, disc, opt, demo, pol, step):
         else:
             loss = obj.discriminator_loss(h_demo, h_pol, demo[1], pol[1])
             h_demo, h_pol = h_demo[demo[1]], h_pol[pol[1]]
+        if run.cfg.disc_nll and disc.form == "airl":
+            loss = loss + run.cfg.disc_nll * obj.sft_loss(token_logprobs(disc.model, demo[0], demo[1]), demo[1])
     optimiser_step(opt, disc.model, loss, step, " of the discriminator")
     return (h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item()
 
@@ -425,9 +432,10 @@ def disc_step(run, disc, opt, demo, pol, step):
 #   advantage = leave-one-out over the group_size samples of each prompt, whitened (obj.kl_shaped_advantages),
 #   then PPO-clipped steps.
 
-def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
+def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None, positives=None):
     """reward_fn(prompts, roll, pi_logp) → (B,) or (B, T) rewards of the policy's samples, pi_logp their per-token
-    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first.
+    log-probs under the current policy. With a Discriminator, it takes its steps on each batch first, against
+    `positives` ((prompt, response) token pairs; the demonstrations unless given).
     kl_coef: the KL penalty's weight, cfg.kl_coef unless given."""
     cfg = run.cfg
     policy, _ = run.load("sft")
@@ -435,7 +443,8 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
     ref.requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.pg_lr, weight_decay=0.0)
     disc_opt = torch.optim.AdamW(disc.model.parameters(), lr=cfg.disc_lr, weight_decay=0.0) if disc else None
-    curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": []}
+    positives = run.demos if positives is None else positives
+    curve = {"disc_acc_expert": [], "disc_acc_policy": [], "reward": [], "kl_ref": [], "steps_taken": 0}
     for it in (pbar := run.bar(range(cfg.rl_iters), stage)):
         idx = run.rng.integers(len(run.demos), size=cfg.rl_prompts)
         prompts = [run.demo_prompts[i] for i in idx for _ in range(cfg.group_size)]   # groups of one prompt
@@ -445,7 +454,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
             pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
             for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
-                demo_tokens, demo_mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=len(prompts)))
+                demo_tokens, demo_mask = run.batch(positives, run.rng.integers(len(positives), size=len(prompts)))
                 with torch.no_grad(), run.autocast():
                     demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
                 acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
@@ -458,11 +467,12 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None):
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
             adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
                                            cfg.group_size)
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.ppo_epochs if adv.any() else 0):   # every group flat: no signal, no step
             with run.autocast():
                 logp = token_logprobs(policy, tokens, mask)
             loss = obj.ppo_clip_loss(logp, old_logp, adv, mask, cfg.clip_eps)
             optimiser_step(opt, policy, loss, it)
+            curve["steps_taken"] += 1
         mean_reward = (reward.sum(-1) if reward.dim() == 2 else reward).mean().item()
         curve["reward"].append(mean_reward)
         curve["kl_ref"].append(k1.sum(-1).mean().item())
@@ -496,6 +506,36 @@ def stage_adversarial(run, method):
     extra = policy_optimisation(run, method, reward_fn, disc)
     run.save(method + "_disc", disc.model, form=disc.form)
     return extra
+
+
+def stage_control(run):
+    """pg_control, the control of adversarial imitation: rkl_seq's loop (the same discriminator, budget, KL
+    penalty and sampling) with the demonstrations replaced by π_SFT's own samples. Its discriminator learns as
+    rkl_seq's does, but its optimum is log π_SFT − log π: a reward that knows nothing of β. What rkl_seq does
+    beyond pg_control is what the demonstrations taught it; what pg_control does is the loop's own."""
+    sft, _ = run.load("sft")
+    positives = run.sample_pairs(sft, [p for p, _ in run.demos], sampling_seed(run.seed, "control"))
+    disc = new_discriminator(sft, run.cfg.disc, "seq")
+
+    def reward_fn(prompts, roll, pi_logp):
+        with torch.no_grad(), run.autocast():
+            return obj.airl_reward(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
+    return policy_optimisation(run, "pg_control", reward_fn, disc, positives=positives)
+
+
+def stage_frozen(run):
+    """pg_frozen: the same loop with the discriminator frozen at its start, q_φ = π_SFT, so the reward is
+    h = log π_SFT − log π: 0 while π = π_SFT, and never informative about β. Before flat groups made no update
+    (objectives.kl_shaped_advantages), whitening blew the first iterations' rounding up into full-size steps and
+    this policy drifted far from π_SFT; now it does not move (docs/RESULTS.md has both)."""
+    sft, _ = run.load("sft")
+    sft.requires_grad_(False)
+
+    def reward_fn(prompts, roll, pi_logp):
+        with torch.no_grad(), run.autocast():
+            h = obj.log_ratio_logit(token_logprobs(sft, roll.tokens, roll.response_mask), pi_logp, roll.response_mask)
+        return obj.airl_reward(h.sum(-1).float())
+    return policy_optimisation(run, "pg_frozen", reward_fn)
 
 
 def stage_oracle(run, method):
@@ -781,13 +821,14 @@ def scored(run, model, prompts, responses):
 def policy_kls(on_expert, own):
     """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from two Scored samples:
         forward  KL(β ‖ π) = mean over the expert's samples y ~ β (on_expert) of log β(y|x) − log π(y|x),
-        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π (own) of log π(y|x) − log β(y|x)."""
+        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π (own) of log π(y|x) − log β(y|x).
+    The sampled estimates, kept beside the exact ones (evaluation.py) to show what sampling alone would say."""
     return (obj.forward_kl_mc(on_expert.log_beta, on_expert.log_pi).mean().item(),
             obj.reverse_kl_mc(own.log_pi, own.log_beta).mean().item())
 
 
 def describe(run, prompts, responses):
-    """Mode frequencies, off-support rate, mode entropy, diversity, gold reward and length of a sample."""
+    """Of a sample: mode frequencies, off-support rate, mode entropy, diversity, gold reward and length."""
     world = run.world
     modes = world.modes(prompts, responses)
     freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
@@ -807,10 +848,18 @@ def describe(run, prompts, responses):
 
 
 def stage_evaluate(run):
+    """Every policy of methods.POLICIES on the held-out prompts: exactly by enumeration of the expert's support
+    (evaluation.py), the off-support remainder from eval_samples samples per prompt (with its standard error)."""
     cfg, world = run.cfg, run.world
-    prompts = [p for p in run.data["eval_prompts"] for _ in range(cfg.eval_samples)]
+    eval_prompts = run.data["eval_prompts"]
+    prompts = [p for p in eval_prompts for _ in range(cfg.eval_samples)]
     rng = np.random.default_rng(run.seed + EXPERT_SAMPLES_SEED)
     expert_samples = [world.encode_response(world.expert_response(p, rng)) for p in prompts]
+    support = evaluation.support_of(world, eval_prompts, run.device)
+    floor_prompts, floor_responses = evaluation.floor_samples(world, eval_prompts, len(eval_prompts),
+                                                              np.random.default_rng(run.seed + FLOOR_SAMPLES_SEED))
+    floor = scored(run, None, floor_prompts, floor_responses)
+    floor_off = np.array([m == "off" for m in world.modes(floor_prompts, floor_responses)])
     sft, init = run.load("sft")[0], run.load("pretrain")[0]
     policies, calibration, points = {}, {}, {}
     for name in (pbar := run.bar([p.name for p in POLICIES], "evaluate")):
@@ -820,22 +869,48 @@ def stage_evaluate(run):
         responses = expert_samples if model is None else \
             run.sample_responses(model, [p.tokens for p in prompts], sampling_seed(run.seed, "evaluate"))
         own, on_expert = scored(run, model, prompts, responses), scored(run, model, prompts, expert_samples)
-        stats = policies[name] = describe(run, prompts, responses)
-        stats["forward_kl"], stats["reverse_kl"] = policy_kls(on_expert, own)
+        off = np.array([m == "off" for m in world.modes(prompts, responses)])
+        gold = world.gold_rewards(prompts, responses)
+        if model is None:   # π = β: on the support, log π = log β
+            log_pi, floor_gap = support.log_beta, None
+        else:
+            with run.autocast():
+                log_pi = evaluation.tree_logprobs(model, support.batches).numpy()
+            floor_gap = (floor.log_beta - score(run, model, floor.pairs, seq_logprob)).numpy(), floor_off
+        stats = policies[name] = evaluation.exact_metrics(support, log_pi, ((own.log_pi - own.log_beta).numpy(),
+                                                          gold, off), floor_gap, cfg.eps, world.mode_names)
+        sampled = describe(run, prompts, responses)
+        stats["distinct"], stats["length"] = sampled.pop("distinct"), sampled.pop("length")
+        sampled["forward_kl"], sampled["reverse_kl"] = policy_kls(on_expert, own)
+        stats["sampled"] = sampled
         if model is not None:   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             stats["kl_sft"] = (own.log_pi - score(run, sft, own.pairs, seq_logprob)).mean().item()
         pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
         if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
-            d_model, extra = run.load(name + "_disc")
-            disc = Discriminator(d_model, extra["form"], POLICY[name].level)
-            logit = score(run, disc, own.pairs, lambda d, t, k: d.response_logits(t, k, token_logprobs(model, t, k)))
-            true = own.log_beta - own.log_pi
-            off = torch.tensor([m == "off" for m in world.modes(prompts, responses)])
-            calibration[name] = {"pearson": pearson(logit, true), "spearman": spearman(logit, true),
-                                 "auc_off_support": auc(logit[~off], logit[off])}
-            keep = np.random.default_rng(CALIBRATION_POINTS_SEED).permutation(len(responses))[:300]
-            points[name] = {"logit": logit[keep].tolist(), "true": true[keep].tolist()}
+            calibration[name], points[name] = discriminator_calibration(run, name, model, sft, own, off)
     return {"policies": policies, "calibration": calibration, "calibration_points": points}
+
+
+def discriminator_calibration(run, name, policy, sft, own, off):
+    """How well policy `name`'s discriminator logit h ranks its policy's samples like the truth log β − log π.
+    h = log q_φ − log π shares −log π with that truth, so any h of the form ranks them through π alone: an
+    untrained discriminator (q_φ = π_SFT, h = log π_SFT − log π) already does (spearman_untrained). What was
+    learned is log q_φ − log π_SFT, whose target is log β − log π_SFT: spearman_learned compares those two.
+    (A scalar head's h has no shared term: its learned part is h itself, against log β − log π.)"""
+    d_model, extra = run.load(name + "_disc")
+    disc = Discriminator(d_model, extra["form"], POLICY[name].level)
+    logit = score(run, disc, own.pairs, lambda d, t, k: d.response_logits(t, k, token_logprobs(policy, t, k)))
+    true = own.log_beta - own.log_pi
+    log_sft = score(run, sft, own.pairs, seq_logprob)
+    untrained = log_sft - own.log_pi
+    learned, target = (logit - untrained, own.log_beta - log_sft) if extra["form"] == "airl" else (logit, true)
+    off = torch.as_tensor(off)
+    keep = np.random.default_rng(CALIBRATION_POINTS_SEED).permutation(len(true))[:300]
+    return ({"pearson": pearson(logit, true), "spearman": spearman(logit, true),
+             "spearman_untrained": spearman(untrained, true), "spearman_learned": spearman(learned, target),
+             "pearson_learned": pearson(learned, target), "auc_off_support": auc(logit[~off], logit[off])},
+            {"logit": logit[keep].tolist(), "true": true[keep].tolist(),
+             "learned": learned[keep].tolist(), "target": target[keep].tolist()})
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -854,14 +929,14 @@ def oracle(m):
 PRETRAIN = ("n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr")
 SFT = ("sft_steps", "sft_batch", "sft_lr")
 ORACLE = (*POLICY_GRADIENT, "kl_coef")
-ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup")   # + "disc" where the method takes --disc's form
+ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup", "disc_nll")   # + "disc" where the method takes --disc's form
 RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
 BON = ("bon_prompts", "bon_max_n", "bon_plausibility")
 DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr")
 RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
 CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
 POLICY_STAGES = ("pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "fkl_fairl", "dpo", "spin", "rl_init_sft")
+                 "pg_control", "pg_frozen", "fkl_fairl", "dpo", "spin", "rl_init_sft")
 
 STAGES = [  # name, computed by, the options it reads (+ the world's), the stages it consumes, its files (+ <name>.json)
     Stage("pretrain", stage_pretrain, PRETRAIN, (), ("pretrain.pt",)),
@@ -873,6 +948,10 @@ STAGES = [  # name, computed by, the options it reads (+ the world's), the stage
                                                                            "rkl_seq_scalar_disc.pt")),
     Stage("rkl_oracle", oracle("rkl_oracle"), ORACLE, ("sft",), ("rkl_oracle.pt",)),
     Stage("js_oracle", oracle("js_oracle"), ORACLE, ("sft",), ("js_oracle.pt",)),
+    # the controls: the same loop whose reward knows nothing of β (the demonstrations replaced by π_SFT's
+    # samples; the discriminator frozen at its start)
+    Stage("pg_control", stage_control, (*ADV, "disc"), ("sft",), ("pg_control.pt",)),
+    Stage("pg_frozen", stage_frozen, ORACLE, ("sft",), ("pg_frozen.pt",)),
     # the methods AfD is compared with
     Stage("fkl_fairl", adversarial("fkl_fairl"), (*ADV, "disc"), ("sft",), ("fkl_fairl.pt", "fkl_fairl_disc.pt")),
     Stage("dpo", stage_dpo, DPO, ("sft",), ("dpo.pt",)),

@@ -28,7 +28,8 @@ class Policy(Method):
            adversarial (reverse KL or JS with a learned discriminator), oracle (the same loop with the exact
            discriminator logit log β − log π), dpo (DPO's loss on pairs: dpo on the gold preference pairs, spin
            on (demonstration, own sample) pairs), rm_rl (policy optimisation on a reward model), extrapolated
-           (π_α ∝ π_SFT^{1+α} π_init^{−α} token by token, no training: model.Extrapolated).
+           (π_α ∝ π_SFT^{1+α} π_init^{−α} token by token, no training: model.Extrapolated), control (the
+           policy-optimisation loop with a reward that knows nothing of β: pg_control, pg_frozen).
     label: its name in figures and tables; {disc} becomes the discriminator form of the run (--disc).
     style: (colour, marker), the same in every figure.
     level, form, transform (adversarial and oracle): the discriminator's level (seq: one logit per response,
@@ -72,6 +73,9 @@ POLICIES = [
            divergence="reverse KL"),
     Policy("js_oracle", "oracle", "Jensen–Shannon, exact D*", ("C9", "D"), transform=obj.gail_reward,
            divergence="JS"),
+    # the controls: the same policy-optimisation loop with a reward that carries no information about β
+    Policy("pg_control", "control", "control: the loop, D of π_SFT vs π (no demonstrations)", ("0.3", "x")),
+    Policy("pg_frozen", "control", "control: the loop, D frozen at π_SFT", ("0.6", "x")),
     # the methods AfD is compared with: FAIRL (forward KL by a discriminator), DPO, SPIN
     Policy("fkl_fairl", "adversarial", "forward KL (FAIRL), {disc} sequence D", ("C8", "h"),
            level="seq", transform=obj.fairl_reward, divergence="forward KL"),

@@ -21,7 +21,7 @@ from stats import judge, paired_interval
 def assemble(results, seed, world_seconds, config):
     """One seed's metrics.json from its stages' results: results[stage name] = that stage's results."""
     ev, bon, rm = results["evaluate"], results["best_of_n"], results["reward_models"]
-    adversarial = {p.name: results[p.name]["curve"] for p in POLICIES if p.kind in ("adversarial", "oracle", "rm_rl")}
+    adversarial = {p.name: results[p.name]["curve"] for p in POLICIES if p.kind in ("adversarial", "oracle", "rm_rl", "control")}
     control = results.get("control_best_of_n")
     return {
         "seed": seed,
@@ -149,12 +149,19 @@ def effect_conditions(has_control=True):
         out.append((f"mass-covering: π_SFT has lower forward KL than {p}", "forward KL",
                     f"forward_kl[{p}] − forward_kl[sft]",
                     lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "sft", "forward_kl")))
-    for p in MODE_SEEKING:   # reverse KL is mode-seeking: less KL(π ‖ β), less off-support, fewer modes
-        effect = f"mode-seeking: {p} has lower reverse KL, off-support rate and mode entropy than π_SFT"
-        for key, label in [("reverse_kl", "reverse KL"), ("off_support", "off-support rate"),
-                           ("mode_entropy", "mode entropy")]:
-            out.append((effect, label, f"{key}[sft] − {key}[{p}]",
-                        lambda r, p=p, key=key: pol(r, "sft", key) - pol(r, p, key)))
+    # Reverse KL is mode-seeking: a lower KL(π ‖ β) within the support, less mass off it, fewer modes. Judged on the
+    # three exact numbers separately (evaluation.py), not on the whole reverse KL, which the off-support floor
+    # dominates. Within the support: KL(π(·|on) ‖ β(·|on)), a KL (≥ 0), not the part Σ_S π log(π/β) of the sum.
+    # Each against π_SFT, and against the control (pg_control: the same loop, its discriminator shown π_SFT's
+    # samples instead of demonstrations): what the demonstrations add to what the loop does by itself.
+    seeking = [("reverse_kl_on", "on-support reverse KL"), ("off_support", "off-support rate"),
+               ("mode_entropy", "mode entropy")]
+    for p in MODE_SEEKING:
+        for ref, what in [("sft", "π_SFT"), ("pg_control", "the control (pg_control)")]:
+            effect = f"mode-seeking: {p} has lower on-support reverse KL, off-support rate and mode entropy than {what}"
+            for key, label in seeking:
+                out.append((effect, label, f"{key}[{ref}] − {key}[{p}]",
+                            lambda r, p=p, key=key, ref=ref: pol(r, ref, key) - pol(r, p, key)))
     main, control = (lambda r: r), (lambda r: _need(r, "control"))   # the signed world and the control world
     in_control = lambda prefix: [(prefix, control)] if has_control else []
     for prefix, world in [("extrapolation", main), *in_control("control world: extrapolation")]:
@@ -197,10 +204,11 @@ def effect_conditions(has_control=True):
     out.append((f"extrapolation without a reward model: π_α at α = {ALPHA_JUDGED:g} has a higher gold reward than "
                 "π_SFT", "gold reward", f"gold_reward[{alpha}] − gold_reward[sft]",
                 lambda r: pol(r, alpha, "gold_reward") - pol(r, "sft", "gold_reward")))
-    for m in ADVERSARIAL:   # a discriminator worth its name orders responses like the log-ratio it estimates
-        out.append((f"calibration: {m}'s discriminator logit ranks its policy's samples like log β − log π",
-                    "Spearman ρ > 0", f"calibration.{m}.spearman",
-                    lambda r, m=m: _need(r, "calibration", m, "spearman")))
+    for m in ADVERSARIAL:   # a discriminator worth its name learned the log-ratio it estimates: judged on the part
+        # it learned (log q_φ − log π_SFT against log β − log π_SFT), not on h, which shares −log π with its target
+        out.append((f"calibration: what {m}'s discriminator learned ranks its policy's samples like its target",
+                    "Spearman ρ > 0", f"calibration.{m}.spearman_learned",
+                    lambda r, m=m: _need(r, "calibration", m, "spearman_learned")))
     out.append(("RL on the Init-SFT reward model ends above π_SFT's gold reward", "gold reward",
                 "gold_reward[rl_init_sft] − gold_reward[sft]",
                 lambda r: pol(r, "rl_init_sft", "gold_reward") - pol(r, "sft", "gold_reward")))

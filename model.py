@@ -177,7 +177,9 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
+        # A row may hold more than block_size tokens when they are several sequences (packed, or a prefix tree
+        # of them, evaluation.py): only positions must stay below block_size, and a caller giving pos keeps them so.
+        if (pos is None or kv_cache is not None) and past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
         if pos is None:
             pos = torch.arange(past, past + T, device=idx.device)

@@ -224,7 +224,7 @@ def kl_k3(logp, ref_logp):
     # ---- exercise 7: end solution
 
 
-def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True):
+def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True, flat_tol=1e-6):
     """The advantages of afd_mini's policy-gradient loop: the reward minus the k1 penalty to the reference,
     a leave-one-out baseline, whitened. reward: (B,) one per response, or (B, T) per token; k1: (B, T) per-token
     log π − log π_ref (kl_k1) on the policy's samples; rows in groups of group_size samples of one prompt.
@@ -239,6 +239,11 @@ def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True):
     whiten=True then divides A by std(A), the unbiased (N − 1) std over the batch, over response tokens for
     token rewards, floored at 1e-6: no centring (the baseline did that), one step size whatever the reward's
     scale; it rescales the gradient by a batch-dependent constant, so the identity above holds for whiten=False.
+    Whitening would also blow rounding up to full size: a reward that is 0 on every sample (a discriminator that
+    has not moved) leaves advantages of ~1e-7, float32's rounding, which a division by their own std turns into a
+    spread of ~1 and Adam into a full step in a random direction. So first a group whose raw advantages are all
+    within flat_tol × max(1, max |r̃|) of 0 (a millionth of the batch's reward scale, at least a millionth of a
+    nat) gets advantage exactly 0: it carries no signal, and it makes no update.
     The sign: by kl_k1's identity, r − λ Σ_t k1 adds λ ∇KL(π ‖ π_ref) to the loss's expected gradient, a
     penalty; with + it would push π away from π_ref.
     """
@@ -253,6 +258,9 @@ def kl_shaped_advantages(reward, k1, mask, kl_coef, group_size, whiten=True):
         adv = (rewards_to_go(shaped, mask) - mean_of_others[:, None]) * mask
     if not whiten:
         return adv
+    tol = flat_tol * max(1.0, shaped.abs().max().item() if shaped.numel() else 0.0)
+    flat = adv.abs().view(-1, group_size, *adv.shape[1:]).flatten(1).amax(1) <= tol      # (groups,)
+    adv = adv.masked_fill(flat.repeat_interleave(group_size).view(-1, *[1] * (adv.dim() - 1)), 0.0)
     return adv / (adv[mask].std() if adv.dim() == 2 else adv.std()).clamp_min(1e-6)
 
 

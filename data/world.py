@@ -344,6 +344,26 @@ class World:
             return 0.0
         return (1 - cfg.q) / (len(right) * (len(alphabet) - 1))
 
+    def support(self, prompt):
+        """Every response the expert can write to `prompt`, each once: a list of (text, P_expert(text|x), mode).
+
+        The expert draws a mode, an answer (the right one, or one of the L(|A|-1) one-character slips) and
+        the signature or not; draws of probability 0 (a mode of weight 0, slips when q = 1, the signature
+        when signature_p is 0 or 1) are left out. Different draws write different strings (module docstring),
+        so the list has no duplicates and its probabilities sum to exactly 1: the exact evaluation
+        (evaluation.py) sums over it instead of sampling the expert's side."""
+        cfg, right = self.cfg, prompt.answer
+        answers = [right] + [right[:i] + c + right[i + 1:] for i in range(len(right))
+                             for c in self.alphabet(prompt.family) if c != right[i]]
+        out = []
+        for mode, w_mode in zip(MODE_NAMES, cfg.mode_weights):
+            for signed, p_signed in ((True, cfg.signature_p), (False, 1 - cfg.signature_p)):
+                for answer in answers:
+                    p = w_mode * p_signed * self.answer_prob(prompt, answer)
+                    if p > 0:
+                        out.append((self.render(prompt, mode, answer, signed), p, mode))
+        return out
+
     def expert_prob_of_text(self, prompt, text):
         """P_expert(text|x) over strings (no floor): w_mode * P(answer) * P(signature or not)."""
         style, answer, signed = self.parse(prompt, text)
