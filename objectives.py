@@ -11,6 +11,8 @@ distributions over responses match. Which divergence is minimised decides the al
                                                                the same estimator as one loss, tested and taught)
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
+      and, not yet called by the pipeline: the forward KL's    importance_weight_reward, effective_sample_size
+      own reward e^h, and how many samples carry it
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
                                                                kl_shaped_advantages
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
@@ -344,6 +346,43 @@ def fairl_reward(logits):
     """
     h = logits.detach()
     return -h * torch.exp(h)
+
+
+def importance_weight_reward(logits):
+    """r = e^h: at D* (h = log β − log π), e^h = u = β/π, the importance weight of β against π. Its policy
+    gradient is the forward KL's, KL(β ‖ π), exactly: the reward FAIRL's derivation asks for. Same shape, detached.
+
+    Derivation. A policy-gradient step holds the reward fixed: with reward r its direction, the expected ascent
+    direction of E_π[r] estimated on y ~ π by r(y) ∇log π(y), is Σ_y ∇π(y) r(y). The forward KL's descent
+    direction is
+        −∇KL(β ‖ π) = −∇Σ_y β(y) (log β(y) − log π(y)) = Σ_y β(y) ∇log π(y) = Σ_y (β/π)(y) ∇π(y),
+    the direction of the reward r = β/π = u = e^h: SFT's direction, E_β[∇log π], estimated on the policy's own
+    samples (tested by enumeration: cosine +1 with −∇KL(β ‖ π) wherever π is). As a value it says nothing:
+    E_π[e^h] = Σ_y β(y) = 1 for every π (AIRL's E_π[h] is −KL(π ‖ β)); it is a reward for its gradient only.
+
+    Variance. Var_π(e^h) = E_π[u²] − (E_π[u])² = Σ_y β²/π − 1 = χ²(β ‖ π), the chi-squared divergence, and the
+    one-sample estimate u(y) ∇log π(y) has second moment E_π[u² ‖∇log π‖²] ≤ (1 + χ²(β ‖ π)) max_y ‖∇log π(y)‖².
+    By Jensen, KL(β ‖ π) = E_β[log u] ≤ log E_β[u] = log(1 + χ²(β ‖ π)): χ² ≥ e^{KL(β ‖ π)} − 1, at least
+    exponential in the forward KL. Where π has little mass on responses β likes, the rare samples that find them
+    carry huge weights and dominate the estimate. effective_sample_size measures it on a batch: for n samples
+    y_i ~ π with weights w_i = e^{h_i},
+        ESS = (Σ_i w_i)² / Σ_i w_i²  ∈ [1, n],     ESS / n → (E_π[u])² / E_π[u²] = 1 / (1 + χ²(β ‖ π))  as n → ∞
+    (Kong 1992; tested on a batch with each response in proportion to π). e^h overflows float32 past h ≈ 88;
+    compute the ESS from h, not from e^h.
+    """
+    return torch.exp(logits.detach())
+
+
+def effective_sample_size(log_weights):
+    """Kish's effective sample size of importance weights given by their logs, over the last dim: (..., n) → (...),
+        ESS = (Σ_i w_i)² / Σ_i w_i² = exp(2 logsumexp(log w) − logsumexp(2 log w)),
+    a COUNT between 1 (one weight dominates the others) and n (all weights equal); divide by n for the fraction of
+    the batch. Computed in log space: exact for log-weights far beyond exp's range (h of a log-ratio discriminator,
+    tens of nats). Only the weights' ratios matter: a constant added to every log-weight changes nothing.
+    For the weights e^h of importance_weight_reward, ESS / n → 1 / (1 + χ²(β ‖ π)) (derived there).
+    """
+    lw = log_weights.detach()
+    return torch.exp(2 * torch.logsumexp(lw, -1) - torch.logsumexp(2 * lw, -1))
 
 
 # -----------------------------------------------------------------------------

@@ -407,6 +407,57 @@ def test_discriminator_rewards_policy_gradients_follow_their_divergences():
                    "fairl_reward's docstring: its policy gradient is not ∇KL(β‖π), yet here it is")
 
 
+def test_importance_weight_reward_policy_gradient_is_the_forward_kl_gradient():
+    """On the tree world, through policy_gradient_loss: with r = e^h, h = log β − log π (D*), held fixed, the
+    expected gradient of the loss is ∇KL(β ‖ π), forward, SFT's (not ∇KL(π ‖ β), AIRL's). Fails with the reward's
+    sign flipped, or with r = h."""
+    theta, expert = random_policy(TREE, 73, grad=True), random_policy(TREE, 74)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    g = expected_pg_grad(theta, TREE, obj.importance_weight_reward(logp_beta - logp_pi))
+    assert_close(g, grad(kl(logp_beta, logp_pi), theta), "importance_weight_reward: E_π[∇PG loss] != ∇KL(β‖π)")
+    assert_differs(g, grad(kl(logp_pi, logp_beta), theta), "test has no teeth: ∇KL(β‖π) == ∇KL(π‖β) here")
+
+
+def test_effective_sample_size_is_kish_formula_in_log_space():
+    """(Σw)²/Σw² against the direct computation; its ends, n for equal weights (also at log-weights of ±800,
+    where e^{log w} is 0 or inf in float64) and 1 for one dominant weight; a count, not a fraction; invariant to a
+    constant shift; in float32 at log-weights of a hundred nats. Fails for the direct formula, the inverse ratio,
+    or a fraction of n."""
+    g = torch.Generator().manual_seed(77)
+    lw = 2 * torch.randn(5, 16, generator=g)
+    w = lw.exp()
+    ess = obj.effective_sample_size(lw)
+    assert ess.shape == (5,)
+    assert_close(ess, w.sum(-1) ** 2 / (w ** 2).sum(-1), "effective_sample_size != (Σw)²/Σw²")
+    assert ((ess > 1) & (ess < 16)).all(), "test has no teeth: unequal weights should give 1 < ESS < n"
+    assert_close(obj.effective_sample_size(lw + 123.0), ess, "effective_sample_size: changed by a constant shift")
+    for c in (0.0, -800.0, 800.0):
+        assert_close(obj.effective_sample_size(torch.full((16,), c)), torch.tensor(16.0),
+                     f"effective_sample_size of 16 equal weights (log w = {c}) != 16, the count")
+    dominant = torch.tensor([0.0] + [-40.0] * 15)
+    assert_close(obj.effective_sample_size(dominant), torch.tensor(1.0), atol=1e-12, rtol=0,
+                 msg="effective_sample_size of one dominant weight != 1")
+    lw32 = torch.tensor([100.0, 99.0, 98.0, 60.0], dtype=torch.float32)
+    w64 = (lw32.double() - 100).exp()
+    assert_close(obj.effective_sample_size(lw32).double(), w64.sum() ** 2 / (w64 ** 2).sum(), rtol=1e-5, atol=0,
+                 msg="effective_sample_size in float32 at log-weights of 100 nats")
+
+
+def test_importance_weights_variance_is_chi_squared_and_ess_its_inverse():
+    """Exact, over four responses: E_π[e^h] = 1, Var_π(e^h) = χ²(β ‖ π) = Σ β²/π − 1, KL(β ‖ π) ≤ log(1 + χ²); on a
+    batch of 100 samples holding each response in proportion to π, ESS/n = 1/(1 + χ²(β ‖ π))."""
+    beta, pi = torch.tensor([0.5, 0.25, 0.15, 0.10]), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    h = beta.log() - pi.log()
+    w = obj.importance_weight_reward(h)
+    chi2 = ((beta - pi) ** 2 / pi).sum()   # 1.9125
+    assert_close((pi * w).sum(), torch.tensor(1.0), "importance_weight_reward: E_π[e^h] != 1 at D*")
+    assert_close((pi * w ** 2).sum() - 1, chi2, "importance_weight_reward: Var_π(e^h) != χ²(β‖π)")
+    assert kl(beta.log(), pi.log()) <= torch.log1p(chi2), "KL(β‖π) > log(1 + χ²(β‖π))"
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 20, 30, 40]))
+    assert_close(obj.effective_sample_size(h[batch]) / 100, 1 / (1 + chi2),
+                 "ESS/n of weights e^h on a batch in proportion to π != 1/(1 + χ²(β‖π))")
+
+
 def per_token(table):
     """A tabular token-level discriminator: one logit per (state, token), laid out as (responses, positions)."""
     return table[TREE.state, TREE.action]
