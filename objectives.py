@@ -337,12 +337,32 @@ def gail_reward(logits):
 
 
 def fairl_reward(logits):
-    """FAIRL (Ghasemipour et al. 2019, f-divergence view of imitation): r = −h·e^h. → forward KL, KL(β ‖ π).
+    """FAIRL (Ghasemipour et al. 2019, f-divergence view of imitation): r = −h·e^h. Its expectation is the forward
+    KL, KL(β ‖ π); its policy gradient is not the forward KL's, and near β it points the other way.
 
-    Derivation: at D*, e^h = β/π, so KL(β ‖ π) = E_β[log(β/π)] = E_π[(β/π) log(β/π)] = E_π[h e^h];
-    minimising it is maximising E_π[−h e^h]. The expectation is exact, the gradient is not: unlike AIRL and
-    GAIL, with r held fixed E_π[r ∇log π] = −Σ_y ∇π(y) (β/π) log(β/π), whereas −∇KL(β ‖ π) = Σ_y ∇π(y) β/π
-    (the reward with that policy gradient is e^h). Both gradients vanish at π = β. r ≤ 1/e, unbounded below.
+    The value. At D*, e^h = u = β/π, so KL(β ‖ π) = E_β[log u] = E_π[u log u] = E_π[h e^h]; minimising it is
+    maximising E_π[−h e^h]. The expectation is exact, the gradient is not: unlike AIRL and GAIL, with r held fixed
+    (as every policy-gradient step holds it) the direction is
+        Σ_y ∇π(y) r(y) = −Σ_y ∇π(y) u log u,
+    whereas −∇KL(β ‖ π) = Σ_y ∇π(y) u (importance_weight_reward: the reward e^h). The part the fixed reward
+    leaves out is its own dependence on π: ∇u = −u ∇log π, so Σ_y π ∇(u log u) = −Σ_y ∇π u (log u + 1), and
+    the two parts of ∇E_π[u log u] add up to −Σ_y ∇π u = ∇KL(β ‖ π).
+
+    The sign. Near π = β, u = 1 + ε with ε small: u log u = u − 1 + O(ε²), and Σ_y ∇π(y) = ∇Σ_y π = 0, so
+        −Σ_y ∇π u log u = −Σ_y ∇π (u − 1) + O(ε²) = −Σ_y ∇π u + O(ε²) = +∇KL(β ‖ π) + O(ε²):
+    against the forward KL's descent direction (cosine → −1 as π → β; tested by enumeration). Both directions
+    vanish at π = β (u log u = 0 there), so β is a fixed point, but an unstable one: KL(β ‖ π) has its minimum
+    there, and FAIRL's steps climb it. Away from β nothing brings π back: where π(y) ≪ β(y), u is large and
+    r(y) = −u log u very negative, so the step lowers π(y) further, a runaway that empties outcomes β has
+    (mode-dropping, the opposite of the forward KL's mass-covering). Tested: with the discriminator at D* after
+    every step, KL(β ‖ π) grows step after step from a small perturbation of β.
+    Ghasemipour et al. trained FAIRL with SAC, maximum-entropy RL, whose entropy bonus adds −α log π(y) to the
+    reward. That does not restore β. Near β its linear part, −α (π − β)/β, opposes FAIRL's +(π − β)/β, but at
+    π = β the bonus's own direction −α Σ_y ∇π log β is not zero unless β is uniform: the fixed point moves off
+    β. And as π(y) → 0, −α log π(y) grows like log(1/π) while −u log u falls like 1/π. Tested at α = 1: the
+    direction at π = β is not zero and the flow from near β still runs away. What makes FAIRL work in practice
+    (a discriminator short of its optimum, a KL penalty, a trust region) is not derived here.
+    r ≤ 1/e (at h = −1), unbounded below.
     """
     h = logits.detach()
     return -h * torch.exp(h)

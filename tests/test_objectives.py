@@ -418,6 +418,87 @@ def test_importance_weight_reward_policy_gradient_is_the_forward_kl_gradient():
     assert_differs(g, grad(kl(logp_pi, logp_beta), theta), "test has no teeth: ∇KL(β‖π) == ∇KL(π‖β) here")
 
 
+# The K-outcome toy: a softmax policy π = softmax(θ) over K outcomes, one response each, β fixed, exact sums.
+K_TOY = 6
+
+
+def toy_log_beta(seed):
+    return F.log_softmax(torch.randn(K_TOY, generator=torch.Generator().manual_seed(seed)), -1)
+
+
+def pg_direction(theta, reward_of_logit, log_beta, alpha=0.0):
+    """Σ_y ∇_θ π(y) r(y): the expected ascent direction of a policy-gradient step, the reward held fixed. r is
+    reward_of_logit(h) at the discriminator's optimum for this π, h = log β − log π, minus α log π(y) (an entropy
+    bonus, held fixed too) when alpha > 0."""
+    theta = theta.detach().requires_grad_(True)
+    logpi = F.log_softmax(theta, -1)
+    reward = reward_of_logit(logpi.detach().neg() + log_beta) - alpha * logpi.detach()
+    return grad((logpi.exp() * reward).sum(), theta)
+
+
+def forward_kl_descent(theta, log_beta):
+    """−∇_θ KL(β ‖ π), forward, by autograd."""
+    theta = theta.detach().requires_grad_(True)
+    return -grad(kl(log_beta, F.log_softmax(theta, -1)), theta)
+
+
+def test_importance_weight_reward_points_down_the_forward_kl_and_fairl_up_it():
+    """For 200 random small perturbations π = softmax(log β + 10⁻³ ε) of β, K = 6 outcomes, the exact direction
+    Σ_y ∇π(y) r(y) against −∇KL(β ‖ π): r = e^h has cosine +1 (exactly, and also at 20 policies far from β); FAIRL's
+    r = −h e^h has cosine −1 to first order in the perturbation (fairl_reward's docstring: u log u ≈ u − 1 near β).
+    Strict in sign, so either reward with its sign flipped fails."""
+    log_beta = toy_log_beta(70)
+    g = torch.Generator().manual_seed(71)
+    cosines = {"importance_weight_reward": [], "fairl_reward": []}
+    for i in range(220):
+        scale = 1e-3 if i < 200 else 1.0
+        theta = log_beta + scale * torch.randn(K_TOY, generator=g)
+        d = forward_kl_descent(theta, log_beta)
+        for name in cosines if i < 200 else ["importance_weight_reward"]:
+            cosines[name].append(F.cosine_similarity(pg_direction(theta, getattr(obj, name), log_beta), d, 0))
+    iw, fairl = torch.stack(cosines["importance_weight_reward"]), torch.stack(cosines["fairl_reward"])
+    assert (iw > 1 - 1e-9).all(), \
+        f"importance_weight_reward: cosine with −∇KL(β‖π) {iw.min().item():.9f}, should be +1 (Σ ∇π β/π = −∇KL)"
+    assert (fairl < -0.99).all(), \
+        f"fairl_reward near β: cosine with −∇KL(β‖π) up to {fairl.max().item():.6f}, should be ≈ −1"
+
+
+def flow(theta, log_beta, reward_of_logit, steps, lr, normalised=False, alpha=0.0):
+    """Policy-gradient ascent with the discriminator at D* for the current π before every step. Returns KL(β ‖ π)
+    after each step (the first: before any) and the last θ."""
+    kls = [kl(log_beta, F.log_softmax(theta, -1))]
+    for _ in range(steps):
+        d = pg_direction(theta, reward_of_logit, log_beta, alpha)
+        theta = theta + lr * (d / d.norm() if normalised else d)
+        kls.append(kl(log_beta, F.log_softmax(theta, -1)))
+    return torch.stack(kls), theta
+
+
+def test_beta_is_a_stable_fixed_point_of_the_importance_weight_reward_and_an_unstable_one_of_fairl():
+    """The flows of both rewards on the K = 6 toy. e^h: plain steps from a random π lower KL(β ‖ π) at every step,
+    from 0.6 to below 10⁻⁵. FAIRL: from a 10⁻³ perturbation of β, unit-length steps of 0.01 (its reward is unbounded
+    below, so plain steps overshoot) raise KL(β ‖ π) at every step, from ~10⁻⁷ to over 0.5, and an outcome β gives
+    0.36 ends with under a tenth of that: β is a fixed point, but unstable. With an entropy bonus −α log π, α = 1
+    (SAC's), the direction at π = β is not 0 (β is no longer the fixed point) and the flow from near β still runs
+    away. Fails with either reward's sign flipped."""
+    log_beta = toy_log_beta(75)
+    g = torch.Generator().manual_seed(76)
+    kls, _ = flow(torch.randn(K_TOY, generator=g), log_beta, obj.importance_weight_reward, 300, 1.0)
+    assert (kls.diff() < 0).all() and kls[-1] < 1e-5, \
+        f"importance_weight_reward's flow: KL(β‖π) {kls[0].item():.4g} → {kls[-1].item():.4g}, not down at every step"
+    near = log_beta + 1e-3 * torch.randn(K_TOY, generator=g)
+    kls, theta = flow(near, log_beta, obj.fairl_reward, 300, 0.01, normalised=True)
+    assert kls[0] < 1e-5 and (kls.diff() > 0).all() and kls[-1] > 0.5, \
+        f"fairl_reward's flow from near β: KL(β‖π) {kls[0].item():.3g} → {kls[-1].item():.3g}, should grow every step"
+    ratio = (F.log_softmax(theta, -1) - log_beta).exp()
+    assert ratio.min() < 0.1, f"fairl_reward's flow: π/β ≥ {ratio.min().item():.3g} everywhere, no outcome emptied"
+    assert pg_direction(log_beta, obj.fairl_reward, log_beta).abs().max() < 1e-15, "FAIRL: β is not a fixed point"
+    assert pg_direction(log_beta, obj.fairl_reward, log_beta, alpha=1.0).abs().max() > 1e-2, \
+        "FAIRL + entropy bonus: the direction at π = β should not vanish (β is not uniform)"
+    kls, _ = flow(near, log_beta, obj.fairl_reward, 300, 0.01, normalised=True, alpha=1.0)
+    assert kls[-1] > 0.5, f"FAIRL + entropy bonus (α = 1) from near β: KL(β‖π) {kls[-1].item():.3g}, expected a runaway"
+
+
 def test_effective_sample_size_is_kish_formula_in_log_space():
     """(Σw)²/Σw² against the direct computation; its ends, n for equal weights (also at log-weights of ±800,
     where e^{log w} is 0 or inf in float64) and 1 for one dominant weight; a count, not a fraction; invariant to a
