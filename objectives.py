@@ -20,7 +20,8 @@ distributions over responses match. Which divergence is minimised decides the al
       plausibility floor, a family of log-ratio rewards, the   log_ratio_family, extrapolated_logits
       extrapolated policy π_SFT^{1+α} π_init^{−α}
     → preference pairs without a reward model (DPO), and       dpo_loss
-      demonstrations against own samples (SPIN): not yet called
+      demonstrations against own samples (SPIN), and where an   spin_iterate_optimum (not called by the pipeline)
+      iteration of SPIN ends
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
@@ -572,14 +573,55 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl_coef):
     expectation over a symmetric pair distribution vanishes. In general, at π = π_ref = π_t (the start of every
     iteration) the population gradient is
         −(λ/2) (E_β[∇log π] − E_{π_t}[∇log π]) = −(λ/2) E_β[∇log π] = (λ/2) ∇KL(β ‖ π),
-    since E_π[∇log π] = Σ_y ∇π(y) = 0: SFT's gradient (forward KL), times λ/2. The test proves exactly this
-    identity by enumeration, that it is zero at π = π_ref = β, and that at π = π_ref ≠ β it is not and a small
-    step lowers KL(β ‖ π). It does not prove convergence of the iteration, nor that one iteration's minimiser
-    is β (it is, at π_t = β: each unordered pair {a, b} adds β(a)β(b)[softplus(−d) + softplus(d)] ≥ 2 β(a)β(b) log 2,
-    d the pair's margin, with equality iff d = 0, i.e. iff π ∝ π_t on β's support).
+    since E_π[∇log π] = Σ_y ∇π(y) = 0: SFT's gradient (forward KL), times λ/2. The tests prove this identity by
+    enumeration (on the tree world and on a K-outcome toy), that it is zero at π = π_ref = β, and that at
+    π = π_ref ≠ β it is not and a small step lowers KL(β ‖ π). At π_t = π_SFT, trained to convergence on the same
+    demonstrations, E_β[∇log π_SFT] ≈ 0: SPIN's first iteration starts where SFT stopped, without a push.
+    Where one iteration ends when trained to convergence, π_{t+1} ∝ π_t (β/π_t)^{1/λ}, and why the iterates
+    converge only for λ > ½: spin_iterate_optimum.
     """
     margin = kl_coef * ((logp_chosen - ref_chosen.detach()) - (logp_rejected - ref_rejected.detach()))
     return F.softplus(-margin).mean()
+
+
+def spin_iterate_optimum(log_pi_t, log_beta, kl_coef):
+    """One SPIN iteration trained to convergence, in closed form: log π_{t+1}, normalised over the last dim,
+        π_{t+1} ∝ π_t (β/π_t)^{1/λ} = π_t^{1 − 1/λ} β^{1/λ},     λ = kl_coef,
+    for a policy free to be any distribution over the outcomes (tabular, or a network that can represent it).
+    log_pi_t, log_beta (..., K): log π_t and log β of K outcomes (whole responses) of each prompt; β is the
+    distribution the demonstrations are drawn from (their empirical distribution, for a finite set).
+
+    Derivation. One iteration minimises the population loss of dpo_loss with chosen y ~ β, rejected y' ~ π_t,
+    independent, and reference π_t:
+        L(π) = Σ_{y, y'} β(y) π_t(y') softplus(−[s(y) − s(y')]),     s = λ log(π/π_t), the implicit reward.
+    L sees π only through the differences s(y) − s(y'), in which π's normaliser cancels. Group the ordered pairs
+    into unordered ones {a, b}, a ≠ b (a pair (a, a) adds the constant β(a) π_t(a) log 2):
+        ℓ_ab(d) = p softplus(−d) + q softplus(d),   d = s(a) − s(b),   p = β(a) π_t(b),   q = β(b) π_t(a),
+    a logistic loss in d alone, strictly convex, with its minimum where σ(d) = p/(p + q):
+        d* = log(p/q) = [log β(a) − log π_t(a)] − [log β(b) − log π_t(b)].
+    Every pair's minimiser is met at once by s(y) = log β(y) − log π_t(y) + c, i.e.
+        λ log(π_{t+1}/π_t) = log(β/π_t) + const,
+    so that s minimises every term of L: it is the global minimum, not only a stationary point, and the only
+    one up to c where β and π_t have full support (tested: L-BFGS on the population loss finds it). Read as DPO:
+    SPIN's pairs are Bradley–Terry labels of the reward r = log β − log π_t, the oracle's reward at π_t (the
+    reverse KL's, airl_reward at D*), and the minimiser is DPO's π* ∝ π_t exp(r/λ).
+
+    Contraction. Let e_t = log π_t − log β, up to an additive constant (normalisation); centre it (subtract its
+    mean over the outcomes), ē_t. Then log π_{t+1} − log β = (1 − 1/λ)(log π_t − log β) + const, so
+        ē_{t+1} = (1 − 1/λ) ē_t,    ē_t = (1 − 1/λ)^t ē_0.
+    Iterations trained to convergence
+        λ = 1:         reach β in one iteration;
+        λ > 1:         contract monotonically (factor 1 − 1/λ in (0, 1));
+        ½ < λ < 1:     contract, overshooting β at every iteration (factor in (−1, 0));
+        λ = ½:         cycle with period 2 (π_{t+2} = π_t);
+        λ < ½:         oscillate with growing amplitude (|1 − 1/λ| > 1): each iterate over-weights the outcomes
+                       the previous one under-weighted, by more; at λ = 0.1 the error is multiplied by −9 at every
+                       iteration, and KL(β ‖ π_t) grows (tested).
+    Chen et al. iterate with λ = 0.1 (their β) and a learning rate of 5e-7 (uclaml/SPIN's configs/config.yaml),
+    so that no iteration nears this optimum: what they iterate is a short run of small steps, each of which starts
+    along (λ/2)∇KL(β ‖ π) (dpo_loss's docstring), not the optimum's map.
+    """
+    return F.log_softmax(log_pi_t + (log_beta - log_pi_t) / kl_coef, -1)
 
 
 # -----------------------------------------------------------------------------

@@ -1074,10 +1074,15 @@ def spin_population_loss(theta, logp_data, logp_prev, lam):
     """SPIN's population loss on TREE: chosen y_w ~ β (a demonstration), rejected y_l ~ π_t (the previous
     iterate's own sample), independent, so P(y_w = a, y_l = b) = β(a) π_t(b); reference π_t. Every ordered pair
     enumerated, each scored by dpo_loss on a batch of one. logp_data, logp_prev: log β(y), log π_t(y), constants."""
-    logpi = seq_logp(theta, TREE)
+    return spin_pairs_loss(seq_logp(theta, TREE), logp_data, logp_prev, lam)
+
+
+def spin_pairs_loss(logpi, logp_data, logp_prev, lam):
+    """Σ_{a,b} β(a) π_t(b) · (dpo_loss of the single pair a ≻ b, reference π_t), over every ordered pair of the
+    enumerated responses: logpi, logp_data, logp_prev are log π, log β, log π_t of each response."""
     w = logp_data.exp()[:, None] * logp_prev.exp()[None, :]
     total = 0.0
-    for a, b in itertools.product(range(N), repeat=2):
+    for a, b in itertools.product(range(len(logpi)), repeat=2):
         total = total + w[a, b] * obj.dpo_loss(logpi[a:a + 1], logpi[b:b + 1], logp_prev[a:a + 1],
                                                logp_prev[b:b + 1], lam)
     return total
@@ -1102,3 +1107,70 @@ def test_spin_fixed_point_is_the_data_distribution():
     assert g.abs().max() > 1e-2, "test has no teeth: SPIN's gradient vanishes at π ≠ β"
     assert kl_beta(theta.detach() - 0.5 * g) < kl_beta(theta.detach()) - 1e-4, \
         "SPIN: a descent step at π = π_ref ≠ β should bring π closer to β (lower KL(β ‖ π))"
+
+
+def centred(log_p):
+    """A log-probability vector up to its additive constant: minus its mean over the outcomes."""
+    return log_p - log_p.mean(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.4, 0.75, 1.0, 2.0])
+def test_spin_iteration_minimiser_is_the_closed_form(lam):
+    """One SPIN iteration trained to convergence on a K = 6 toy: a free logit per outcome, fitted by L-BFGS (float64)
+    from π_t to the exact population loss (every ordered pair (y, y'), weight β(y) π_t(y'), each scored by dpo_loss,
+    reference π_t), ends at spin_iterate_optimum, π_t (β/π_t)^{1/λ} normalised, to 10⁻⁶. At its start, π = π_t,
+    the gradient is (λ/2)∇KL(β ‖ π), SFT's. Fails with the exponent λ instead of 1/λ, or β and π_t swapped."""
+    log_beta, log_pi_t = toy_log_beta(80), toy_log_beta(81)
+    loss = lambda t: spin_pairs_loss(F.log_softmax(log_pi_t + t, -1), log_beta, log_pi_t, lam)
+    fitted = F.log_softmax(log_pi_t + fit_logits(loss, (K_TOY,)), -1)
+    optimum = obj.spin_iterate_optimum(log_pi_t, log_beta, lam)
+    assert_close(optimum.exp().sum(), torch.tensor(1.0), "spin_iterate_optimum: not normalised")
+    assert_close(fitted, optimum, atol=1e-6, rtol=0,
+                 msg=f"SPIN at λ = {lam}: the population loss's minimiser != π_t (β/π_t)^(1/λ), normalised")
+    for name, wrong, same_at in (("π_t (β/π_t)^λ", log_pi_t + lam * (log_beta - log_pi_t), 1.0),
+                                 ("β (π_t/β)^(1/λ)", log_beta + (log_pi_t - log_beta) / lam, 2.0)):   # √(β π_t)
+        if lam != same_at:
+            assert_differs(optimum, F.log_softmax(wrong, -1), f"test has no teeth: {name} == the optimum here")
+    theta = log_pi_t.clone().requires_grad_(True)
+    g = grad(spin_pairs_loss(F.log_softmax(theta, -1), log_beta, log_pi_t, lam), theta)
+    assert_close(g, lam / 2 * grad(kl(log_beta, F.log_softmax(theta, -1)), theta),
+                 "SPIN at π = π_t: the population gradient != (λ/2) ∇KL(β ‖ π)")
+    assert g.abs().max() > 1e-3, "test has no teeth: SPIN's gradient vanishes at π_t here"
+
+
+@pytest.mark.parametrize("lam, factor", [(0.1, -9.0), (0.4, -1.5), (0.6, -2 / 3), (1.0, 0.0), (2.0, 0.5)])
+def test_spin_iteration_multiplies_the_centred_log_error_by_one_minus_one_over_lambda(lam, factor):
+    """ē_{t+1} = (1 − 1/λ) ē_t, ē = log π − log β centred over the outcomes, for 20 random (β, π_t) on the K = 6 toy;
+    the factors written out by hand. Fails with the exponent λ instead of 1/λ, or without the normalisation."""
+    g = torch.Generator().manual_seed(82)
+    log_beta = F.log_softmax(torch.randn(20, K_TOY, generator=g), -1)
+    log_pi_t = F.log_softmax(torch.randn(20, K_TOY, generator=g), -1)
+    after = obj.spin_iterate_optimum(log_pi_t, log_beta, lam)
+    assert_close(after.exp().sum(-1), torch.ones(20), "spin_iterate_optimum: not normalised over the last dim")
+    assert_close(centred(after - log_beta), factor * centred(log_pi_t - log_beta), atol=1e-12, rtol=1e-10,
+                 msg=f"SPIN at λ = {lam}: the centred log-error is not multiplied by 1 − 1/λ = {factor:g}")
+
+
+def test_spin_iterations_diverge_below_one_half_and_converge_above():
+    """Iterations trained to convergence (spin_iterate_optimum), from π_0 = softmax(log β + 0.05 ε), K = 6: at
+    λ = 0.1 KL(β ‖ π_t) grows at every iteration (the error ×(−9)); at λ = ½, π_2 = π_0; at λ = 0.75 it falls at
+    every iteration; at λ = 1, π_1 = β. Fails with the exponent λ instead of 1/λ."""
+    log_beta = toy_log_beta(83)
+    log_pi_0 = F.log_softmax(log_beta + 0.05 * torch.randn(K_TOY, generator=torch.Generator().manual_seed(84)), -1)
+
+    def forward_kls(lam, iterations):
+        log_pi, kls = log_pi_0, [kl(log_beta, log_pi_0)]
+        for _ in range(iterations):
+            log_pi = obj.spin_iterate_optimum(log_pi, log_beta, lam)
+            kls.append(kl(log_beta, log_pi))
+        return torch.stack(kls), log_pi
+
+    kls, _ = forward_kls(0.1, 3)
+    assert (kls.diff() > 0).all() and kls[-1] > 1, f"SPIN at λ = 0.1: KL(β ‖ π_t) = {kls.tolist()}, should grow"
+    _, log_pi_2 = forward_kls(0.5, 2)
+    assert_close(log_pi_2, log_pi_0, "SPIN at λ = ½: π_2 != π_0 (a cycle of period 2)")
+    kls, _ = forward_kls(0.75, 4)
+    assert (kls.diff() < 0).all() and kls[-1] < 1e-3 * kls[0], \
+        f"SPIN at λ = 0.75: KL(β ‖ π_t) = {kls.tolist()}, should fall at every iteration"
+    kls, log_pi_1 = forward_kls(1.0, 1)
+    assert_close(log_pi_1, log_beta, "SPIN at λ = 1: π_1 != β")
