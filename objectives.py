@@ -11,6 +11,8 @@ distributions over responses match. Which divergence is minimised decides the al
                                                                the same estimator as one loss, tested and taught)
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
+      and, not yet called by the pipeline: the forward KL's    importance_weight_reward, effective_sample_size
+      own reward e^h, and how many samples carry it
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
                                                                kl_shaped_advantages
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
@@ -18,7 +20,8 @@ distributions over responses match. Which divergence is minimised decides the al
       plausibility floor, a family of log-ratio rewards, the   log_ratio_family, extrapolated_logits
       extrapolated policy π_SFT^{1+α} π_init^{−α}
     → preference pairs without a reward model (DPO), and       dpo_loss
-      demonstrations against own samples (SPIN): not yet called
+      demonstrations against own samples (SPIN), and where an   spin_iterate_optimum (not called by the pipeline)
+      iteration of SPIN ends
     → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
@@ -343,15 +346,72 @@ def gail_reward(logits):
 
 
 def fairl_reward(logits):
-    """FAIRL (Ghasemipour et al. 2019, f-divergence view of imitation): r = −h·e^h. → forward KL, KL(β ‖ π).
+    """FAIRL (Ghasemipour et al. 2019, f-divergence view of imitation): r = −h·e^h. Its expectation is the forward
+    KL, KL(β ‖ π); its policy gradient is not the forward KL's, and near β it points the other way.
 
-    Derivation: at D*, e^h = β/π, so KL(β ‖ π) = E_β[log(β/π)] = E_π[(β/π) log(β/π)] = E_π[h e^h];
-    minimising it is maximising E_π[−h e^h]. The expectation is exact, the gradient is not: unlike AIRL and
-    GAIL, with r held fixed E_π[r ∇log π] = −Σ_y ∇π(y) (β/π) log(β/π), whereas −∇KL(β ‖ π) = Σ_y ∇π(y) β/π
-    (the reward with that policy gradient is e^h). Both gradients vanish at π = β. r ≤ 1/e, unbounded below.
+    The value. At D*, e^h = u = β/π, so KL(β ‖ π) = E_β[log u] = E_π[u log u] = E_π[h e^h]; minimising it is
+    maximising E_π[−h e^h]. The expectation is exact, the gradient is not: unlike AIRL and GAIL, with r held fixed
+    (as every policy-gradient step holds it) the direction is
+        Σ_y ∇π(y) r(y) = −Σ_y ∇π(y) u log u,
+    whereas −∇KL(β ‖ π) = Σ_y ∇π(y) u (importance_weight_reward: the reward e^h). The part the fixed reward
+    leaves out is its own dependence on π: ∇u = −u ∇log π, so Σ_y π ∇(u log u) = −Σ_y ∇π u (log u + 1), and
+    the two parts of ∇E_π[u log u] add up to −Σ_y ∇π u = ∇KL(β ‖ π).
+
+    The sign. Near π = β, u = 1 + ε with ε small: u log u = u − 1 + O(ε²), and Σ_y ∇π(y) = ∇Σ_y π = 0, so
+        −Σ_y ∇π u log u = −Σ_y ∇π (u − 1) + O(ε²) = −Σ_y ∇π u + O(ε²) = +∇KL(β ‖ π) + O(ε²):
+    against the forward KL's descent direction (cosine → −1 as π → β; tested by enumeration). Both directions
+    vanish at π = β (u log u = 0 there), so β is a fixed point, but an unstable one: KL(β ‖ π) has its minimum
+    there, and FAIRL's steps climb it. Away from β nothing brings π back: where π(y) ≪ β(y), u is large and
+    r(y) = −u log u very negative, so the step lowers π(y) further, a runaway that empties outcomes β has
+    (mode-dropping, the opposite of the forward KL's mass-covering). Tested: with the discriminator at D* after
+    every step, KL(β ‖ π) grows step after step from a small perturbation of β.
+    Ghasemipour et al. trained FAIRL with SAC, maximum-entropy RL, whose entropy bonus adds −α log π(y) to the
+    reward. That does not restore β. Near β its linear part, −α (π − β)/β, opposes FAIRL's +(π − β)/β, but at
+    π = β the bonus's own direction −α Σ_y ∇π log β is not zero unless β is uniform: the fixed point moves off
+    β. And as π(y) → 0, −α log π(y) grows like log(1/π) while −u log u falls like 1/π. Tested at α = 1: the
+    direction at π = β is not zero and the flow from near β still runs away. What makes FAIRL work in practice
+    (a discriminator short of its optimum, a KL penalty, a trust region) is not derived here.
+    r ≤ 1/e (at h = −1), unbounded below.
     """
     h = logits.detach()
     return -h * torch.exp(h)
+
+
+def importance_weight_reward(logits):
+    """r = e^h: at D* (h = log β − log π), e^h = u = β/π, the importance weight of β against π. Its policy
+    gradient is the forward KL's, KL(β ‖ π), exactly: the reward FAIRL's derivation asks for. Same shape, detached.
+
+    Derivation. A policy-gradient step holds the reward fixed: with reward r its direction, the expected ascent
+    direction of E_π[r] estimated on y ~ π by r(y) ∇log π(y), is Σ_y ∇π(y) r(y). The forward KL's descent
+    direction is
+        −∇KL(β ‖ π) = −∇Σ_y β(y) (log β(y) − log π(y)) = Σ_y β(y) ∇log π(y) = Σ_y (β/π)(y) ∇π(y),
+    the direction of the reward r = β/π = u = e^h: SFT's direction, E_β[∇log π], estimated on the policy's own
+    samples (tested by enumeration: cosine +1 with −∇KL(β ‖ π) wherever π is). As a value it says nothing:
+    E_π[e^h] = Σ_y β(y) = 1 for every π (AIRL's E_π[h] is −KL(π ‖ β)); it is a reward for its gradient only.
+
+    Variance. Var_π(e^h) = E_π[u²] − (E_π[u])² = Σ_y β²/π − 1 = χ²(β ‖ π), the chi-squared divergence, and the
+    one-sample estimate u(y) ∇log π(y) has second moment E_π[u² ‖∇log π‖²] ≤ (1 + χ²(β ‖ π)) max_y ‖∇log π(y)‖².
+    By Jensen, KL(β ‖ π) = E_β[log u] ≤ log E_β[u] = log(1 + χ²(β ‖ π)): χ² ≥ e^{KL(β ‖ π)} − 1, at least
+    exponential in the forward KL. Where π has little mass on responses β likes, the rare samples that find them
+    carry huge weights and dominate the estimate. effective_sample_size measures it on a batch: for n samples
+    y_i ~ π with weights w_i = e^{h_i},
+        ESS = (Σ_i w_i)² / Σ_i w_i²  ∈ [1, n],     ESS / n → (E_π[u])² / E_π[u²] = 1 / (1 + χ²(β ‖ π))  as n → ∞
+    (Kong 1992; tested on a batch with each response in proportion to π). e^h overflows float32 past h ≈ 88;
+    compute the ESS from h, not from e^h.
+    """
+    return torch.exp(logits.detach())
+
+
+def effective_sample_size(log_weights):
+    """Kish's effective sample size of importance weights given by their logs, over the last dim: (..., n) → (...),
+        ESS = (Σ_i w_i)² / Σ_i w_i² = exp(2 logsumexp(log w) − logsumexp(2 log w)),
+    a COUNT between 1 (one weight dominates the others) and n (all weights equal); divide by n for the fraction of
+    the batch. Computed in log space: exact for log-weights far beyond exp's range (h of a log-ratio discriminator,
+    tens of nats). Only the weights' ratios matter: a constant added to every log-weight changes nothing.
+    For the weights e^h of importance_weight_reward, ESS / n → 1 / (1 + χ²(β ‖ π)) (derived there).
+    """
+    lw = log_weights.detach()
+    return torch.exp(2 * torch.logsumexp(lw, -1) - torch.logsumexp(2 * lw, -1))
 
 
 # -----------------------------------------------------------------------------
@@ -521,14 +581,55 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, kl_coef):
     expectation over a symmetric pair distribution vanishes. In general, at π = π_ref = π_t (the start of every
     iteration) the population gradient is
         −(λ/2) (E_β[∇log π] − E_{π_t}[∇log π]) = −(λ/2) E_β[∇log π] = (λ/2) ∇KL(β ‖ π),
-    since E_π[∇log π] = Σ_y ∇π(y) = 0: SFT's gradient (forward KL), times λ/2. The test proves exactly this
-    identity by enumeration, that it is zero at π = π_ref = β, and that at π = π_ref ≠ β it is not and a small
-    step lowers KL(β ‖ π). It does not prove convergence of the iteration, nor that one iteration's minimiser
-    is β (it is, at π_t = β: each unordered pair {a, b} adds β(a)β(b)[softplus(−d) + softplus(d)] ≥ 2 β(a)β(b) log 2,
-    d the pair's margin, with equality iff d = 0, i.e. iff π ∝ π_t on β's support).
+    since E_π[∇log π] = Σ_y ∇π(y) = 0: SFT's gradient (forward KL), times λ/2. The tests prove this identity by
+    enumeration (on the tree world and on a K-outcome toy), that it is zero at π = π_ref = β, and that at
+    π = π_ref ≠ β it is not and a small step lowers KL(β ‖ π). At π_t = π_SFT, trained to convergence on the same
+    demonstrations, E_β[∇log π_SFT] ≈ 0: SPIN's first iteration starts where SFT stopped, without a push.
+    Where one iteration ends when trained to convergence, π_{t+1} ∝ π_t (β/π_t)^{1/λ}, and why the iterates
+    converge only for λ > ½: spin_iterate_optimum.
     """
     margin = kl_coef * ((logp_chosen - ref_chosen.detach()) - (logp_rejected - ref_rejected.detach()))
     return F.softplus(-margin).mean()
+
+
+def spin_iterate_optimum(log_pi_t, log_beta, kl_coef):
+    """One SPIN iteration trained to convergence, in closed form: log π_{t+1}, normalised over the last dim,
+        π_{t+1} ∝ π_t (β/π_t)^{1/λ} = π_t^{1 − 1/λ} β^{1/λ},     λ = kl_coef,
+    for a policy free to be any distribution over the outcomes (tabular, or a network that can represent it).
+    log_pi_t, log_beta (..., K): log π_t and log β of K outcomes (whole responses) of each prompt; β is the
+    distribution the demonstrations are drawn from (their empirical distribution, for a finite set).
+
+    Derivation. One iteration minimises the population loss of dpo_loss with chosen y ~ β, rejected y' ~ π_t,
+    independent, and reference π_t:
+        L(π) = Σ_{y, y'} β(y) π_t(y') softplus(−[s(y) − s(y')]),     s = λ log(π/π_t), the implicit reward.
+    L sees π only through the differences s(y) − s(y'), in which π's normaliser cancels. Group the ordered pairs
+    into unordered ones {a, b}, a ≠ b (a pair (a, a) adds the constant β(a) π_t(a) log 2):
+        ℓ_ab(d) = p softplus(−d) + q softplus(d),   d = s(a) − s(b),   p = β(a) π_t(b),   q = β(b) π_t(a),
+    a logistic loss in d alone, strictly convex, with its minimum where σ(d) = p/(p + q):
+        d* = log(p/q) = [log β(a) − log π_t(a)] − [log β(b) − log π_t(b)].
+    Every pair's minimiser is met at once by s(y) = log β(y) − log π_t(y) + c, i.e.
+        λ log(π_{t+1}/π_t) = log(β/π_t) + const,
+    so that s minimises every term of L: it is the global minimum, not only a stationary point, and the only
+    one up to c where β and π_t have full support (tested: L-BFGS on the population loss finds it). Read as DPO:
+    SPIN's pairs are Bradley–Terry labels of the reward r = log β − log π_t, the oracle's reward at π_t (the
+    reverse KL's, airl_reward at D*), and the minimiser is DPO's π* ∝ π_t exp(r/λ).
+
+    Contraction. Let e_t = log π_t − log β, up to an additive constant (normalisation); centre it (subtract its
+    mean over the outcomes), ē_t. Then log π_{t+1} − log β = (1 − 1/λ)(log π_t − log β) + const, so
+        ē_{t+1} = (1 − 1/λ) ē_t,    ē_t = (1 − 1/λ)^t ē_0.
+    Iterations trained to convergence
+        λ = 1:         reach β in one iteration;
+        λ > 1:         contract monotonically (factor 1 − 1/λ in (0, 1));
+        ½ < λ < 1:     contract, overshooting β at every iteration (factor in (−1, 0));
+        λ = ½:         cycle with period 2 (π_{t+2} = π_t);
+        λ < ½:         oscillate with growing amplitude (|1 − 1/λ| > 1): each iterate over-weights the outcomes
+                       the previous one under-weighted, by more; at λ = 0.1 the error is multiplied by −9 at every
+                       iteration, and KL(β ‖ π_t) grows (tested).
+    Chen et al. iterate with λ = 0.1 (their β) and a learning rate of 5e-7 (uclaml/SPIN's configs/config.yaml),
+    so that no iteration nears this optimum: what they iterate is a short run of small steps, each of which starts
+    along (λ/2)∇KL(β ‖ π) (dpo_loss's docstring), not the optimum's map.
+    """
+    return F.log_softmax(log_pi_t + (log_beta - log_pi_t) / kl_coef, -1)
 
 
 # -----------------------------------------------------------------------------

@@ -407,6 +407,138 @@ def test_discriminator_rewards_policy_gradients_follow_their_divergences():
                    "fairl_reward's docstring: its policy gradient is not ∇KL(β‖π), yet here it is")
 
 
+def test_importance_weight_reward_policy_gradient_is_the_forward_kl_gradient():
+    """On the tree world, through policy_gradient_loss: with r = e^h, h = log β − log π (D*), held fixed, the
+    expected gradient of the loss is ∇KL(β ‖ π), forward, SFT's (not ∇KL(π ‖ β), AIRL's). Fails with the reward's
+    sign flipped, or with r = h."""
+    theta, expert = random_policy(TREE, 73, grad=True), random_policy(TREE, 74)
+    logp_pi, logp_beta = seq_logp(theta, TREE), seq_logp(expert, TREE)
+    g = expected_pg_grad(theta, TREE, obj.importance_weight_reward(logp_beta - logp_pi))
+    assert_close(g, grad(kl(logp_beta, logp_pi), theta), "importance_weight_reward: E_π[∇PG loss] != ∇KL(β‖π)")
+    assert_differs(g, grad(kl(logp_pi, logp_beta), theta), "test has no teeth: ∇KL(β‖π) == ∇KL(π‖β) here")
+
+
+# The K-outcome toy: a softmax policy π = softmax(θ) over K outcomes, one response each, β fixed, exact sums.
+K_TOY = 6
+
+
+def toy_log_beta(seed):
+    return F.log_softmax(torch.randn(K_TOY, generator=torch.Generator().manual_seed(seed)), -1)
+
+
+def pg_direction(theta, reward_of_logit, log_beta, alpha=0.0):
+    """Σ_y ∇_θ π(y) r(y): the expected ascent direction of a policy-gradient step, the reward held fixed. r is
+    reward_of_logit(h) at the discriminator's optimum for this π, h = log β − log π, minus α log π(y) (an entropy
+    bonus, held fixed too) when alpha > 0."""
+    theta = theta.detach().requires_grad_(True)
+    logpi = F.log_softmax(theta, -1)
+    reward = reward_of_logit(logpi.detach().neg() + log_beta) - alpha * logpi.detach()
+    return grad((logpi.exp() * reward).sum(), theta)
+
+
+def forward_kl_descent(theta, log_beta):
+    """−∇_θ KL(β ‖ π), forward, by autograd."""
+    theta = theta.detach().requires_grad_(True)
+    return -grad(kl(log_beta, F.log_softmax(theta, -1)), theta)
+
+
+def test_importance_weight_reward_points_down_the_forward_kl_and_fairl_up_it():
+    """For 200 random small perturbations π = softmax(log β + 10⁻³ ε) of β, K = 6 outcomes, the exact direction
+    Σ_y ∇π(y) r(y) against −∇KL(β ‖ π): r = e^h has cosine +1 (exactly, and also at 20 policies far from β); FAIRL's
+    r = −h e^h has cosine −1 to first order in the perturbation (fairl_reward's docstring: u log u ≈ u − 1 near β).
+    Strict in sign, so either reward with its sign flipped fails."""
+    log_beta = toy_log_beta(70)
+    g = torch.Generator().manual_seed(71)
+    cosines = {"importance_weight_reward": [], "fairl_reward": []}
+    for i in range(220):
+        scale = 1e-3 if i < 200 else 1.0
+        theta = log_beta + scale * torch.randn(K_TOY, generator=g)
+        d = forward_kl_descent(theta, log_beta)
+        for name in cosines if i < 200 else ["importance_weight_reward"]:
+            cosines[name].append(F.cosine_similarity(pg_direction(theta, getattr(obj, name), log_beta), d, 0))
+    iw, fairl = torch.stack(cosines["importance_weight_reward"]), torch.stack(cosines["fairl_reward"])
+    assert (iw > 1 - 1e-9).all(), \
+        f"importance_weight_reward: cosine with −∇KL(β‖π) {iw.min().item():.9f}, should be +1 (Σ ∇π β/π = −∇KL)"
+    assert (fairl < -0.99).all(), \
+        f"fairl_reward near β: cosine with −∇KL(β‖π) up to {fairl.max().item():.6f}, should be ≈ −1"
+
+
+def flow(theta, log_beta, reward_of_logit, steps, lr, normalised=False, alpha=0.0):
+    """Policy-gradient ascent with the discriminator at D* for the current π before every step. Returns KL(β ‖ π)
+    after each step (the first: before any) and the last θ."""
+    kls = [kl(log_beta, F.log_softmax(theta, -1))]
+    for _ in range(steps):
+        d = pg_direction(theta, reward_of_logit, log_beta, alpha)
+        theta = theta + lr * (d / d.norm() if normalised else d)
+        kls.append(kl(log_beta, F.log_softmax(theta, -1)))
+    return torch.stack(kls), theta
+
+
+def test_beta_is_a_stable_fixed_point_of_the_importance_weight_reward_and_an_unstable_one_of_fairl():
+    """The flows of both rewards on the K = 6 toy. e^h: plain steps from a random π lower KL(β ‖ π) at every step,
+    from 0.6 to below 10⁻⁵. FAIRL: from a 10⁻³ perturbation of β, unit-length steps of 0.01 (its reward is unbounded
+    below, so plain steps overshoot) raise KL(β ‖ π) at every step, from ~10⁻⁷ to over 0.5, and an outcome β gives
+    0.36 ends with under a tenth of that: β is a fixed point, but unstable. With an entropy bonus −α log π, α = 1
+    (SAC's), the direction at π = β is not 0 (β is no longer the fixed point) and the flow from near β still runs
+    away. Fails with either reward's sign flipped."""
+    log_beta = toy_log_beta(75)
+    g = torch.Generator().manual_seed(76)
+    kls, _ = flow(torch.randn(K_TOY, generator=g), log_beta, obj.importance_weight_reward, 300, 1.0)
+    assert (kls.diff() < 0).all() and kls[-1] < 1e-5, \
+        f"importance_weight_reward's flow: KL(β‖π) {kls[0].item():.4g} → {kls[-1].item():.4g}, not down at every step"
+    near = log_beta + 1e-3 * torch.randn(K_TOY, generator=g)
+    kls, theta = flow(near, log_beta, obj.fairl_reward, 300, 0.01, normalised=True)
+    assert kls[0] < 1e-5 and (kls.diff() > 0).all() and kls[-1] > 0.5, \
+        f"fairl_reward's flow from near β: KL(β‖π) {kls[0].item():.3g} → {kls[-1].item():.3g}, should grow every step"
+    ratio = (F.log_softmax(theta, -1) - log_beta).exp()
+    assert ratio.min() < 0.1, f"fairl_reward's flow: π/β ≥ {ratio.min().item():.3g} everywhere, no outcome emptied"
+    assert pg_direction(log_beta, obj.fairl_reward, log_beta).abs().max() < 1e-15, "FAIRL: β is not a fixed point"
+    assert pg_direction(log_beta, obj.fairl_reward, log_beta, alpha=1.0).abs().max() > 1e-2, \
+        "FAIRL + entropy bonus: the direction at π = β should not vanish (β is not uniform)"
+    kls, _ = flow(near, log_beta, obj.fairl_reward, 300, 0.01, normalised=True, alpha=1.0)
+    assert kls[-1] > 0.5, f"FAIRL + entropy bonus (α = 1) from near β: KL(β‖π) {kls[-1].item():.3g}, expected a runaway"
+
+
+def test_effective_sample_size_is_kish_formula_in_log_space():
+    """(Σw)²/Σw² against the direct computation; its ends, n for equal weights (also at log-weights of ±800,
+    where e^{log w} is 0 or inf in float64) and 1 for one dominant weight; a count, not a fraction; invariant to a
+    constant shift; in float32 at log-weights of a hundred nats. Fails for the direct formula, the inverse ratio,
+    or a fraction of n."""
+    g = torch.Generator().manual_seed(77)
+    lw = 2 * torch.randn(5, 16, generator=g)
+    w = lw.exp()
+    ess = obj.effective_sample_size(lw)
+    assert ess.shape == (5,)
+    assert_close(ess, w.sum(-1) ** 2 / (w ** 2).sum(-1), "effective_sample_size != (Σw)²/Σw²")
+    assert ((ess > 1) & (ess < 16)).all(), "test has no teeth: unequal weights should give 1 < ESS < n"
+    assert_close(obj.effective_sample_size(lw + 123.0), ess, "effective_sample_size: changed by a constant shift")
+    for c in (0.0, -800.0, 800.0):
+        assert_close(obj.effective_sample_size(torch.full((16,), c)), torch.tensor(16.0),
+                     f"effective_sample_size of 16 equal weights (log w = {c}) != 16, the count")
+    dominant = torch.tensor([0.0] + [-40.0] * 15)
+    assert_close(obj.effective_sample_size(dominant), torch.tensor(1.0), atol=1e-12, rtol=0,
+                 msg="effective_sample_size of one dominant weight != 1")
+    lw32 = torch.tensor([100.0, 99.0, 98.0, 60.0], dtype=torch.float32)
+    w64 = (lw32.double() - 100).exp()
+    assert_close(obj.effective_sample_size(lw32).double(), w64.sum() ** 2 / (w64 ** 2).sum(), rtol=1e-5, atol=0,
+                 msg="effective_sample_size in float32 at log-weights of 100 nats")
+
+
+def test_importance_weights_variance_is_chi_squared_and_ess_its_inverse():
+    """Exact, over four responses: E_π[e^h] = 1, Var_π(e^h) = χ²(β ‖ π) = Σ β²/π − 1, KL(β ‖ π) ≤ log(1 + χ²); on a
+    batch of 100 samples holding each response in proportion to π, ESS/n = 1/(1 + χ²(β ‖ π))."""
+    beta, pi = torch.tensor([0.5, 0.25, 0.15, 0.10]), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    h = beta.log() - pi.log()
+    w = obj.importance_weight_reward(h)
+    chi2 = ((beta - pi) ** 2 / pi).sum()   # 1.9125
+    assert_close((pi * w).sum(), torch.tensor(1.0), "importance_weight_reward: E_π[e^h] != 1 at D*")
+    assert_close((pi * w ** 2).sum() - 1, chi2, "importance_weight_reward: Var_π(e^h) != χ²(β‖π)")
+    assert kl(beta.log(), pi.log()) <= torch.log1p(chi2), "KL(β‖π) > log(1 + χ²(β‖π))"
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 20, 30, 40]))
+    assert_close(obj.effective_sample_size(h[batch]) / 100, 1 / (1 + chi2),
+                 "ESS/n of weights e^h on a batch in proportion to π != 1/(1 + χ²(β‖π))")
+
+
 def per_token(table):
     """A tabular token-level discriminator: one logit per (state, token), laid out as (responses, positions)."""
     return table[TREE.state, TREE.action]
@@ -942,10 +1074,15 @@ def spin_population_loss(theta, logp_data, logp_prev, lam):
     """SPIN's population loss on TREE: chosen y_w ~ β (a demonstration), rejected y_l ~ π_t (the previous
     iterate's own sample), independent, so P(y_w = a, y_l = b) = β(a) π_t(b); reference π_t. Every ordered pair
     enumerated, each scored by dpo_loss on a batch of one. logp_data, logp_prev: log β(y), log π_t(y), constants."""
-    logpi = seq_logp(theta, TREE)
+    return spin_pairs_loss(seq_logp(theta, TREE), logp_data, logp_prev, lam)
+
+
+def spin_pairs_loss(logpi, logp_data, logp_prev, lam):
+    """Σ_{a,b} β(a) π_t(b) · (dpo_loss of the single pair a ≻ b, reference π_t), over every ordered pair of the
+    enumerated responses: logpi, logp_data, logp_prev are log π, log β, log π_t of each response."""
     w = logp_data.exp()[:, None] * logp_prev.exp()[None, :]
     total = 0.0
-    for a, b in itertools.product(range(N), repeat=2):
+    for a, b in itertools.product(range(len(logpi)), repeat=2):
         total = total + w[a, b] * obj.dpo_loss(logpi[a:a + 1], logpi[b:b + 1], logp_prev[a:a + 1],
                                                logp_prev[b:b + 1], lam)
     return total
@@ -970,3 +1107,70 @@ def test_spin_fixed_point_is_the_data_distribution():
     assert g.abs().max() > 1e-2, "test has no teeth: SPIN's gradient vanishes at π ≠ β"
     assert kl_beta(theta.detach() - 0.5 * g) < kl_beta(theta.detach()) - 1e-4, \
         "SPIN: a descent step at π = π_ref ≠ β should bring π closer to β (lower KL(β ‖ π))"
+
+
+def centred(log_p):
+    """A log-probability vector up to its additive constant: minus its mean over the outcomes."""
+    return log_p - log_p.mean(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.4, 0.75, 1.0, 2.0])
+def test_spin_iteration_minimiser_is_the_closed_form(lam):
+    """One SPIN iteration trained to convergence on a K = 6 toy: a free logit per outcome, fitted by L-BFGS (float64)
+    from π_t to the exact population loss (every ordered pair (y, y'), weight β(y) π_t(y'), each scored by dpo_loss,
+    reference π_t), ends at spin_iterate_optimum, π_t (β/π_t)^{1/λ} normalised, to 10⁻⁶. At its start, π = π_t,
+    the gradient is (λ/2)∇KL(β ‖ π), SFT's. Fails with the exponent λ instead of 1/λ, or β and π_t swapped."""
+    log_beta, log_pi_t = toy_log_beta(80), toy_log_beta(81)
+    loss = lambda t: spin_pairs_loss(F.log_softmax(log_pi_t + t, -1), log_beta, log_pi_t, lam)
+    fitted = F.log_softmax(log_pi_t + fit_logits(loss, (K_TOY,)), -1)
+    optimum = obj.spin_iterate_optimum(log_pi_t, log_beta, lam)
+    assert_close(optimum.exp().sum(), torch.tensor(1.0), "spin_iterate_optimum: not normalised")
+    assert_close(fitted, optimum, atol=1e-6, rtol=0,
+                 msg=f"SPIN at λ = {lam}: the population loss's minimiser != π_t (β/π_t)^(1/λ), normalised")
+    for name, wrong, same_at in (("π_t (β/π_t)^λ", log_pi_t + lam * (log_beta - log_pi_t), 1.0),
+                                 ("β (π_t/β)^(1/λ)", log_beta + (log_pi_t - log_beta) / lam, 2.0)):   # √(β π_t)
+        if lam != same_at:
+            assert_differs(optimum, F.log_softmax(wrong, -1), f"test has no teeth: {name} == the optimum here")
+    theta = log_pi_t.clone().requires_grad_(True)
+    g = grad(spin_pairs_loss(F.log_softmax(theta, -1), log_beta, log_pi_t, lam), theta)
+    assert_close(g, lam / 2 * grad(kl(log_beta, F.log_softmax(theta, -1)), theta),
+                 "SPIN at π = π_t: the population gradient != (λ/2) ∇KL(β ‖ π)")
+    assert g.abs().max() > 1e-3, "test has no teeth: SPIN's gradient vanishes at π_t here"
+
+
+@pytest.mark.parametrize("lam, factor", [(0.1, -9.0), (0.4, -1.5), (0.6, -2 / 3), (1.0, 0.0), (2.0, 0.5)])
+def test_spin_iteration_multiplies_the_centred_log_error_by_one_minus_one_over_lambda(lam, factor):
+    """ē_{t+1} = (1 − 1/λ) ē_t, ē = log π − log β centred over the outcomes, for 20 random (β, π_t) on the K = 6 toy;
+    the factors written out by hand. Fails with the exponent λ instead of 1/λ, or without the normalisation."""
+    g = torch.Generator().manual_seed(82)
+    log_beta = F.log_softmax(torch.randn(20, K_TOY, generator=g), -1)
+    log_pi_t = F.log_softmax(torch.randn(20, K_TOY, generator=g), -1)
+    after = obj.spin_iterate_optimum(log_pi_t, log_beta, lam)
+    assert_close(after.exp().sum(-1), torch.ones(20), "spin_iterate_optimum: not normalised over the last dim")
+    assert_close(centred(after - log_beta), factor * centred(log_pi_t - log_beta), atol=1e-12, rtol=1e-10,
+                 msg=f"SPIN at λ = {lam}: the centred log-error is not multiplied by 1 − 1/λ = {factor:g}")
+
+
+def test_spin_iterations_diverge_below_one_half_and_converge_above():
+    """Iterations trained to convergence (spin_iterate_optimum), from π_0 = softmax(log β + 0.05 ε), K = 6: at
+    λ = 0.1 KL(β ‖ π_t) grows at every iteration (the error ×(−9)); at λ = ½, π_2 = π_0; at λ = 0.75 it falls at
+    every iteration; at λ = 1, π_1 = β. Fails with the exponent λ instead of 1/λ."""
+    log_beta = toy_log_beta(83)
+    log_pi_0 = F.log_softmax(log_beta + 0.05 * torch.randn(K_TOY, generator=torch.Generator().manual_seed(84)), -1)
+
+    def forward_kls(lam, iterations):
+        log_pi, kls = log_pi_0, [kl(log_beta, log_pi_0)]
+        for _ in range(iterations):
+            log_pi = obj.spin_iterate_optimum(log_pi, log_beta, lam)
+            kls.append(kl(log_beta, log_pi))
+        return torch.stack(kls), log_pi
+
+    kls, _ = forward_kls(0.1, 3)
+    assert (kls.diff() > 0).all() and kls[-1] > 1, f"SPIN at λ = 0.1: KL(β ‖ π_t) = {kls.tolist()}, should grow"
+    _, log_pi_2 = forward_kls(0.5, 2)
+    assert_close(log_pi_2, log_pi_0, "SPIN at λ = ½: π_2 != π_0 (a cycle of period 2)")
+    kls, _ = forward_kls(0.75, 4)
+    assert (kls.diff() < 0).all() and kls[-1] < 1e-3 * kls[0], \
+        f"SPIN at λ = 0.75: KL(β ‖ π_t) = {kls.tolist()}, should fall at every iteration"
+    kls, log_pi_1 = forward_kls(1.0, 1)
+    assert_close(log_pi_1, log_beta, "SPIN at λ = 1: π_1 != β")
