@@ -405,11 +405,11 @@ def new_discriminator(start, form, level):
     return Discriminator(model.requires_grad_(True).to(next(start.parameters()).device), form, level)
 
 
-def disc_step(run, disc, opt, demo, pol, step):
+def disc_step(run, disc, opt, demo, pol, step, nll=0.0):
     """One discriminator step on (tokens, mask, pi_logp) batches of demonstrations (label 1) and policy samples
     (label 0); returns its accuracy on each, measured before the step: (h > 0) on demonstrations, (h < 0) on
     samples. Token level: every response token is one (state, action) example of its class.
-    --disc_nll=w adds w × the demonstrations' NLL under q_φ (AIRL form): the BCE alone can raise the margin by
+    nll = w (--disc_nll) adds w × the demonstrations' NLL under q_φ (AIRL form): the BCE alone can raise the margin by
     lowering the likelihood of both classes (likelihood displacement); the NLL anchors q_φ to the demonstrations."""
     with run.autocast():
         h_demo, h_pol = disc.logits(*demo), disc.logits(*pol)
@@ -418,8 +418,8 @@ def disc_step(run, disc, opt, demo, pol, step):
         else:
             loss = obj.discriminator_loss(h_demo, h_pol, demo[1], pol[1])
             h_demo, h_pol = h_demo[demo[1]], h_pol[pol[1]]
-        if run.cfg.disc_nll and disc.form == "airl":
-            loss = loss + run.cfg.disc_nll * obj.sft_loss(token_logprobs(disc.model, demo[0], demo[1]), demo[1])
+        if nll and disc.form == "airl":
+            loss = loss + nll * obj.sft_loss(token_logprobs(disc.model, demo[0], demo[1]), demo[1])
     optimiser_step(opt, disc.model, loss, step, " of the discriminator")
     return (h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item()
 
@@ -458,7 +458,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None, positive
                 with torch.no_grad(), run.autocast():
                     demo_pi_logp = token_logprobs(policy, demo_tokens, demo_mask) if disc.form == "airl" else None
                 acc_demo, acc_pol = disc_step(run, disc, disc_opt, (demo_tokens, demo_mask, demo_pi_logp),
-                                              (tokens, mask, pi_logp), it)
+                                              (tokens, mask, pi_logp), it, cfg.disc_nll)
             curve["disc_acc_expert"].append(acc_demo)
             curve["disc_acc_policy"].append(acc_pol)
         with torch.no_grad():
@@ -497,7 +497,7 @@ def stage_adversarial(run, method):
             batches = [run.batch(data, run.rng.integers(len(data), size=b)) for data in (run.demos, samples)]
             with torch.no_grad(), run.autocast():   # the policy is π_SFT throughout the warm-up
                 batches = [(t, m, token_logprobs(sft, t, m)) for t, m in batches]
-            disc_step(run, disc, opt, *batches, step)
+            disc_step(run, disc, opt, *batches, step, cfg.disc_nll)
 
     def reward_fn(prompts, roll, pi_logp):
         with torch.no_grad(), run.autocast():

@@ -139,7 +139,8 @@ class Support:
     log_beta: np.ndarray    # (R,) log β(y|x), the smoothed likelihood
     mode: np.ndarray        # (R,) the expert mode of each response
     gold: np.ndarray        # (R,) r*(x, y)
-    batches: list           # TreeBatches: the same responses, for tree_logprobs
+    trees: list             # one PrefixTree per prompt: the same responses
+    batches: list           # the trees in TreeBatches, for tree_logprobs
     n_prompts: int
 
 
@@ -155,7 +156,7 @@ def support_of(world, prompts, device):
         log_beta += [j.logprob for j in judged]
         mode += [j.mode for j in judged]
         gold += [j.gold for j in judged]
-    return Support(np.array(prompt_of), np.array(log_beta), np.array(mode), np.array(gold),
+    return Support(np.array(prompt_of), np.array(log_beta), np.array(mode), np.array(gold), trees,
                    tree_batches(trees, device), len(prompts))
 
 

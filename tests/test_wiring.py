@@ -592,6 +592,37 @@ def test_policy_optimisation_kl_penalty_pulls_towards_the_reference():
     assert kl(i) < before[i], f"KL(π ‖ π_ref) of the first token went from {before[i]:.4f} to {kl(i):.4f}"
 
 
+def test_kl_shaped_advantages_flat_groups_make_no_update():
+    """A group whose advantages are only rounding (a reward 0 everywhere, the KL penalty 0 at π = π_ref) gets
+    exactly 0, not whitened up to full size; a group with a real spread is whitened as before."""
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    reward = torch.tensor([3e-8, -2e-8, 1e-8, 1.0, 0.0, 2.0])       # group 1: rounding; group 2: a real signal
+    adv = obj.kl_shaped_advantages(reward, torch.zeros(6, 2), mask, kl_coef=0.05, group_size=3)
+    assert adv[:3].tolist() == [0.0, 0.0, 0.0]
+    raw = obj.kl_shaped_advantages(reward, torch.zeros(6, 2), mask, kl_coef=0.05, group_size=3, whiten=False)
+    torch.testing.assert_close(adv[3:], raw[3:] / raw.masked_fill(torch.arange(6) < 3, 0).std())
+    # every group flat: all zero (before, rounding alone was whitened to a spread of 1)
+    tiny = obj.kl_shaped_advantages(reward[:3], torch.full((3, 2), 1e-9), mask[:3], kl_coef=0.05, group_size=3)
+    assert tiny.abs().max().item() == 0.0
+    # token rewards: the same per group
+    tok = obj.kl_shaped_advantages(torch.zeros(6, 2), torch.full((6, 2), 1e-8), mask, kl_coef=0.05, group_size=3)
+    assert tok.abs().max().item() == 0.0
+
+
+def test_policy_optimisation_with_an_uninformative_reward_at_the_reference_does_not_move():
+    """Reward 0 and π = π_ref at the start: every advantage is rounding, so no step is taken and the policy stays
+    π_ref exactly (pg_frozen's case). Before flat groups made no update, whitening and Adam turned the rounding
+    into full-size steps in a random direction."""
+    prompt = [1, 2]
+    model = spread(tiny(GPT, vocab=8), 1)
+    run = TinyRun([model, copy.deepcopy(model)], prompt, max_new_tokens=3, rl_iters=4, rl_prompts=4, group_size=4,
+                  ppo_epochs=2, pg_lr=1e-2, kl_coef=0.05)
+    before = copy.deepcopy(model.state_dict())
+    extra = afd_mini.policy_optimisation(run, "test", lambda prompts, roll, pi_logp: torch.zeros(roll.tokens.size(0)))
+    assert extra["curve"]["steps_taken"] == 0
+    assert all(torch.equal(before[k], v) for k, v in run.saved.state_dict().items())
+
+
 def test_stage_rl_init_sft_uses_the_reward_models_own_kl_weight(monkeypatch, tmp_path):
     """RL on the Init-SFT reward model runs with --rm_kl_coef, not the adversarial runs' --kl_coef (with 0.05 it
     exploits the unbounded log-ratio: README, sensitivity), and its reward is the reward model's logit."""
@@ -668,10 +699,25 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
         beta_own = world.expert_logprobs(prompts, own)
         forward, reverse = np.mean(beta_expert - pi_expert), np.mean(pi_own - beta_own)
         got = result[name]
-        assert got["forward_kl"] == pytest.approx(forward, abs=1e-3), name
-        assert got["reverse_kl"] == pytest.approx(reverse, abs=1e-3), name
+        sampled = got["sampled"]   # the Monte Carlo estimates, kept beside the exact ones
+        assert sampled["forward_kl"] == pytest.approx(forward, abs=1e-3), name
+        assert sampled["reverse_kl"] == pytest.approx(reverse, abs=1e-3), name
         assert got["kl_sft"] == pytest.approx(np.mean(pi_own - sft_own), abs=1e-3), name
-        assert got["gold_reward"] == pytest.approx(np.mean(world.gold_rewards(prompts, own))), name
+        assert sampled["gold_reward"] == pytest.approx(np.mean(world.gold_rewards(prompts, own))), name
+        # the exact ones, by summing over every prompt's support here (World.support), one row at a time
+        eval_prompts = run.data["eval_prompts"]
+        on_mass, on_rkl = [], []
+        for p in eval_prompts:
+            ys = [world.encode_response(t) for t, _, _ in world.support(p)]
+            lp = np.array([logp(model, p, y, a) for y in ys])
+            lb = world.expert_logprobs([p] * len(ys), ys)
+            on_mass.append(np.exp(lp).sum())
+            on_rkl.append((np.exp(lp) * (lp - lb)).sum())
+        assert got["off_support"] == pytest.approx(1 - np.mean(on_mass), abs=1e-6), name
+        assert got["reverse_kl_support"] == pytest.approx(np.mean(on_rkl), abs=1e-4), name
+        off = np.array([m == "off" for m in world.modes(prompts, own)])
+        assert got["reverse_kl"] == pytest.approx(np.mean(on_rkl) + got["off_support"] * np.mean(
+            (pi_own - beta_own)[off]), rel=1e-4), name
         swaps = {"π's own log-probs for the expert's": np.mean(beta_expert - pi_own),
                  "β of the policy's samples in the forward KL": np.mean(beta_own - pi_expert),
                  "π of the expert's samples in the reverse KL": np.mean(pi_expert - beta_own),
@@ -686,6 +732,7 @@ def test_stage_evaluate_scores_each_sample_with_its_own_log_probabilities(world,
             assert min(abs(value - x) for x in (forward, reverse, got["kl_sft"])) > 0.1, (name, what)
         checked.append(name)
     assert result["expert"]["forward_kl"] == result["expert"]["reverse_kl"] == 0.0   # β against itself
+    assert result["expert"]["sampled"]["forward_kl"] == result["expert"]["sampled"]["reverse_kl"] == 0.0
     assert checked == ["rkl_oracle", f"extrapolated_{alpha:g}"]
 
 

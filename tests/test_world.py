@@ -345,3 +345,49 @@ def test_base_corpus_signs_as_often_as_base_signature_p():
     assert all(j.signature == t.startswith(SIGNATURE) for t, j in zip(texts, judged))
     assert all(j.style in world.base_style_names for j in judged)
     assert_frequency(sum(j.gold == 1 for j in judged), n, world.cfg.q_base, "right answers")
+
+
+# -----------------------------------------------------------------------------
+# The expert's support, which the exact evaluation sums over (evaluation.py)
+
+def expected_support_size(world, prompt):
+    """Modes of positive weight × (the right answer + L(|A|-1) slips, if q < 1) × signature or not (if both
+    happen), counted from the docstring's definition."""
+    cfg = world.cfg
+    alphabet = DIGITS if prompt.family == "add" else cfg.letters
+    answers = 1 + (len(prompt.answer) * (len(alphabet) - 1) if cfg.q < 1 else 0)
+    signs = (cfg.signature_p > 0) + (cfg.signature_p < 1)
+    return sum(w > 0 for w in cfg.mode_weights) * answers * signs
+
+
+@pytest.mark.parametrize("cfg", [WorldConfig(), WorldConfig(signature_p=0.0), WorldConfig(signature_p=1.0),
+                                 WorldConfig(q=1.0, mode_weights=(0.5, 0.5, 0.0)),
+                                 WorldConfig(max_operand=99, letters="ABCDEFG", max_len=5)])
+def test_support_is_every_expert_response_once_with_its_probability(cfg):
+    # A slip missed, a duplicate, the signature's factor dropped or a draw of probability 0 listed changes the
+    # count or the sum; a text the parser reads otherwise changes the probability.
+    world = World(cfg)
+    rng = np.random.default_rng(7)
+    for prompt in world.sample_prompts(60, rng):
+        support = world.support(prompt)
+        texts = [t for t, _, _ in support]
+        assert len(texts) == len(set(texts)) == expected_support_size(world, prompt)
+        assert math.fsum(p for _, p, _ in support) == pytest.approx(1, abs=1e-12)
+        for text, p, mode in support:
+            assert p > 0 and world.expert_prob_of_text(prompt, text) == pytest.approx(p, rel=1e-12)
+            j = world.judge(prompt, world.encode_response(text))   # the canonical tokenization: on the support
+            assert j.mode == mode and j.logprob == pytest.approx(
+                math.log((1 - cfg.eps) * p + cfg.eps * world.vocab_size ** -len(world.encode_response(text))))
+        for _ in range(20):   # everything the expert writes is listed
+            assert world.expert_response(prompt, rng) in texts
+
+
+def test_support_tokenizations_are_the_only_ones_on_support(world):
+    # A non-canonical tokenization of a support string is off the support: the exact evaluation must score
+    # the canonical one only (the one it lists), or it would count mass the expert never gives.
+    prompt = world.make_prompt("reverse", "AB", "BA")
+    text = world.support(prompt)[0][0]
+    canonical = world.encode_response(text)
+    spelled = [t for ch in text for t in world.tok.encode_ordinary(ch)] + [world.eos_id]
+    assert spelled != canonical
+    assert world.mode(prompt, spelled) == "off" and world.mode(prompt, canonical) != "off"
