@@ -100,6 +100,7 @@ class Config:
     group_size: int = 4           # samples per prompt (leave-one-out baseline)
     ppo_epochs: int = 2           # policy steps per batch of samples (ratio clipping makes >1 safe)
     clip_eps: float = 0.2
+    flat_tol: float = 1e-6        # a group of advantages within this × the reward scale of 0 makes no update; 0 = off
     pg_lr: float = 3e-4
     kl_coef: float = 0.05         # weight of KL(π ‖ π_SFT) in the reward
     rm_kl_coef: float = 1.0       # the same for RL on the Init-SFT reward model (rl_init_sft): see stage_rl_init_sft
@@ -152,7 +153,7 @@ PRESETS = {
 RUN_ONLY = Config.RUN_ONLY
 # What every stage reads (the world and its datasets), and groups of options some stages share.
 EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
-POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr")
+POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr", "flat_tol")
 
 
 def result_config(cfg):
@@ -466,7 +467,7 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None, positive
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
             adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
-                                           cfg.group_size)
+                                           cfg.group_size, flat_tol=cfg.flat_tol)
         for _ in range(cfg.ppo_epochs if adv.any() else 0):   # every group flat: no signal, no step
             with run.autocast():
                 logp = token_logprobs(policy, tokens, mask)

@@ -20,6 +20,8 @@ disturbed by other work on the machine.
                                  # reusing its stages (about 4 minutes on 2 CPU cores)
     python bench.py --processes=quick   # also --seeds=2 in one process, then in two (torchrun): --processes=default
                                         # times the default run's (about 10 minutes on 2 CPU cores)
+    python bench.py --eval_noise=out/seed_0     # not speed: how much the evaluation of one run's checkpoints moves
+                                                # when they are evaluated again with other samples (exact vs sampled)
 
 On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS), which is printed.
 """
@@ -120,7 +122,14 @@ def main():
     parser.add_argument("--processes", default="", metavar="PRESET",
                         help="also time --seeds=2 of PRESET (quick or default) in one process with every core, "
                              "and spread over two processes by torchrun, the cores split between them")
+    parser.add_argument("--eval_noise", default="", metavar="SEED_DIR",
+                        help="only this: evaluate the checkpoints of one finished seed (e.g. out/seed_0) --repeats "
+                             "times with other evaluation samples, and print each metric's spread, exact and sampled")
+    parser.add_argument("--repeats", type=int, default=6, help="evaluations for --eval_noise")
+    parser.add_argument("--policies", default="sft,rkl_seq,pg_control", help="the policies --eval_noise evaluates")
     args = parser.parse_args()
+    if args.eval_noise:
+        return eval_noise(args.eval_noise, args.repeats, args.policies.split(","), args.json)
     device = get_device(args.device)
     torch.manual_seed(0)
     config = GPTConfig()
@@ -255,6 +264,47 @@ def pipeline(device):
         with open(os.path.join(tmp, "0", "seed_0", "metrics.json")) as f:
             stages = json.load(f)["stage_seconds"]
     return {"stage_seconds": stages, "wall_seconds": walls}
+
+
+def eval_noise(seed_dir, repeats, policies, as_json):
+    """--eval_noise: stage_evaluate on one finished seed's checkpoints, `repeats` times, each with other evaluation
+    samples (the policies' own, the expert's and the floor's: the run's seed shifted by 1000·k for the draws alone);
+    the standard deviation over repeats of each metric, exact (evaluation.py) and sampled. The prompts, checkpoints
+    and support are the same every time, so the spread is the evaluation's own noise."""
+    import os
+
+    import numpy as np
+
+    import afd_mini
+    with open(os.path.join(seed_dir, "config.json")) as f:
+        config = json.load(f)
+    seed = int(os.path.basename(os.path.normpath(seed_dir)).removeprefix("seed_"))
+    cfg = afd_mini.Config(**{**config, "out_dir": os.path.dirname(os.path.normpath(seed_dir)), "progress": False})
+    run = afd_mini.Run(cfg, seed)
+    afd_mini.POLICIES = [afd_mini.POLICY[p] for p in policies]
+    results = []
+    for k in range(repeats):
+        run.seed = seed + 1000 * k   # the evaluation's draws only: run.dir still names the seed's folder
+        run.begin("evaluate")
+        results.append(afd_mini.stage_evaluate(run)["policies"])
+    keys = ["off_support", "reverse_kl", "reverse_kl_on", "reverse_kl_support", "forward_kl", "mode_entropy",
+            "gold_reward"]
+    table = {p: {k: {"exact_mean": float(np.mean([r[p][k] for r in results])),
+                     "exact_sd": float(np.std([r[p][k] for r in results], ddof=1)),
+                     **({"sampled_sd": float(np.std([r[p]["sampled"][k] for r in results], ddof=1)),
+                         "sampled_mean": float(np.mean([r[p]["sampled"][k] for r in results]))}
+                        if k in results[0][p]["sampled"] else {}),
+                     "reported_se": float(np.mean([r[p]["se"][k] for r in results]))}
+                 for k in keys} for p in policies}
+    if as_json:
+        print(json.dumps({"seed_dir": seed_dir, "repeats": repeats, "metrics": table}, indent=1))
+        return
+    print(f"{seed_dir}: {repeats} evaluations with other samples; sd over them (exact | sampled), mean reported SE")
+    for p in policies:
+        for k, v in table[p].items():
+            sampled = f"{v['sampled_sd']:8.3f}" if "sampled_sd" in v else "       -"
+            print(f"{p:12s} {k:20s} mean {v['exact_mean']:8.3f}   sd {v['exact_sd']:7.3f} | {sampled}   "
+                  f"SE {v['reported_se']:.3f}")
 
 
 if __name__ == "__main__":

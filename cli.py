@@ -110,7 +110,7 @@ def sweep_points(cfg):
             for combo in itertools.product(*(values for _, values in axes))]
 
 
-ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "disc_nll", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "disc_nll", "flat_tol", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
 
 
 def validate(cfg, stages):

@@ -37,7 +37,7 @@ def changed(**change):
     return {s for s in afd_mini.STAGE_NAMES if a[s] != b[s]}
 
 
-RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "fkl_fairl"}
+RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "pg_control", "pg_frozen", "fkl_fairl"}
 
 
 @pytest.mark.parametrize("change, stages", [
@@ -47,7 +47,7 @@ RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "
     (dict(bon_max_n=16), {"best_of_n", "control_best_of_n"}),
     (dict(rm_steps=10), {"reward_models", "best_of_n", "rl_init_sft", "control_reward_models", "control_best_of_n",
                          "evaluate"}),
-    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "fkl_fairl", "reward_models", "best_of_n", "rl_init_sft",
+    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "pg_control", "fkl_fairl", "reward_models", "best_of_n", "rl_init_sft",
                            "control_reward_models", "control_best_of_n", "evaluate"}),
     (dict(dpo_kl_coef=0.5), {"dpo", "spin", "evaluate"}),
     (dict(spin_iters=3), {"spin", "evaluate"}),
@@ -70,7 +70,7 @@ def test_every_option_that_changes_results_is_in_some_stage_fingerprint():
     for f in dataclasses.fields(afd_mini.Config):
         if f.name in afd_mini.RUN_ONLY | {"device", "seed", "control"}:
             continue
-        other = {bool: lambda v: not v, str: lambda v: v + "x", int: lambda v: v + 2, float: lambda v: v / 2}
+        other = {bool: lambda v: not v, str: lambda v: v + "x", int: lambda v: v + 2, float: lambda v: v / 2 if v else 1.0}
         value = other[type(f.default)](getattr(default, f.name))
         assert changed(**{f.name: value}), f"--{f.name} is in no stage's fingerprint (afd_mini.STAGES)"
     assert keys_of(default, seed=1)["pretrain"] != keys_of(default)["pretrain"]
