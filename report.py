@@ -131,15 +131,17 @@ def _markdown(runs, mean, std, effects, figures, notes, err_label):
     pol = mean.get("policies", {})
     if pol:
         cols = [("forward_kl", "forward KL(β‖π)"), ("reverse_kl", "reverse KL(π‖β)"),
-                ("kl_sft", "KL(π‖π_SFT)"), ("off_support", "off-support"),
-                ("mode_entropy", "mode entropy"), ("distinct", "distinct"),
-                ("gold_reward", "gold reward"), ("length", "length")]
+                ("reverse_kl_on", "KL on the support"), ("off_support", "off-support"),
+                ("mode_entropy", "mode entropy"), ("gold_reward", "gold reward"), ("kl_sft", "KL(π‖π_SFT)"),
+                ("distinct", "distinct"), ("length", "length")]
         rows = [[f"{policy_label(p, mean)} (`{p}`)"] +
                 [fmt(pol[p][c], get(std, "policies", p, c)) if c in pol[p] else "—" for c, _ in cols]
                 for p in _policy_order(pol)]
-        lines += ["## Policies", "", "Sampled on held-out prompts. KLs are exact-likelihood Monte "
-                  "Carlo estimates in nats per response; mode entropy in nats; distinct = fraction of "
-                  "distinct responses per prompt; length in tokens.", ""]
+        lines += ["## Policies", "", "On held-out prompts, exact by enumeration of the expert's support "
+                  "(evaluation.py): the off-support rate, the KL on the support KL(π(·|on) ‖ β(·|on)), the mode "
+                  "entropy and the forward KL's support share; the reverse KL's and gold reward's off-support "
+                  "remainder, the forward KL's floor share, KL(π‖π_SFT), distinct (the fraction of distinct "
+                  "responses per prompt) and length (tokens) from samples. KLs in nats per response.", ""]
         lines += _table(["policy"] + [label for _, label in cols], rows) + [""]
 
     lines += _effects_section(effects, k)
@@ -147,14 +149,17 @@ def _markdown(runs, mean, std, effects, figures, notes, err_label):
     if cal:
         names = [m for m in ADVERSARIAL if m in cal] + sorted(m for m in cal if m not in ADVERSARIAL)
         rows = [[f"{policy_label(m, mean)} (`{m}`)"] +
-                [fmt(get(cal, m, k), get(std, "calibration", m, k)) for k in ("spearman", "pearson",
-                                                                                  "auc_off_support")]
+                [fmt(get(cal, m, k), get(std, "calibration", m, k))
+                 for k in ("spearman_learned", "spearman", "spearman_untrained", "auc_off_support")]
                 for m in names]
         lines += ["## Discriminator calibration", "",
-                  "The discriminator's logit h on its final policy's samples against the exact log β − log π "
-                  "(summed over tokens for a token-level D). AUC: how well h separates the policy's on-support "
-                  "samples (higher) from its off-support ones; 0.5 is chance.", ""]
-        lines += _table(["method", "Spearman ρ", "Pearson r", "AUC on/off support"], rows) + [""]
+                  "On each final policy's samples. Learned: what the discriminator learned, log q_φ − log π_SFT, "
+                  "against its target log β − log π_SFT (a scalar head: h against log β − log π). h: the whole "
+                  "logit log q_φ − log π against log β − log π; both contain −log π, so an untrained "
+                  "discriminator (q_φ = π_SFT) already ranks them (untrained). AUC: how well h separates the "
+                  "policy's on-support samples (higher) from its off-support ones; 0.5 is chance.", ""]
+        lines += _table(["method", "Spearman ρ, learned", "Spearman ρ, h", "Spearman ρ, untrained",
+                         "AUC on/off support"], rows) + [""]
 
     if mean.get("bon") and mean.get("demonstrations"):
         lines += _bon_table(mean, std, "Best-of-N", get(mean, "config", "bon_plausibility"))
