@@ -85,18 +85,23 @@ class TreeBatch:
     mask: torch.Tensor     # (B, 1, W, W) token i sees token j
     parent: torch.Tensor   # (B, W) flat index (b·W + parent) of the logits that predict each token
     paths: torch.Tensor    # (R, L) flat indices of each response's tokens; B·W (a zero) pads
+    responses: torch.Tensor  # (R,) which response of all the trees' each path is
 
 
 def tree_batches(trees, device, budget=8192):
-    """TreeBatches of about `budget` tokens each, the trees in order (so the responses stay in order)."""
+    """TreeBatches of about `budget` tokens each. Trees of similar size go together (sorted by size), so that
+    little is padding; `responses` says where each one's responses belong."""
+    first = np.cumsum([0] + [len(t.paths) for t in trees])   # each tree's first response
+    order = sorted(range(len(trees)), key=lambda i: len(trees[i].tokens))
     batches, start = [], 0
-    while start < len(trees):
+    while start < len(order):
         stop, width = start, 0
-        while stop < len(trees) and (stop == start or max(width, len(trees[stop].tokens)) * (stop - start + 1)
+        while stop < len(order) and (stop == start or len(trees[order[stop]].tokens) * (stop - start + 1)
                                      <= budget):
-            width = max(width, len(trees[stop].tokens))
+            width = len(trees[order[stop]].tokens)   # the largest so far: sorted
             stop += 1
-        chunk = trees[start:stop]
+        chunk = [trees[i] for i in order[start:stop]]
+        responses = torch.tensor([r for i in order[start:stop] for r in range(first[i], first[i + 1])])
         B, W = len(chunk), width
         idx, pos = torch.zeros(B, W, dtype=torch.long), torch.zeros(B, W, dtype=torch.long)
         parent = torch.arange(B * W).view(B, W)
@@ -114,22 +119,22 @@ def tree_batches(trees, device, budget=8192):
         j = torch.arange(W)
         mask = (j[None, None, :] <= j[None, :, None]) & (j[None, :, None] < end[:, None, :])
         batches.append(TreeBatch(idx.to(device), pos.to(device), mask[:, None].to(device), parent.to(device),
-                                 paths.to(device)))
+                                 paths.to(device), responses))
         start = stop
     return batches
 
 
 @torch.no_grad()
 def tree_logprobs(model, batches):
-    """log π(y|x) of every response of every tree, in order: (R,) float32 on the CPU. model: anything token_logprobs
-    scores (a GPT; an Extrapolated, whose logits are log-probs)."""
-    out = []
+    """log π(y|x) of every response of every tree, in the trees' order: (R,) float32 on the CPU. model: anything
+    token_logprobs scores (a GPT; an Extrapolated, whose logits are log-probs)."""
+    out = torch.zeros(sum(len(tb.responses) for tb in batches))
     for tb in batches:
         logits = model(tb.idx, pos=tb.pos, mask=tb.mask)[0]
         logp = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)                # (B·W, V)
         node = logp[tb.parent.flatten(), tb.idx.flatten()]                        # log π(token | its ancestors)
-        out.append(torch.cat([node, node.new_zeros(1)])[tb.paths].sum(-1))
-    return torch.cat(out).float().cpu()
+        out[tb.responses] = torch.cat([node, node.new_zeros(1)])[tb.paths].sum(-1).float().cpu()
+    return out
 
 
 @dataclass
