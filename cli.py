@@ -159,6 +159,10 @@ def validate(cfg, stages):
         get_device(cfg.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if not cfg.out_dir:   # "" is no directory: os.makedirs("") fails, and the cache would fill the current one
+        raise UsageError("--out_dir=: empty; name a directory, e.g. --out_dir=out")
+    if not cfg.cache:
+        raise UsageError("--cache=: empty; allowed are auto, off or a directory")
     for key in ["out_dir"] + ["cache"] * (cfg.cache not in ("auto", "off")):
         file = next((p for p in parents(getattr(cfg, key)) if os.path.exists(p) and not os.path.isdir(p)), None)
         if file is not None:

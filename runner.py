@@ -332,8 +332,11 @@ def lock_out_dir(out_dir):
         import fcntl
     except ImportError:
         return None
-    os.makedirs(out_dir, exist_ok=True)
-    f = open(os.path.join(out_dir, ".lock"), "w")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(os.path.join(out_dir, ".lock"), "w")
+    except OSError as e:   # /proc/x, a read-only disk: bad input, found here because only writing tells
+        raise UsageError(f"{out_dir}: cannot write there ({e.strerror}); use another --out_dir") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -75,3 +75,24 @@ def test_non_finite_numbers_and_a_directory_under_a_file_are_refused(arg, words,
     assert len(lines) == 1 and captured.out == "", captured.err
     assert all(w in lines[0] for w in words), lines[0]
     assert not out.exists() and a_file.read_text() == "not a directory"
+
+
+PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--out_dir=", ["--out_dir=", "empty"]),
+    ("--cache=", ["--cache=", "auto, off or a directory"]),
+    pytest.param("--out_dir=/proc/afd", ["/proc/afd: cannot write there", "another --out_dir"], marks=PROC),
+])
+def test_bad_paths_are_refused_and_create_nothing(arg, words, tmp_path, monkeypatch, capsys):
+    """--out_dir= and --out_dir=/proc/afd used to be FileNotFoundError tracebacks, and --cache= filled the current
+    directory with cache entries. Nothing is created, in the current directory either."""
+    monkeypatch.chdir(tmp_path)
+    argv = [arg] + (["--out_dir=out"] if "out_dir" not in arg else [])
+    assert afd_mini.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and captured.out == "", captured.err
+    assert lines[0].startswith("afd_mini: error: ") and all(w in lines[0] for w in words), lines[0]
+    assert os.listdir(tmp_path) == []
