@@ -110,6 +110,10 @@ def sweep_points(cfg):
             for combo in itertools.product(*(values for _, values in axes))]
 
 
+# Counts no experiment needs, refused before a MemoryError or an overflow deep inside a stage.
+MAX_SEEDS = 10_000        # docs/RESULTS.md's study is 10 seeds; each seed is a whole run of every stage
+MAX_SEED = 2**32 - 1      # numpy's classic seed range; torch's generators take seed × 100003 (sampling_seed), < 2^63
+
 ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
 
 
@@ -124,6 +128,11 @@ def validate(cfg, stages):
             continue
         if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
             raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
+    if cfg.seeds > MAX_SEEDS:
+        raise UsageError(f"--seeds={cfg.seeds}: allowed are 1 to {MAX_SEEDS} (each seed is a whole run; "
+                         "docs/RESULTS.md's study is 10)")
+    if cfg.seed + cfg.seeds - 1 > MAX_SEED:
+        raise UsageError(f"--seed={cfg.seed}: the seeds run from --seed to --seed + --seeds - 1, at most {MAX_SEED}")
     choices = {"disc": ("airl", "scalar"), "device": ("auto", "cpu", "cuda", "mps"),
                "dtype": ("auto", "bfloat16", "float32")}
     for key, allowed in choices.items():

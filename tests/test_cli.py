@@ -84,10 +84,13 @@ PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here
     ("--out_dir=", ["--out_dir=", "empty"]),
     ("--cache=", ["--cache=", "auto, off or a directory"]),
     pytest.param("--out_dir=/proc/afd", ["/proc/afd: cannot write there", "another --out_dir"], marks=PROC),
+    ("--seeds=1000000000000", ["--seeds=1000000000000", "1 to 10000"]),
+    ("--seed=99999999999999999999", ["--seed=99999999999999999999", "at most 4294967295"]),
 ])
-def test_bad_paths_are_refused_and_create_nothing(arg, words, tmp_path, monkeypatch, capsys):
-    """--out_dir= and --out_dir=/proc/afd used to be FileNotFoundError tracebacks, and --cache= filled the current
-    directory with cache entries. Nothing is created, in the current directory either."""
+def test_bad_paths_and_absurd_counts_are_refused_and_create_nothing(arg, words, tmp_path, monkeypatch, capsys):
+    """--out_dir= and --out_dir=/proc/afd used to be FileNotFoundError tracebacks, --cache= filled the current
+    directory with cache entries, --seeds=10^12 was a MemoryError and --seed=10^20 an overflow in a stage. Nothing
+    is created, in the current directory either."""
     monkeypatch.chdir(tmp_path)
     argv = [arg] + (["--out_dir=out"] if "out_dir" not in arg else [])
     assert afd_mini.main(argv) == 2
