@@ -206,9 +206,13 @@ def restore(run, stage, key, fp, root, log):
     return meta["origin"]
 
 
+UNWRITABLE = set()   # cache folders a stage could not be copied into: said once, then not tried again this run
+
+
 def store(run, stage, key, fp, root, log):
-    """Copy a finished stage into the cache (best effort: a cache that cannot be written is only a notice)."""
-    if root is None:
+    """Copy a finished stage into the cache (best effort: a cache that cannot be written is one notice, the first
+    time, and no more tries this run; a cache that can still be read still gives what it holds)."""
+    if root is None or root in UNWRITABLE:
         return
     entry, tmp = os.path.join(root, key), os.path.join(root, f"{key}.tmp{os.getpid()}")
     try:
@@ -221,7 +225,8 @@ def store(run, stage, key, fp, root, log):
         os.replace(tmp, entry)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"seed {run.seed} · {stage.name}: not cached ({e})")
+        UNWRITABLE.add(root)
+        log(f"cache {root} is not writable ({e}); finished stages are not cached this run")
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -518,6 +523,7 @@ def launch(prog, parse, begin, work, end):
     After each step the ranks agree whether to go on: every rank reaches every agreement, failed or not, so a
     rank that fails stops the others at the next one. Returns the exit status."""
     ranks = Ranks()
+    UNWRITABLE.clear()   # a run of its own (a notebook's second): a cache fixed since the last one is tried again
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if ranks.rank else contextlib.nullcontext()
     with contextlib.ExitStack() as stack:
         stack.enter_context(quiet)

@@ -179,6 +179,34 @@ def test_a_stage_that_sees_a_non_finite_number_fails_in_one_line(tmp_path):
     assert not os.path.exists(os.path.join(run.dir, "bad.json"))
 
 
+@pytest.mark.parametrize("where", ["under_a_file", pytest.param("/proc/afd", marks=pytest.mark.skipif(
+    not os.path.isdir("/proc/self"), reason="no /proc here"))])
+def test_a_cache_that_cannot_be_written_is_one_notice_and_the_run_goes_on(where, tmp_path):
+    """It used to be a notice at every stage of every seed (36 lines)."""
+    (tmp_path / "a_file").write_text("")
+    cache = str(tmp_path / "a_file" / "cache") if where == "under_a_file" else where
+    calls, lines = [], []
+    for out in ("one", "two"):   # two seeds' worth of stages
+        assert toy(str(tmp_path / out), toy_cfg(cache=cache), calls, lines)["b"]["value"] == 2
+    notices = [line for line in lines if "cache" in line]
+    assert calls == ["a", "b", "c"] * 2 and len(notices) == 1, lines
+    assert notices[0].startswith(f"cache {cache} is not writable (") and \
+        notices[0].endswith("); finished stages are not cached this run"), notices
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+def test_the_pipeline_with_an_unwritable_cache_says_so_once_per_run(tmp_path, capsys):
+    argv = [f"--out_dir={tmp_path}", "--quick", "--pretrain_steps=5", "--sft_steps=5", "--stop_after=sft",
+            "--progress=false", "--cache=/proc/afd"]
+    assert afd_mini.main(argv) == 0
+    err = capsys.readouterr().err
+    notice = ("cache /proc/afd is not writable ([Errno 2] No such file or directory: '/proc/afd'); finished stages "
+              "are not cached this run")
+    assert [line for line in err.splitlines() if "cache" in line] == [notice], err
+    assert afd_mini.main([*argv, "--redo=sft"]) == 0   # the next run (a notebook's) tries again, and says so again
+    assert [line for line in capsys.readouterr().err.splitlines() if "cache" in line] == [notice]
+
+
 # -----------------------------------------------------------------------------
 # one run at a time in an output directory
 
