@@ -110,6 +110,12 @@ def sweep_points(cfg):
             for combo in itertools.product(*(values for _, values in axes))]
 
 
+# Counts no experiment needs, refused before a MemoryError or an overflow deep inside a stage.
+MAX_SEEDS = 10_000        # docs/RESULTS.md's study is 10 seeds; each seed is a whole run of every stage
+MAX_SEED = 2**32 - 1      # numpy's classic seed range; torch's generators take seed × 100003 (sampling_seed), < 2^63
+MAX_SAMPLES = 1 << 22     # samples one stage draws: 32 times the gpu preset's largest batch (Best-of-N's 512 × 256)
+MEMORY_IF_UNKNOWN = 16 * 2**30   # bytes, where the system does not say how much it has (Windows)
+
 ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "disc_nll", "flat_tol", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
 
 
@@ -124,6 +130,11 @@ def validate(cfg, stages):
             continue
         if v < 0 or (v == 0 and f.name not in ZERO_ALLOWED):
             raise UsageError(f"--{f.name}={v}: must be {'≥ 0' if f.name in ZERO_ALLOWED else 'positive'}")
+    if cfg.seeds > MAX_SEEDS:
+        raise UsageError(f"--seeds={cfg.seeds}: allowed are 1 to {MAX_SEEDS} (each seed is a whole run; "
+                         "docs/RESULTS.md's study is 10)")
+    if cfg.seed + cfg.seeds - 1 > MAX_SEED:
+        raise UsageError(f"--seed={cfg.seed}: the seeds run from --seed to --seed + --seeds - 1, at most {MAX_SEED}")
     choices = {"disc": ("airl", "scalar"), "device": ("auto", "cpu", "cuda", "mps"),
                "dtype": ("auto", "bfloat16", "float32")}
     for key, allowed in choices.items():
@@ -151,19 +162,54 @@ def validate(cfg, stages):
         raise UsageError(f"--n_head={cfg.n_head} does not divide --n_embd={cfg.n_embd}: each head gets an equal "
                          "share of the embedding")
     try:
-        World(cfg.world_config(), load_tokenizer())   # some limits need the world itself (the longest response)
+        world = World(cfg.world_config(), load_tokenizer())   # some limits need the world (the longest response)
     except ValueError as e:   # name the option the user typed, not the world's field
         raise UsageError(str(e).replace("WorldConfig.max_response_tokens", "--max_new_tokens")
                          .replace("WorldConfig.", "--")) from None
+    check_batches(cfg, world.vocab_size)
     try:
         get_device(cfg.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if not cfg.out_dir:   # "" is no directory: os.makedirs("") fails, and the cache would fill the current one
+        raise UsageError("--out_dir=: empty; name a directory, e.g. --out_dir=out")
+    if not cfg.cache:
+        raise UsageError("--cache=: empty; allowed are auto, off or a directory")
     for key in ["out_dir"] + ["cache"] * (cfg.cache not in ("auto", "off")):
         file = next((p for p in parents(getattr(cfg, key)) if os.path.exists(p) and not os.path.isdir(p)), None)
         if file is not None:
             raise UsageError(f"--{key}={getattr(cfg, key)}: {file} is a file, not a directory; name a directory"
                              + ("; allowed are auto, off or a directory" if key == "cache" else ""))
+
+
+def memory_bytes():
+    """This machine's memory in bytes (MEMORY_IF_UNKNOWN where the system does not say)."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_IF_UNKNOWN
+    return pages * size if pages > 0 and size > 0 else MEMORY_IF_UNKNOWN
+
+
+def check_batches(cfg, vocab_size):
+    """Refuse the batches of samples that cannot be drawn: more than MAX_SAMPLES in one stage, whatever the machine,
+    or a policy-gradient batch whose logits alone outgrow this machine's memory. That batch is sampled and scored
+    whole; the others are sampled and scored in chunks of 512, so that only their token lists grow with them."""
+    batches = [(("rl_prompts", "group_size"), "per policy-gradient batch"), (("n_eval", "eval_samples"),
+               "per policy in evaluate"), (("bon_prompts", "bon_max_n"), "in best_of_n"),
+               (("rm_samples",), "of π_init and of π_SFT each in reward_models")]
+    for keys, where in batches:
+        n = math.prod(getattr(cfg, k) for k in keys)
+        if n > MAX_SAMPLES:
+            raise UsageError(f"{' × '.join(f'--{k}={getattr(cfg, k)}' for k in keys)}: {n} samples {where}; at "
+                             f"most {MAX_SAMPLES} at once (32 times the gpu preset's most, best_of_n's 512 × 256)")
+    n = cfg.rl_prompts * cfg.group_size
+    need, have = n * cfg.max_new_tokens * vocab_size * 4, memory_bytes()   # float32 logits of full-length responses
+    if need > have:
+        raise UsageError(f"--rl_prompts={cfg.rl_prompts} × --group_size={cfg.group_size}: the logits of a policy-"
+                         f"gradient batch of {n} responses of up to --max_new_tokens={cfg.max_new_tokens} tokens need "
+                         f"about {need / 2**30:.1f} GiB (× {vocab_size} tokens of vocabulary × 4 bytes), more than "
+                         f"this machine's {have / 2**30:.1f} GiB of memory")
 
 
 def parents(path):

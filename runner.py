@@ -17,7 +17,9 @@ This module knows nothing of the papers. Of a Run it asks only .cfg, .seed, .dev
 import ast
 import contextlib
 import dataclasses
+import errno
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -66,9 +68,13 @@ def seed_dir(out_dir, seed):
 
 def write_json(path, obj):
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)      # nor does a failed one (a full disk)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -200,9 +206,13 @@ def restore(run, stage, key, fp, root, log):
     return meta["origin"]
 
 
+UNWRITABLE = set()   # cache folders a stage could not be copied into: said once, then not tried again this run
+
+
 def store(run, stage, key, fp, root, log):
-    """Copy a finished stage into the cache (best effort: a cache that cannot be written is only a notice)."""
-    if root is None:
+    """Copy a finished stage into the cache (best effort: a cache that cannot be written is one notice, the first
+    time, and no more tries this run; a cache that can still be read still gives what it holds)."""
+    if root is None or root in UNWRITABLE:
         return
     entry, tmp = os.path.join(root, key), os.path.join(root, f"{key}.tmp{os.getpid()}")
     try:
@@ -215,7 +225,46 @@ def store(run, stage, key, fp, root, log):
         os.replace(tmp, entry)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"seed {run.seed} · {stage.name}: not cached ({e})")
+        UNWRITABLE.add(root)
+        log(f"cache {root} is not writable ({e}); finished stages are not cached this run")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# A full disk
+
+FULL = 1 << 20   # bytes: a disk with less room left than this is full, for a write that just failed
+
+
+def disk_full(error, directory):
+    """Whether error is a write in directory that failed for want of room: an OSError ENOSPC (EDQUOT: a full quota),
+    or a RuntimeError while the disk has no room left. torch.save raises the latter instead of ENOSPC, in words of
+    its own ("unexpected pos ...", "basic_ios::clear: iostream error", "file write failed"): the disk is asked."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, RuntimeError):
+        return False
+    try:
+        return shutil.disk_usage(directory).free < FULL
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def room(directory, what=""):
+    """The body writes in directory: a full disk there is one line naming it (StageError, exit status 1), with the
+    temporary files of the writes it interrupted (<file>.tmp in directory) removed, so that nothing is left
+    half-written and the same command, rerun once there is room, resumes. what: the work, for the line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e, directory):
+            raise
+        for tmp in glob.glob(os.path.join(glob.escape(directory), "*.tmp")):
+            if os.path.isfile(tmp):
+                os.remove(tmp)
+        reason = " ".join(f"{type(e).__name__}: {e}".split())   # one line, whatever torch's message holds
+        raise StageError(f"{directory}: the disk is full ({what + ': ' if what else ''}{reason}); free some space, "
+                         "then rerun the same command to resume") from None
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -280,20 +329,21 @@ def run_seed(stages, run_of, cfg, seed, always_reads, code, log):
             for later, r in zip(stages[i:], runs[i:]):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(r.dir, later.name + ".json"))
-        if i < first_redo and finished(run, stage, fp):
-            log(f"seed {seed} · {stage.name}: done earlier, skipped")
-        elif i < first_redo and (origin := restore(run, stage, key, fp, root, log)):
-            log(f"seed {seed} · {stage.name}: reused, same inputs as {origin}")
-        else:
-            try:
-                execute(run, stage, fp)
-            except UnreadableFile as e:
-                writer = next((s.name for s, r in zip(stages, runs) for f in s.writes
-                               if os.path.abspath(os.path.join(r.dir, f)) == os.path.abspath(e.path)), stage.name)
-                raise StageError(f"{e.path} does not load ({e.reason}); recompute it with --redo={writer}") \
-                    from None
-            store(run, stage, key, fp, root, log)
-            log(f"seed {seed} · {stage.name}: {read_results(run, stage)['seconds']:.1f} s")
+        with room(run.dir, f"stage {stage.name}"):
+            if i < first_redo and finished(run, stage, fp):
+                log(f"seed {seed} · {stage.name}: done earlier, skipped")
+            elif i < first_redo and (origin := restore(run, stage, key, fp, root, log)):
+                log(f"seed {seed} · {stage.name}: reused, same inputs as {origin}")
+            else:
+                try:
+                    execute(run, stage, fp)
+                except UnreadableFile as e:
+                    writer = next((s.name for s, r in zip(stages, runs) for f in s.writes
+                                   if os.path.abspath(os.path.join(r.dir, f)) == os.path.abspath(e.path)), stage.name)
+                    raise StageError(f"{e.path} does not load ({e.reason}); recompute it with --redo={writer}") \
+                        from None
+                store(run, stage, key, fp, root, log)
+                log(f"seed {seed} · {stage.name}: {read_results(run, stage)['seconds']:.1f} s")
         results[stage.name] = read_results(run, stage)
         if stage.name == cfg.stop_after:
             log(f"stopped after {stage.name} (--stop_after); rerun without it to resume")
@@ -332,8 +382,13 @@ def lock_out_dir(out_dir):
         import fcntl
     except ImportError:
         return None
-    os.makedirs(out_dir, exist_ok=True)
-    f = open(os.path.join(out_dir, ".lock"), "w")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(os.path.join(out_dir, ".lock"), "w")
+    except OSError as e:   # /proc/x, a read-only disk: bad input, found here because only writing tells
+        if disk_full(e, out_dir):
+            raise
+        raise UsageError(f"{out_dir}: cannot write there ({e.strerror}); use another --out_dir") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -464,16 +519,24 @@ def launch(prog, parse, begin, work, end):
         begin(cfg) → a context      on rank 0, held until the end: the output directory's guards
         work(cfg, ranks) → results  on every rank, its share; None: stopped early (--stop_after)
         end(cfg, [results, ...])    on rank 0, with every rank's results in rank order
+    (begin, work and end write under cfg.out_dir: a full disk there is one line, exit status 1.)
     After each step the ranks agree whether to go on: every rank reaches every agreement, failed or not, so a
     rank that fails stops the others at the next one. Returns the exit status."""
     ranks = Ranks()
+    UNWRITABLE.clear()   # a run of its own (a notebook's second): a cache fixed since the last one is tried again
     quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if ranks.rank else contextlib.nullcontext()
     with contextlib.ExitStack() as stack:
         stack.enter_context(quiet)
         cfg = None
 
+        def written(fn):   # once parsed: a full disk under the output directory is one line too
+            def body():
+                with room(cfg.out_dir) if cfg is not None else contextlib.nullcontext():
+                    return fn()
+            return body
+
         def step(fn, everywhere=True):
-            status, value, line = attempt(fn, prog) if everywhere or ranks.rank == 0 else (0, None, None)
+            status, value, line = attempt(written(fn), prog) if everywhere or ranks.rank == 0 else (0, None, None)
             outcomes = ranks.gather((status, line))
             if ranks.rank == 0:   # each failing rank's line once, and which rank it came from if not all did
                 for text in dict.fromkeys(line for _, line in outcomes if line):

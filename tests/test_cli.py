@@ -7,6 +7,8 @@ import sys
 import pytest
 
 import afd_mini
+import cli
+import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,3 +77,49 @@ def test_non_finite_numbers_and_a_directory_under_a_file_are_refused(arg, words,
     assert len(lines) == 1 and captured.out == "", captured.err
     assert all(w in lines[0] for w in words), lines[0]
     assert not out.exists() and a_file.read_text() == "not a directory"
+
+
+PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--out_dir=", ["--out_dir=", "empty"]),
+    ("--cache=", ["--cache=", "auto, off or a directory"]),
+    pytest.param("--out_dir=/proc/afd", ["/proc/afd: cannot write there", "another --out_dir"], marks=PROC),
+    ("--seeds=1000000000000", ["--seeds=1000000000000", "1 to 10000"]),
+    ("--seed=99999999999999999999", ["--seed=99999999999999999999", "at most 4294967295"]),
+    ("--group_size=100000000", ["--rl_prompts=16 × --group_size=100000000: 1600000000 samples", "at most 4194304"]),
+    ("--eval_samples=100000", ["--n_eval=256 × --eval_samples=100000: 25600000 samples", "at most 4194304"]),
+    ("--bon_max_n=1048576", ["--bon_prompts=64 × --bon_max_n=1048576: 67108864 samples", "at most 4194304"]),
+    ("--rm_samples=100000000", ["--rm_samples=100000000: 100000000 samples", "at most 4194304"]),
+])
+def test_bad_paths_and_absurd_counts_are_refused_and_create_nothing(arg, words, tmp_path, monkeypatch, capsys):
+    """--out_dir= and --out_dir=/proc/afd used to be FileNotFoundError tracebacks, --cache= filled the current
+    directory with cache entries, --seeds=10^12 was a MemoryError, --seed=10^20 an overflow in a stage, and a batch
+    of samples no machine holds a run of minutes first. Nothing is created, in the current directory either."""
+    monkeypatch.chdir(tmp_path)
+    argv = [arg] + (["--out_dir=out"] if "out_dir" not in arg else [])
+    assert afd_mini.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and captured.out == "", captured.err
+    assert lines[0].startswith("afd_mini: error: ") and all(w in lines[0] for w in words), lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_policy_gradient_batch_that_cannot_fit_in_memory_is_refused_with_its_estimate(tmp_path, monkeypatch, capsys):
+    """--group_size=100000 used to be accepted and run for minutes: a batch of 1,600,000 responses whose logits
+    alone need 86.4 GiB (16 × 100000 × 48 tokens × 302 × 4 bytes). Here on a machine of 16 GiB, whatever this one
+    has; what the project runs still fits."""
+    monkeypatch.setattr(cli, "memory_bytes", lambda: 16 * 2**30)
+    for arg, given in [("--group_size=100000", "--rl_prompts=16 × --group_size=100000"),
+                       ("--rl_prompts=100000", "--rl_prompts=100000 × --group_size=4")]:
+        assert afd_mini.main([arg, f"--out_dir={tmp_path / 'out'}"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"afd_mini: error: {given}: "), lines
+        assert "more than this machine's 16.0 GiB of memory" in lines[0], lines[0]
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(runner.UsageError, match=r"need about 86\.4 GiB \(× 302 tokens"):
+        afd_mini.parse_args(["--group_size=100000"])
+    for argv in ([], ["--preset=gpu"], ["--quick"]):
+        afd_mini.parse_args(argv)

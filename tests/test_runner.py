@@ -2,8 +2,11 @@
 it runs), running a stage table (skip, reuse, redo, stop), and the output directory's lock. The pipeline's own
 resume, reuse and corrupt-file behaviour, end to end, is in test_pipeline.py."""
 import dataclasses
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -176,6 +179,34 @@ def test_a_stage_that_sees_a_non_finite_number_fails_in_one_line(tmp_path):
     assert not os.path.exists(os.path.join(run.dir, "bad.json"))
 
 
+@pytest.mark.parametrize("where", ["under_a_file", pytest.param("/proc/afd", marks=pytest.mark.skipif(
+    not os.path.isdir("/proc/self"), reason="no /proc here"))])
+def test_a_cache_that_cannot_be_written_is_one_notice_and_the_run_goes_on(where, tmp_path):
+    """It used to be a notice at every stage of every seed (36 lines)."""
+    (tmp_path / "a_file").write_text("")
+    cache = str(tmp_path / "a_file" / "cache") if where == "under_a_file" else where
+    calls, lines = [], []
+    for out in ("one", "two"):   # two seeds' worth of stages
+        assert toy(str(tmp_path / out), toy_cfg(cache=cache), calls, lines)["b"]["value"] == 2
+    notices = [line for line in lines if "cache" in line]
+    assert calls == ["a", "b", "c"] * 2 and len(notices) == 1, lines
+    assert notices[0].startswith(f"cache {cache} is not writable (") and \
+        notices[0].endswith("); finished stages are not cached this run"), notices
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+def test_the_pipeline_with_an_unwritable_cache_says_so_once_per_run(tmp_path, capsys):
+    argv = [f"--out_dir={tmp_path}", "--quick", "--pretrain_steps=5", "--sft_steps=5", "--stop_after=sft",
+            "--progress=false", "--cache=/proc/afd"]
+    assert afd_mini.main(argv) == 0
+    err = capsys.readouterr().err
+    notice = ("cache /proc/afd is not writable ([Errno 2] No such file or directory: '/proc/afd'); finished stages "
+              "are not cached this run")
+    assert [line for line in err.splitlines() if "cache" in line] == [notice], err
+    assert afd_mini.main([*argv, "--redo=sft"]) == 0   # the next run (a notebook's) tries again, and says so again
+    assert [line for line in capsys.readouterr().err.splitlines() if "cache" in line] == [notice]
+
+
 # -----------------------------------------------------------------------------
 # one run at a time in an output directory
 
@@ -199,3 +230,99 @@ def test_a_finished_run_releases_its_lock_in_the_same_process(tmp_path):
     assert afd_mini.main(argv) == 0
     assert afd_mini.main(argv) == 0
     assert json.load(open(tmp_path / "seed_0" / "config.json"))["n_layer"] == 2
+
+
+# -----------------------------------------------------------------------------
+# a full disk: one line naming the folder, nothing half-written, the lock released, and the rerun resumes
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def torch_save_on_a_full_disk(*args, **kwargs):   # one of the things torch.save raises instead of ENOSPC
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+@pytest.mark.parametrize("error", [no_space, torch_save_on_a_full_disk])
+def test_a_full_disk_is_one_line_leaves_no_half_written_file_nor_the_lock_and_the_rerun_resumes(error, tmp_path,
+                                                                                                 monkeypatch, capsys):
+    """The disk fills while sft saves its checkpoint: that used to be a traceback of torch.save's RuntimeError with
+    sft.pt.tmp left behind. torch's words seldom say the disk is full: the disk itself is asked (here it says so)."""
+    real = afd_mini.save_checkpoint
+
+    def save(path, model, **extra):
+        if not path.endswith("sft.pt"):
+            return real(path, model, **extra)
+        with open(path + ".tmp", "wb") as f:
+            f.write(b"half a checkpoint")
+        error()
+    monkeypatch.setattr(afd_mini, "save_checkpoint", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))   # full, as it would be
+    out = tmp_path / "out"
+    argv = [f"--out_dir={out}", "--quick", "--pretrain_steps=5", "--sft_steps=5", "--stop_after=sft",
+            "--progress=false", "--cache=off"]
+    assert afd_mini.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"afd_mini: {out / 'seed_0'}: the disk is full (stage sft: "), err
+    assert err.strip().endswith("free some space, then rerun the same command to resume"), err
+    assert not glob.glob(str(out / "**" / "*.tmp"), recursive=True) and not (out / "seed_0" / "sft.pt").exists()
+    runner.lock_out_dir(str(out)).close()   # released
+    monkeypatch.undo()                       # space freed
+    assert afd_mini.main(argv) == 0
+    assert "seed 0 · pretrain: done earlier, skipped" in capsys.readouterr().err
+    assert torch.load(out / "seed_0" / "sft.pt", weights_only=False)["kind"] == "gpt"
+
+
+def test_a_full_disk_outside_a_stage_is_one_line_too(tmp_path, monkeypatch, capsys):
+    """Writing config.json, metrics.json or the report: the output directory named, exit status 1."""
+    monkeypatch.setattr(runner, "write_json", no_space)
+    out = tmp_path / "out"
+    assert afd_mini.main([f"--out_dir={out}", "--quick", "--cache=off"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"afd_mini: {out}: the disk is full (OSError: [Errno 28] No space left on device); free some "
+                     "space, then rerun the same command to resume"], lines
+    runner.lock_out_dir(str(out)).close()
+
+
+def test_torchs_words_alone_are_not_taken_for_a_full_disk(tmp_path):
+    """The same RuntimeError on a disk with room is a bug to see whole, not a full disk."""
+    stage = runner.Stage("s", lambda run: torch_save_on_a_full_disk(), (), (), ())
+    run = ToyRun(str(tmp_path), toy_cfg())
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        runner.run_seed([stage], lambda s: run, toy_cfg(), 0, (), runner.__file__, print)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB disk (tmpfs), mounted for the test: needs root and mount."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or not allowed)")
+    yield where
+    subprocess.run(["umount", "--lazy", str(where)], check=True)   # lazy: even while a failed write holds a file
+
+
+def test_a_really_full_disk(small_disk):
+    """torch.save on a real full disk (its RuntimeError, not ENOSPC): one line, no .tmp left, and once space is
+    freed the rerun resumes where it stopped."""
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * (3 << 19))   # 1.5 MiB of the 2
+    calls, lines = [], []
+
+    def big(run):
+        calls.append("big")
+        path = os.path.join(run.dir, "big.pt")   # written as model.save_checkpoint writes: elsewhere, then renamed
+        torch.save(torch.zeros(1 << 18), path + ".tmp")   # 1 MiB
+        os.replace(path + ".tmp", path)
+        return {}
+    stages = [toy_stages(calls)[0], runner.Stage("big", big, (), ("a",), ("big.pt",))]
+    run = ToyRun(str(small_disk / "out"), toy_cfg())
+    with pytest.raises(runner.StageError, match=rf"^{re.escape(run.dir)}: the disk is full \(stage big: RuntimeError: "):
+        runner.run_seed(stages, lambda s: run, toy_cfg(), 0, (), runner.__file__, lines.append)
+    assert calls == ["a", "big"] and sorted(os.listdir(run.dir)) == ["a.json", "a.pt"]
+    filler.unlink()
+    runner.run_seed(stages, lambda s: run, toy_cfg(), 0, (), runner.__file__, lines.append)
+    assert calls == ["a", "big", "big"] and "seed 0 · a: done earlier, skipped" in lines
