@@ -157,7 +157,7 @@ def effect_conditions(has_control=True):
     seeking = [("reverse_kl_on", "on-support reverse KL"), ("off_support", "off-support rate"),
                ("mode_entropy", "mode entropy")]
     for p in MODE_SEEKING:
-        for ref, what in [("sft", "π_SFT"), ("pg_control", "the control (pg_control)")]:
+        for ref, what in [("sft", "π_SFT"), ("pg_control", "the loop without demonstrations (pg_control)")]:
             effect = f"mode-seeking: {p} has lower on-support reverse KL, off-support rate and mode entropy than {what}"
             for key, label in seeking:
                 out.append((effect, label, f"{key}[{ref}] − {key}[{p}]",

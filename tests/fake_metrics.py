@@ -12,7 +12,7 @@ def _policy(fkl, rkl, off, freqs, gold):
     freqs = (1 - off) * freqs / freqs.sum()  # the mode fractions plus off-support sum to 1
     on = freqs / freqs.sum()
     entropy = float(-(on[on > 0] * np.log(on[on > 0])).sum())
-    return {"forward_kl": fkl, "reverse_kl": rkl, "off_support": off,
+    return {"forward_kl": fkl, "reverse_kl": rkl, "reverse_kl_on": rkl / 10, "off_support": off,
             "mode_freq": dict(zip(MODES, freqs.tolist())), "mode_entropy": entropy,
             "distinct": 0.9, "gold_reward": gold, "length": 12.0}
 
@@ -56,6 +56,12 @@ def fake_run(seed, control=True):
     for p in later.values():
         p["kl_sft"] = 2.5 + e2()
     policies.update(later)
+    rng3 = np.random.default_rng(seed + 2000)   # the controls, added later still
+    e3 = lambda: float(rng3.normal(0, 0.02))
+    policies["pg_control"] = _policy(3.5 + e3(), 6 + e3(), 0.08, [1, 1, 0.9, 0.8], 0.9 + e3())
+    policies["pg_frozen"] = dict(policies["sft"])
+    for name in ("pg_control", "pg_frozen"):
+        policies[name]["kl_sft"] = 1.0 + e3()
     bon = {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.05),
            "sft_demo": _bon(0.9 + e(), -0.02), "pairwise_bt": _bon(0.9 + e(), 0.1),
            "init_sft_optimum": _bon(0.9 + e(), 0.25), "init_sft_scalar": _bon(0.9 + e(), 0.1),
@@ -86,7 +92,8 @@ def fake_run(seed, control=True):
         "reward_models": {**{f"{m}_vs_optimum": {"pearson": 0.8 + e(), "spearman": 0.85 + e()}
                              for m in ["init_sft", "init_demo", "sft_demo", "init_sft_scalar"]},
                           "final_loss": {"init_sft": 0.6}},
-        "calibration": {m: {"pearson": 0.9 + e(), "spearman": 0.8 + e(), "auc_off_support": 0.7 + e()}
+        "calibration": {m: {"pearson": 0.9 + e(), "spearman": 0.8 + e(), "auc_off_support": 0.7 + e(),
+                            "spearman_untrained": 0.5, "spearman_learned": 0.4, "pearson_learned": 0.4}
                         for m in ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar"]},
         "calibration_points": {m: {"true": true.tolist(),
                                    "logit": (true * 0.8 + rng.normal(0, 1, 200)).tolist()}
@@ -95,7 +102,9 @@ def fake_run(seed, control=True):
                    "sft_loss": (2 * np.exp(-0.1 * np.arange(30)) + 0.8 + e()).tolist(),
                    "adversarial": adversarial},
     }
-    run["calibration"]["fkl_fairl"] = {"pearson": 0.9 + e2(), "spearman": 0.8 + e2(), "auc_off_support": 0.7 + e2()}
+    run["calibration"]["fkl_fairl"] = {"pearson": 0.9 + e2(), "spearman": 0.8 + e2(), "auc_off_support": 0.7 + e2(),
+                                       "spearman_untrained": 0.5, "spearman_learned": 0.4 + e3(),
+                                       "pearson_learned": 0.4}
     if control:  # without the signature the demonstration-based reward models catch up
         run["control"] = {"bon": {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.18),
                                   "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3),
