@@ -149,19 +149,24 @@ def effect_conditions(has_control=True):
         out.append((f"mass-covering: π_SFT has lower forward KL than {p}", "forward KL",
                     f"forward_kl[{p}] − forward_kl[sft]",
                     lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "sft", "forward_kl")))
-    # Reverse KL is mode-seeking: a lower KL(π ‖ β) within the support, less mass off it, fewer modes. Judged on the
-    # three exact numbers separately (evaluation.py), not on the whole reverse KL, which the off-support floor
-    # dominates. Within the support: KL(π(·|on) ‖ β(·|on)), a KL (≥ 0), not the part Σ_S π log(π/β) of the sum.
-    # Each against π_SFT, and against the control (pg_control: the same loop, its discriminator shown π_SFT's
-    # samples instead of demonstrations): what the demonstrations add to what the loop does by itself.
-    seeking = [("reverse_kl_on", "on-support reverse KL"), ("off_support", "off-support rate"),
-               ("mode_entropy", "mode entropy")]
+    # Reverse KL is mode-seeking: less mass off the expert's support, on fewer modes. Judged on the two exact numbers
+    # (evaluation.py), not on the whole reverse KL, which the off-support floor dominates and whose off-support part
+    # is sampled. Each against π_SFT, and against the control (pg_control: the same loop, its discriminator shown
+    # π_SFT's samples instead of demonstrations): what the demonstrations add to what the loop does by itself.
+    # Within the support mode-seeking concentrates: KL(π(·|on) ‖ β(·|on)) rises above SFT's (seeds 0-4 showed it
+    # for every reverse-KL policy, the exact oracle's most; fixed then, judged on 5-9: docs/RESULTS.md). The
+    # support's part of the reverse KL, Σ_S π log(π/β), rose likewise: what lowers the reverse KL is leaving the floor.
+    seeking = [("off_support", "off-support rate"), ("mode_entropy", "mode entropy")]
     for p in MODE_SEEKING:
         for ref, what in [("sft", "π_SFT"), ("pg_control", "the loop without demonstrations (pg_control)")]:
-            effect = f"mode-seeking: {p} has lower on-support reverse KL, off-support rate and mode entropy than {what}"
+            effect = f"mode-seeking: {p} has a lower off-support rate and mode entropy than {what}"
             for key, label in seeking:
                 out.append((effect, label, f"{key}[{ref}] − {key}[{p}]",
                             lambda r, p=p, key=key, ref=ref: pol(r, ref, key) - pol(r, p, key)))
+    for p in MODE_SEEKING:
+        out.append((f"mode-seeking concentrates: {p} spreads over the expert's support less like β than π_SFT does",
+                    "KL on the support", f"reverse_kl_on[{p}] − reverse_kl_on[sft]",
+                    lambda r, p=p: pol(r, p, "reverse_kl_on") - pol(r, "sft", "reverse_kl_on")))
     main, control = (lambda r: r), (lambda r: _need(r, "control"))   # the signed world and the control world
     in_control = lambda prefix: [(prefix, control)] if has_control else []
     for prefix, world in [("extrapolation", main), *in_control("control world: extrapolation")]:

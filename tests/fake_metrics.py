@@ -12,7 +12,7 @@ def _policy(fkl, rkl, off, freqs, gold):
     freqs = (1 - off) * freqs / freqs.sum()  # the mode fractions plus off-support sum to 1
     on = freqs / freqs.sum()
     entropy = float(-(on[on > 0] * np.log(on[on > 0])).sum())
-    return {"forward_kl": fkl, "reverse_kl": rkl, "reverse_kl_on": rkl / 10, "off_support": off,
+    return {"forward_kl": fkl, "reverse_kl": rkl, "reverse_kl_on": 1 / rkl, "off_support": off,
             "mode_freq": dict(zip(MODES, freqs.tolist())), "mode_entropy": entropy,
             "distinct": 0.9, "gold_reward": gold, "length": 12.0}
 

@@ -78,20 +78,20 @@ def test_every_effect_holds_on_good_metrics_with_fields_and_seed_counts():
     assert row["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half], abs=1e-3 * half)
     # the mode-seeking effects: three conditions and their combination, against π_SFT and against the control
     assert [e["condition"] for e in effects if e["effect"].startswith("mode-seeking: js has")] == \
-        ["on-support reverse KL", "off-support rate", "mode entropy", "all conditions"] * 2
+        ["off-support rate", "mode entropy", "all conditions"] * 2
     assert _row(effects, "mode-seeking: js", "pg_control", condition="off-support rate")["difference"] == \
         "off_support[pg_control] − off_support[js]"
 
 def test_a_clear_failure_and_noise_are_told_apart():
     runs = [fake_run(s) for s in range(5)]
-    # js's KL on the support far above SFT's on every seed: that condition does not hold, so neither does the effect
-    _set_all(runs, ["policies", "js", "reverse_kl_on"], [4.0, 4.1, 3.9, 4.2, 4.05])
+    # js's mode entropy far above SFT's on every seed: that condition does not hold, so neither does the effect
+    _set_all(runs, ["policies", "js", "mode_entropy"], [4.0, 4.1, 3.9, 4.2, 4.05])
     # rkl_tok's off-support rate on both sides of SFT's 0.15: noise
     _set_all(runs, ["policies", "rkl_tok", "off_support"], [0.10, 0.20, 0.12, 0.19, 0.13])
     effects = metrics.effects(runs)
     sft = "than π_SFT"
-    assert _row(effects, "mode-seeking: js", sft, condition="on-support reverse KL")["verdict"] == "does not hold"
-    assert _row(effects, "mode-seeking: js", sft, condition="on-support reverse KL")["seeds_holding"] == 0
+    assert _row(effects, "mode-seeking: js", sft, condition="mode entropy")["verdict"] == "does not hold"
+    assert _row(effects, "mode-seeking: js", sft, condition="mode entropy")["seeds_holding"] == 0
     assert _row(effects, "mode-seeking: js", sft, condition="all conditions")["verdict"] == "does not hold"
     noisy = _row(effects, "mode-seeking: rkl_tok", sft, condition="off-support rate")
     assert noisy["verdict"] == "inconclusive" and noisy["seeds_holding"] == 3
@@ -100,14 +100,14 @@ def test_a_clear_failure_and_noise_are_told_apart():
     assert _row(effects, "mode-seeking: rkl_seq has", sft, condition="all conditions")["verdict"] == "holds"
 
 def test_pairing_sees_an_effect_that_the_means_spread_hides():
-    # SFT's KL on the support swings by 2 nats from seed to seed, and rkl_seq's with it, 0.1 nat lower each time:
-    # unpaired, the two spreads overlap; paired, the difference is exactly 0.1 on every seed
+    # SFT's off-support rate swings by 0.2 from seed to seed, and rkl_seq's with it, 0.01 lower each time:
+    # unpaired, the two spreads overlap; paired, the difference is exactly 0.01 on every seed
     runs = [fake_run(s) for s in range(4)]
-    base = [1.0, 3.0, 1.5, 2.5]
-    _set_all(runs, ["policies", "sft", "reverse_kl_on"], base)
-    _set_all(runs, ["policies", "rkl_seq", "reverse_kl_on"], [b - 0.1 for b in base])
-    row = _row(metrics.effects(runs), "mode-seeking: rkl_seq has", "than π_SFT", condition="on-support reverse KL")
-    assert row["verdict"] == "holds" and row["ci95"] == pytest.approx([0.1, 0.1])
+    base = [0.1, 0.3, 0.15, 0.25]
+    _set_all(runs, ["policies", "sft", "off_support"], base)
+    _set_all(runs, ["policies", "rkl_seq", "off_support"], [b - 0.01 for b in base])
+    row = _row(metrics.effects(runs), "mode-seeking: rkl_seq has", "than π_SFT", condition="off-support rate")
+    assert row["verdict"] == "holds" and row["ci95"] == pytest.approx([0.01, 0.01])
 
 def test_best_of_n_is_judged_at_the_preregistered_n_not_the_best():
     runs = [fake_run(s) for s in range(3)]
@@ -144,5 +144,5 @@ def test_fewer_than_three_seeds_are_indicative_and_missing_inputs_not_checked():
     del runs[1]["policies"]["rkl_tok"]
     skipped = [e for e in metrics.effects(runs) if e["verdict"] == "not checked"]
     assert skipped and all("rkl_tok" in e["effect"] for e in skipped)
-    assert len(skipped) == 9   # mass-covering, and mode-seeking's three conditions and their combination, twice
+    assert len(skipped) == 8   # mass-covering, mode-seeking's two conditions and their combination twice, its price
 
