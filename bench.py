@@ -22,6 +22,8 @@ disturbed by other work on the machine.
                                         # times the default run's (about 10 minutes on 2 CPU cores)
     python bench.py --eval_noise=out/seed_0     # not speed: how much the evaluation of one run's checkpoints moves
                                                 # when they are evaluated again with other samples (exact vs sampled)
+    python bench.py --discriminators=out/seed_0  # not speed: each log-ratio discriminator's q_φ as a language model,
+                                                 # exactly: does the BCE push it off the expert's support?
 
 On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS), which is printed.
 """
@@ -127,7 +129,12 @@ def main():
                              "times with other evaluation samples, and print each metric's spread, exact and sampled")
     parser.add_argument("--repeats", type=int, default=6, help="evaluations for --eval_noise")
     parser.add_argument("--policies", default="sft,rkl_seq,pg_control", help="the policies --eval_noise evaluates")
+    parser.add_argument("--discriminators", default="", metavar="SEED_DIR",
+                        help="only this: the exact off-support mass and KLs of each AIRL-form discriminator's q_φ of "
+                             "one finished seed, beside π_SFT's")
     args = parser.parse_args()
+    if args.discriminators:
+        return discriminators(args.discriminators, args.json)
     if args.eval_noise:
         return eval_noise(args.eval_noise, args.repeats, args.policies.split(","), args.json)
     device = get_device(args.device)
@@ -271,16 +278,10 @@ def eval_noise(seed_dir, repeats, policies, as_json):
     samples (the policies' own, the expert's and the floor's: the run's seed shifted by 1000·k for the draws alone);
     the standard deviation over repeats of each metric, exact (evaluation.py) and sampled. The prompts, checkpoints
     and support are the same every time, so the spread is the evaluation's own noise."""
-    import os
-
     import numpy as np
 
     import afd_mini
-    with open(os.path.join(seed_dir, "config.json")) as f:
-        config = json.load(f)
-    seed = int(os.path.basename(os.path.normpath(seed_dir)).removeprefix("seed_"))
-    cfg = afd_mini.Config(**{**config, "out_dir": os.path.dirname(os.path.normpath(seed_dir)), "progress": False})
-    run = afd_mini.Run(cfg, seed)
+    run, seed = load_run(seed_dir)
     afd_mini.POLICIES = [afd_mini.POLICY[p] for p in policies]
     results = []
     for k in range(repeats):
@@ -305,6 +306,51 @@ def eval_noise(seed_dir, repeats, policies, as_json):
             sampled = f"{v['sampled_sd']:8.3f}" if "sampled_sd" in v else "       -"
             print(f"{p:12s} {k:20s} mean {v['exact_mean']:8.3f}   sd {v['exact_sd']:7.3f} | {sampled}   "
                   f"SE {v['reported_se']:.3f}")
+
+
+def load_run(seed_dir):
+    """The Run of one finished seed's folder (its config.json), and the seed."""
+    import os
+
+    import afd_mini
+    with open(os.path.join(seed_dir, "config.json")) as f:
+        config = json.load(f)
+    seed = int(os.path.basename(os.path.normpath(seed_dir)).removeprefix("seed_"))
+    cfg = afd_mini.Config(**{**config, "out_dir": os.path.dirname(os.path.normpath(seed_dir)), "progress": False})
+    return afd_mini.Run(cfg, seed), seed
+
+
+def discriminators(seed_dir, as_json):
+    """--discriminators: q_φ of each AIRL-form discriminator (a language model trained by the discriminator's BCE,
+    from a copy of π_SFT) evaluated exactly like a policy on the support (evaluation.py): P(off-support), the
+    forward KL's support share and the KL on the support, beside π_SFT's. The BCE can raise the margin by lowering
+    the likelihood of both classes, moving q_φ's mass off the support (likelihood displacement)."""
+    import os
+
+    import numpy as np
+
+    import afd_mini
+    import evaluation
+    run, _ = load_run(seed_dir)
+    support = evaluation.support_of(run.world, run.data["eval_prompts"], run.device)
+    rows = {}
+    names = ["sft"] + [m for m in afd_mini.ADVERSARIAL if os.path.exists(os.path.join(seed_dir, m + "_disc.pt"))]
+    for name in names:
+        model, extra = run.load("sft" if name == "sft" else name + "_disc")
+        if name != "sft" and extra.get("form") != "airl":
+            continue
+        log_q = evaluation.tree_logprobs(model, support.batches).numpy()
+        none = (np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))   # no samples: the sampled parts are left out
+        m = evaluation.exact_metrics(support, log_q, none, None, run.cfg.eps, run.world.mode_names)
+        rows["π_SFT" if name == "sft" else f"q_φ of {name}"] = {
+            "off_support": m["off_support"], "forward_kl_support": m["forward_kl"], "kl_on_support": m["reverse_kl_on"]}
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{seed_dir}: exact, on the evaluation prompts' support (the forward KL without the floor's share)")
+    for name, r in rows.items():
+        print(f"{name:18s} off-support {r['off_support']:.4f}  forward KL {r['forward_kl_support']:7.3f}  "
+              f"KL on the support {r['kl_on_support']:.3f}")
 
 
 if __name__ == "__main__":
