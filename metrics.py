@@ -149,6 +149,10 @@ def effect_conditions(has_control=True):
         out.append((f"mass-covering: π_SFT has lower forward KL than {p}", "forward KL",
                     f"forward_kl[{p}] − forward_kl[sft]",
                     lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "sft", "forward_kl")))
+    for p in MODE_SEEKING:   # ... and the loop alone (pg_control) moves away from it less than a mode-seeking reward
+        out.append((f"mass-covering: the loop without demonstrations (pg_control) has lower forward KL than {p}",
+                    "forward KL", f"forward_kl[{p}] − forward_kl[pg_control]",
+                    lambda r, p=p: pol(r, p, "forward_kl") - pol(r, "pg_control", "forward_kl")))
     # Reverse KL is mode-seeking: less mass off the expert's support, on fewer modes. Judged on the two exact numbers
     # (evaluation.py), not on the whole reverse KL, which the off-support floor dominates and whose off-support part
     # is sampled. Each against π_SFT, and against the control (pg_control: the same loop, its discriminator shown

@@ -58,7 +58,7 @@ def fake_run(seed, control=True):
     policies.update(later)
     rng3 = np.random.default_rng(seed + 2000)   # the controls, added later still
     e3 = lambda: float(rng3.normal(0, 0.02))
-    policies["pg_control"] = _policy(3.5 + e3(), 6 + e3(), 0.08, [1, 1, 0.9, 0.8], 0.9 + e3())
+    policies["pg_control"] = _policy(3.2 + e3(), 6 + e3(), 0.08, [1, 1, 0.9, 0.8], 0.9 + e3())
     policies["pg_frozen"] = dict(policies["sft"])
     for name in ("pg_control", "pg_frozen"):
         policies[name]["kl_sft"] = 1.0 + e3()

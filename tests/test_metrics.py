@@ -71,7 +71,7 @@ def test_every_effect_holds_on_good_metrics_with_fields_and_seed_counts():
     keys = {"effect", "condition", "verdict", "seeds_holding", "seeds", "diff_mean", "ci95"}
     assert all(keys <= set(e) for e in effects)
     assert all(e["seeds"] == 5 and e["seeds_holding"] == 5 for e in effects)
-    row = _row(effects, "mass-covering", "than rkl_seq")
+    row = _row(effects, "mass-covering: π_SFT", "than rkl_seq")
     diffs = [r["policies"]["rkl_seq"]["forward_kl"] - r["policies"]["sft"]["forward_kl"] for r in runs]
     assert row["diff_mean"] == pytest.approx(np.mean(diffs))
     half = 2.776 * np.std(diffs, ddof=1) / np.sqrt(5)   # t_{0.975, 4} = 2.776, computed here by hand
@@ -144,5 +144,5 @@ def test_fewer_than_three_seeds_are_indicative_and_missing_inputs_not_checked():
     del runs[1]["policies"]["rkl_tok"]
     skipped = [e for e in metrics.effects(runs) if e["verdict"] == "not checked"]
     assert skipped and all("rkl_tok" in e["effect"] for e in skipped)
-    assert len(skipped) == 8   # mass-covering, mode-seeking's two conditions and their combination twice, its price
+    assert len(skipped) == 9   # mass-covering twice, mode-seeking's two conditions and their combination twice, its price
 
