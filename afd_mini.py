@@ -108,6 +108,7 @@ class Config:
     disc_steps: int = 2           # discriminator steps per iteration
     disc_lr: float = 3e-4
     disc_warmup: int = 0          # discriminator steps on demonstrations vs π_SFT samples before the policy moves
+    disc_reward_first: bool = False  # the discriminator scores a batch before its steps on it (not after)
     disc_nll: float = 1.0         # + this × the demonstrations' NLL under q_φ in the discriminator's loss (AIRL form)
     #                               (chosen on seeds 0-4 from 0 and 1, with disc_warmup 0 and 30: docs/RESULTS.md)
     # DPO and SPIN: DPO's loss from π_SFT, on preference pairs (dpo) or on (demonstration, own sample) pairs (spin)
@@ -454,6 +455,9 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None, positive
         tokens, mask, old_logp = roll.tokens, roll.response_mask, roll.logprobs
         with torch.no_grad(), run.autocast():
             pi_logp = token_logprobs(policy, tokens, mask)   # log π of the samples, by the scoring function
+        if cfg.disc_reward_first:   # scored by the discriminator before it trains on these very samples
+            with torch.no_grad():
+                reward = reward_fn(prompts, roll, pi_logp)
         if disc is not None:   # the discriminator: demonstrations (label 1) vs the policy's samples (label 0)
             for _ in range(cfg.disc_steps):   # balanced classes: as many demonstrations as policy samples
                 demo_tokens, demo_mask = run.batch(positives, run.rng.integers(len(positives), size=len(prompts)))
@@ -464,7 +468,8 @@ def policy_optimisation(run, stage, reward_fn, disc=None, kl_coef=None, positive
             curve["disc_acc_expert"].append(acc_demo)
             curve["disc_acc_policy"].append(acc_pol)
         with torch.no_grad():
-            reward = reward_fn(prompts, roll, pi_logp)                      # (B,) or (B,T) token rewards
+            if not cfg.disc_reward_first:   # scored after its steps on them, as adversarial imitation usually is
+                reward = reward_fn(prompts, roll, pi_logp)                  # (B,) or (B,T) token rewards
             ref_logp = token_logprobs(ref, tokens, mask)
             k1 = obj.kl_k1(old_logp, ref_logp) * mask                     # per-token log π − log π_SFT
             adv = obj.kl_shaped_advantages(reward, k1, mask, cfg.kl_coef if kl_coef is None else kl_coef,
@@ -939,7 +944,7 @@ def oracle(m):
 PRETRAIN = ("n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr")
 SFT = ("sft_steps", "sft_batch", "sft_lr")
 ORACLE = (*POLICY_GRADIENT, "kl_coef")
-ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup", "disc_nll")   # + "disc" where the method takes --disc's form
+ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup", "disc_nll", "disc_reward_first")   # + "disc" where the method takes --disc's form
 RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
 BON = ("bon_prompts", "bon_max_n", "bon_plausibility")
 DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr")

@@ -22,7 +22,8 @@ import torch
 import afd_mini
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POLICY_KEYS = ["forward_kl", "reverse_kl", "off_support", "mode_freq", "distinct", "gold_reward", "length"]
+POLICY_KEYS = ["forward_kl", "reverse_kl", "reverse_kl_support", "reverse_kl_off", "reverse_kl_on", "forward_kl_floor",
+               "off_support", "mode_freq", "mode_entropy", "distinct", "gold_reward", "length", "se", "sampled"]
 
 
 def afd(*args, cwd=ROOT):
@@ -68,7 +69,7 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "fkl_fairl", "dpo", "spin", "rl_init_sft", "extrapolated_0.5"]:
+                 "pg_control", "pg_frozen", "fkl_fairl", "dpo", "spin", "rl_init_sft", "extrapolated_0.5"]:
         assert name in m["policies"], f"policy {name} missing"
         for key in POLICY_KEYS:
             assert key in m["policies"][name], f"policies.{name}.{key} missing"
@@ -81,7 +82,8 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
             assert set(world["reward_models"][f"{rm}_vs_optimum"]) == {"pearson", "spearman"}
     assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl"}
     for c in m["calibration"].values():
-        assert set(c) == {"pearson", "spearman", "auc_off_support"}
+        assert set(c) == {"pearson", "spearman", "auc_off_support", "spearman_learned", "pearson_learned",
+                          "spearman_untrained"}
         assert -1 <= c["spearman"] <= 1 and (c["auc_off_support"] is None or 0 <= c["auc_off_support"] <= 1)
     for key in ["demonstrations", "stage_seconds", "config", "seed"]:
         assert key in m
@@ -216,6 +218,26 @@ def test_recomputing_a_stage_forgets_the_stages_after_it(tmp_path):
     again = afd("--quick", f"--out_dir={tmp_path}", "--redo=pretrain", "--stop_after=pretrain", "--progress=false")
     assert again.returncode == 0, again.stderr
     assert not stale.exists(), "a stage after a recomputed one must not be taken as done"
+
+
+def test_bench_measures_the_evaluation_noise_and_the_discriminators(quick_run):
+    """bench.py --eval_noise evaluates a finished seed again with other samples: what is exact does not move
+    (off-support, mode entropy: spread 0), what is sampled does. --discriminators evaluates each q_φ exactly."""
+    out, _, _ = quick_run
+    bench = [sys.executable, os.path.join(ROOT, "bench.py"), "--json"]
+    noise = subprocess.run([*bench, f"--eval_noise={os.path.join(out, 'seed_0')}", "--repeats=2",
+                            "--policies=sft,rkl_seq"], capture_output=True, text=True, timeout=600)
+    assert noise.returncode == 0, noise.stderr
+    table = json.loads(noise.stdout)["metrics"]
+    for p in ("sft", "rkl_seq"):
+        assert table[p]["off_support"]["exact_sd"] < 1e-9 and table[p]["mode_entropy"]["exact_sd"] < 1e-9
+        assert table[p]["reverse_kl"]["sampled_sd"] > 0   # other samples, other Monte Carlo estimates
+    disc = subprocess.run([*bench, f"--discriminators={os.path.join(out, 'seed_0')}"], capture_output=True,
+                          text=True, timeout=600)
+    assert disc.returncode == 0, disc.stderr
+    rows = json.loads(disc.stdout)
+    assert set(rows) == {"π_SFT", "q_φ of rkl_seq", "q_φ of rkl_tok", "q_φ of js", "q_φ of fkl_fairl"}
+    assert all(0 <= r["off_support"] <= 1 and r["forward_kl_support"] > 0 for r in rows.values())
 
 
 def test_report_and_figures(quick_run):
