@@ -16,13 +16,15 @@ distributions over responses match. Which divergence is minimised decides the al
       optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
                                                                kl_shaped_advantages
     → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
-      and, not yet called by the pipeline: Best-of-N under a   plausible, best_of_n_plausible,
-      plausibility floor, a family of log-ratio rewards, the   log_ratio_family, extrapolated_logits
-      extrapolated policy π_SFT^{1+α} π_init^{−α}
+      and Best-of-N under a plausibility floor, a family of    plausible, best_of_n_plausible,
+      log-ratio rewards, the extrapolated policy               log_ratio_family, extrapolated_logits
+      π_SFT^{1+α} π_init^{−α}
     → preference pairs without a reward model (DPO), and       dpo_loss
       demonstrations against own samples (SPIN), and where an   spin_iterate_optimum (not called by the pipeline)
       iteration of SPIN ends
-    → evaluate: KL both ways against the known expert          forward_kl_mc, reverse_kl_mc, generalized_jsd
+    → evaluate: KL both ways against the known expert, exact   (evaluation.py; sampled: forward_kl_mc, reverse_kl_mc);
+      by enumeration of its support; a divergence between        generalized_jsd
+      two next-token distributions (not called)
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
 
