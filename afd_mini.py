@@ -899,14 +899,15 @@ def stage_evaluate(run):
         sampled["forward_kl"], sampled["reverse_kl"] = policy_kls(on_expert, own)
         stats["sampled"] = sampled
         if model is not None:   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
-            stats["kl_sft"] = (own.log_pi - score(run, sft, own.pairs, seq_logprob)).mean().item()
+            log_sft = score(run, sft, own.pairs, seq_logprob)   # log π_SFT of the policy's samples
+            stats["kl_sft"] = (own.log_pi - log_sft).mean().item()
         pbar.set_postfix(policy=name, reverse_kl=f"{stats['reverse_kl']:.2f}")
         if name in ADVERSARIAL:   # is the discriminator's logit the log density ratio it should be?
-            calibration[name], points[name] = discriminator_calibration(run, name, model, sft, own, off)
+            calibration[name], points[name] = discriminator_calibration(run, name, model, own, log_sft, off)
     return {"policies": policies, "calibration": calibration, "calibration_points": points}
 
 
-def discriminator_calibration(run, name, policy, sft, own, off):
+def discriminator_calibration(run, name, policy, own, log_sft, off):
     """How well policy `name`'s discriminator logit h ranks its policy's samples like the truth log β − log π.
     h = log q_φ − log π shares −log π with that truth, so any h of the form ranks them through π alone: an
     untrained discriminator (q_φ = π_SFT, h = log π_SFT − log π) already does (spearman_untrained). What was
@@ -916,7 +917,6 @@ def discriminator_calibration(run, name, policy, sft, own, off):
     disc = Discriminator(d_model, extra["form"], POLICY[name].level)
     logit = score(run, disc, own.pairs, lambda d, t, k: d.response_logits(t, k, token_logprobs(policy, t, k)))
     true = own.log_beta - own.log_pi
-    log_sft = score(run, sft, own.pairs, seq_logprob)
     untrained = log_sft - own.log_pi
     learned, target = (logit - untrained, own.log_beta - log_sft) if extra["form"] == "airl" else (logit, true)
     off = torch.as_tensor(off)
