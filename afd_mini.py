@@ -116,7 +116,12 @@ class Config:
     dpo_steps: int = 100          # steps per run of DPO (per iteration of SPIN)
     dpo_batch: int = 32           # pairs per step
     dpo_lr: float = 1e-4
+    dpo_warmup: int = 10          # linear warm-up steps, then cosine decay (lr_schedule); DPO and each SPIN iteration
+    spin_kl_coef: float = 0.1     # SPIN's λ: its iterates contract to β only for λ > ½ (objectives.spin_iterate_optimum)
+    spin_lr: float = 1e-4
     spin_iters: int = 2           # SPIN's iterations: each one's reference and sampler is the previous iterate
+    sft_short_steps: int = 100    # an under-trained π_SFT (sft_short), where SPIN has something to learn (spin_short)
+    probe_prompts: int = 64       # held-out prompts whose support DPO and SPIN measure exactly as they train
     # reward extrapolation
     rm_samples: int = 512         # samples of π_init and of π_SFT to train the classifiers on
     rm_steps: int = 150
@@ -146,9 +151,9 @@ PRESETS = {
     "quick": dict(n_base=3000, n_demo=300, n_pref=300, n_eval=64, n_layer=2, n_embd=32, pretrain_steps=150,
                   pretrain_batch=32, sft_steps=40, rl_iters=3, rl_prompts=8, group_size=4, ppo_epochs=1,
                   disc_steps=1, rm_samples=64, rm_steps=10, rm_batch=32, bon_prompts=8, bon_max_n=16,
-                  eval_samples=2),
+                  eval_samples=2, sft_short_steps=10, probe_prompts=16),
     "gpu": dict(n_base=200000, n_demo=4000, n_pref=10000, n_eval=1024, n_layer=6, n_head=8, n_embd=256,
-                pretrain_steps=6000, pretrain_batch=256, pretrain_lr=1e-3, sft_steps=1500, sft_batch=128,
+                pretrain_steps=6000, pretrain_batch=256, pretrain_lr=1e-3, sft_steps=1500, sft_batch=128, sft_short_steps=300,
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
                 bon_prompts=512, bon_max_n=256, eval_samples=4),
 }
@@ -321,6 +326,18 @@ class Run:
     def batch(self, pairs, idx):
         return to_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], self.world.eos_id, self.device)
 
+    @functools.cached_property
+    def probe_support(self):
+        return evaluation.support_of(self.world, self.data["eval_prompts"][:self.cfg.probe_prompts], self.device)
+
+    def probe(self, model):
+        """Exact numbers of `model` on the expert's support of the first probe_prompts held-out prompts
+        (evaluation.support_metrics: off-support rate, the support's share of the forward KL, ...): what DPO and
+        SPIN log as they train, without sampling."""
+        with self.autocast():
+            log_pi = evaluation.tree_logprobs(model, self.probe_support.batches).numpy()
+        return evaluation.support_metrics(self.probe_support, log_pi, self.world.mode_names)
+
 
 # -----------------------------------------------------------------------------------------------------------
 # Stage 1, pretrain: π_init, a small GPT pretrained on the base corpus (next-token prediction on whole sequences).
@@ -349,20 +366,22 @@ def stage_pretrain(run):
 # -----------------------------------------------------------------------------------------------------------
 # Stage 2, sft: π_SFT = argmin_π KL(β ‖ π), i.e. maximum likelihood on the demonstrations' response tokens.
 
-def stage_sft(run):
+def stage_sft(run, name="sft", steps=None):
+    """name, steps: sft_short is the same with --sft_short_steps steps (an under-trained π_SFT, for spin_short)."""
     cfg = run.cfg
+    steps = cfg.sft_steps if steps is None else steps
     model, _ = run.load("pretrain")
     opt = model.configure_optimizer(0.0, cfg.sft_lr, device_type=run.device.type)
     losses = []
-    for step in (pbar := run.bar(range(cfg.sft_steps), "sft")):
-        lr_schedule(opt, cfg.sft_lr, step, cfg.sft_steps)
+    for step in (pbar := run.bar(range(steps), name)):
+        lr_schedule(opt, cfg.sft_lr, step, steps)
         tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
         with run.autocast():
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
         optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
         pbar.set_postfix(nll=f"{loss.item():.3f}")
-    run.save("sft", model)
+    run.save(name, model)
     return {"curve": losses}
 
 
@@ -511,13 +530,30 @@ def stage_adversarial(run, method):
     disc = new_discriminator(sft, form_of(method_, run.cfg), method_.level)
     if run.cfg.disc_warmup:
         warm_up(run, disc, sft, run.demos, method)
+    ess = []
 
     def reward_fn(prompts, roll, pi_logp):
         with torch.no_grad(), run.autocast():
-            return method_.transform(disc.logits(roll.tokens, roll.response_mask, pi_logp).float())
+            h = disc.logits(roll.tokens, roll.response_mask, pi_logp).float()
+        ess.append(ess_fraction(h))
+        return method_.transform(h)
 
     extra = policy_optimisation(run, method, reward_fn, disc)
     run.save(method + "_disc", disc.model, form=disc.form)
+    return with_ess(extra, method_, ess)
+
+
+def ess_fraction(h):
+    """The effective sample size of the importance weights e^h of one batch's samples, as a fraction of the batch
+    (objectives.effective_sample_size: 1 all weights equal, 1/n one dominates). For the forward-KL rewards, which
+    weigh each sample by e^h (β/π at the optimum); None for a token-level h."""
+    return obj.effective_sample_size(h).item() / len(h) if h.dim() == 1 else None
+
+
+def with_ess(extra, method, ess):
+    """The ESS curve joins the forward-KL policies' curves (FAIRL's reward −h·e^h and e^h weigh by e^h)."""
+    if method.divergence == "forward KL":
+        extra["curve"]["ess"] = ess
     return extra
 
 
@@ -556,14 +592,17 @@ def stage_frozen(run):
 def stage_oracle(run, method):
     """The exact discriminator D* = β/(β + π): its logit log β(y|x) − log π(y|x) needs the expert's density, which
     only our world has. rkl_oracle takes the AIRL reward of it (the exact reverse-KL reward), js_oracle the GAIL
-    reward (the exact Jensen–Shannon reward): what each learned discriminator's objective asks for. Both run in
-    the same KL-penalised, PPO-clipped loop as the learned ones, so only the reward differs."""
-    transform = POLICY[method].transform
+    reward (the exact Jensen–Shannon reward), fkl_oracle FAIRL's (−h·e^h) and fkl_iw_oracle the importance weight
+    e^h = β/π (objectives.fairl_reward and importance_weight_reward derive why the first climbs the forward KL
+    near β and the second descends it): what each learned discriminator's objective asks for. All run in the
+    same KL-penalised, PPO-clipped loop as the learned ones, so only the reward differs."""
+    method_, ess = POLICY[method], []
 
     def reward_fn(prompts, roll, pi_logp):
-        return transform(oracle_reward(run.world, prompts, roll.responses(),
-                                       obj.sequence_logprob(pi_logp, roll.response_mask)))
-    return policy_optimisation(run, method, reward_fn)
+        h = oracle_reward(run.world, prompts, roll.responses(), obj.sequence_logprob(pi_logp, roll.response_mask))
+        ess.append(ess_fraction(h))
+        return method_.transform(h)
+    return with_ess(policy_optimisation(run, method, reward_fn), method_, ess)
 
 
 def oracle_reward(world, prompts, responses, policy_logp_seq):
@@ -578,23 +617,37 @@ def oracle_reward(world, prompts, responses, policy_logp_seq):
 # the gold preference pairs (dpo), or on pairs of a demonstration (chosen) and the model's own sample for the same
 # prompt (rejected), iterated (spin).
 
-def dpo_training(run, policy, ref, chosen, rejected, desc):
-    """cfg.dpo_steps steps of DPO on `policy`: chosen[i] ≻ rejected[i] ((prompt, response) token pairs of one
-    prompt), reference `ref`, whose log-probabilities are computed once. Returns the loss and margin curves."""
+def dpo_training(run, policy, ref, chosen, rejected, desc, lr, kl_coef):
+    """cfg.dpo_steps steps of DPO on `policy` at peak learning rate lr (warm-up, then cosine: lr_schedule) and
+    λ = kl_coef: chosen[i] ≻ rejected[i] ((prompt, response) token pairs of one prompt), reference `ref`, whose
+    log-probabilities are computed once. Returns the curves, per step: the loss, the implicit reward's margin
+    λ·(log-ratio of chosen − of rejected), and how far log π has moved from log π_ref on the batch's chosen and
+    rejected responses (before the step): both falling while their margin grows is likelihood displacement.
+    After the last step: the same two over every pair (displacement) and the exact probe (Run.probe)."""
     cfg = run.cfg
     ref_chosen, ref_rejected = (score(run, ref, pairs, seq_logprob).to(run.device) for pairs in (chosen, rejected))
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.dpo_lr, weight_decay=0.0)
-    curve = {"loss": [], "margin": []}
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    curve = {"loss": [], "margin": [], "chosen": [], "rejected": []}
     for step in (pbar := run.bar(range(cfg.dpo_steps), desc)):
+        lr_schedule(opt, lr, step, cfg.dpo_steps, cfg.dpo_warmup)
         idx = run.rng.integers(len(chosen), size=cfg.dpo_batch)
         with run.autocast():
             logp_c, logp_r = (seq_logprob(policy, *run.batch(pairs, idx)) for pairs in (chosen, rejected))
         i = torch.as_tensor(idx, device=run.device)
-        loss = obj.dpo_loss(logp_c, logp_r, ref_chosen[i], ref_rejected[i], cfg.dpo_kl_coef)
+        loss = obj.dpo_loss(logp_c, logp_r, ref_chosen[i], ref_rejected[i], kl_coef)
         optimiser_step(opt, policy, loss, step)
-        curve["loss"].append(loss.item())   # the implicit reward's margin, λ·(log-ratio of chosen − of rejected)
-        curve["margin"].append(cfg.dpo_kl_coef * ((logp_c - ref_chosen[i]) - (logp_r - ref_rejected[i])).mean().item())
+        moved_c, moved_r = ((logp - ref_logp[i]).detach().mean().item()
+                            for logp, ref_logp in [(logp_c, ref_chosen), (logp_r, ref_rejected)])
+        curve["loss"].append(loss.item())
+        curve["margin"].append(kl_coef * (moved_c - moved_r))
+        curve["chosen"].append(moved_c)
+        curve["rejected"].append(moved_r)
         pbar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        curve["displacement"] = {k: (score(run, policy, pairs, seq_logprob) - ref_logp.cpu()).mean().item()
+                                 for k, pairs, ref_logp in [("chosen", chosen, ref_chosen),
+                                                            ("rejected", rejected, ref_rejected)]}
+    curve["probe"] = run.probe(policy)
     return curve
 
 
@@ -607,33 +660,41 @@ def preference_pairs(run):
 def stage_dpo(run):
     """DPO (Rafailov et al. 2023) on the gold preference pairs, from π_SFT with π_SFT as the reference: the
     KL-regularised optimum of the Bradley–Terry reward behind the preferences, without learning that reward."""
+    cfg = run.cfg
     policy, ref = run.load("sft")[0], run.load("sft")[0].requires_grad_(False)
-    curve = dpo_training(run, policy, ref, *preference_pairs(run), "dpo")
+    curve = dpo_training(run, policy, ref, *preference_pairs(run), "dpo", cfg.dpo_lr, cfg.dpo_kl_coef)
     run.save("dpo", policy)
-    return {"curve": curve}
+    return {"curve": curve, "probe_start": run.probe(ref)}
 
 
-def stage_spin(run):
+def stage_spin(run, start="sft", name="spin"):
     """SPIN (Chen et al. 2024): DPO's loss with the demonstration as chosen and the current model's own sample for
-    the same prompt as rejected; each iteration's reference and sampler is the previous iterate π_t.
+    the same prompt as rejected; each iteration's reference and sampler is the previous iterate π_t, λ =
+    --spin_kl_coef. spin starts from π_SFT; spin_short from sft_short, an under-trained π_SFT.
 
     Its fixed point is π = β: when π_t = β, chosen and rejected are drawn from the same distribution, so no
     implicit reward λ log π/π_t can tell them apart and the loss's gradient vanishes (objectives.dpo_loss has
     the derivation and its test). In this project's terms SPIN is, like AfD, a divergence minimiser on
     demonstrations alone, and a discriminator method: its implicit reward λ log π/π_t is a DPO-form
     discriminator of demonstrations against the model's own samples, the log-ratio form of our AIRL
-    discriminators with the policy itself as q_φ; at π = π_t its gradient is (λ/2)·∇KL(β ‖ π), SFT's, and the
-    ratio to the previous iterate is what differs."""
+    discriminators with the policy itself as q_φ. Two consequences, derived in objectives.py and measured here:
+      - at π = π_t its gradient is (λ/2)·∇KL(β ‖ π), SFT's: from a π_SFT trained to convergence on the same
+        demonstrations it starts with nothing to learn (spin); from an under-trained one it has (spin_short);
+      - an iteration trained to its optimum maps π_t to π_{t+1} ∝ π_t (β/π_t)^{1/λ}, whose error is multiplied by
+        1 − 1/λ: the iterates converge only for λ > ½ (objectives.spin_iterate_optimum).
+    Each iteration logs the chosen and rejected log-likelihoods' motion (dpo_training) and the exact off-support
+    rate and forward KL on the probe's support after it (probe; probe_start before the first)."""
     cfg = run.cfg
-    policy = run.load("sft")[0]
+    policy = run.load(start)[0]
     prompts = [p for p, _ in run.demos]
-    curves = []
+    probe_start, curves = run.probe(policy), []
     for t in range(cfg.spin_iters):
         ref = copy.deepcopy(policy).requires_grad_(False)   # π_t: the reference, and the sampler of the rejected
         rejected = run.sample_pairs(ref, prompts, sampling_seed(run.seed, "spin", t))
-        curves.append(dpo_training(run, policy, ref, run.demos, rejected, f"spin {t + 1}"))
-    run.save("spin", policy)
-    return {"curves": curves}
+        curves.append(dpo_training(run, policy, ref, run.demos, rejected, f"{name} {t + 1}", cfg.spin_lr,
+                                   cfg.spin_kl_coef))
+    run.save(name, policy)
+    return {"curves": curves, "probe_start": probe_start}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -947,11 +1008,13 @@ ORACLE = (*POLICY_GRADIENT, "kl_coef")
 ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup", "disc_nll", "disc_reward_first")   # + "disc" where the method takes --disc's form
 RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
 BON = ("bon_prompts", "bon_max_n", "bon_plausibility")
-DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr")
+DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr", "dpo_warmup", "probe_prompts")
+SPIN = ("spin_kl_coef", "spin_lr", "spin_iters", "dpo_steps", "dpo_batch", "dpo_warmup", "probe_prompts")
 RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
 CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
 POLICY_STAGES = ("pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "pg_control", "pg_frozen", "fkl_fairl", "dpo", "spin", "rl_init_sft")
+                 "pg_control", "pg_frozen", "fkl_fairl", "fkl_iw", "fkl_oracle", "fkl_iw_oracle", "dpo", "spin",
+                 "sft_short", "spin_short", "rl_init_sft")
 
 STAGES = [  # name, computed by, the options it reads (+ the world's), the stages it consumes, its files (+ <name>.json)
     Stage("pretrain", stage_pretrain, PRETRAIN, (), ("pretrain.pt",)),
@@ -969,8 +1032,17 @@ STAGES = [  # name, computed by, the options it reads (+ the world's), the stage
     Stage("pg_frozen", stage_frozen, ORACLE, ("sft",), ("pg_frozen.pt",)),
     # the methods AfD is compared with
     Stage("fkl_fairl", adversarial("fkl_fairl"), (*ADV, "disc"), ("sft",), ("fkl_fairl.pt", "fkl_fairl_disc.pt")),
+    # FAIRL's twins: the importance weight e^h (the forward KL's own policy gradient) learned, and both exact
+    Stage("fkl_iw", adversarial("fkl_iw"), (*ADV, "disc"), ("sft",), ("fkl_iw.pt", "fkl_iw_disc.pt")),
+    Stage("fkl_oracle", oracle("fkl_oracle"), ORACLE, ("sft",), ("fkl_oracle.pt",)),
+    Stage("fkl_iw_oracle", oracle("fkl_iw_oracle"), ORACLE, ("sft",), ("fkl_iw_oracle.pt",)),
     Stage("dpo", stage_dpo, DPO, ("sft",), ("dpo.pt",)),
-    Stage("spin", stage_spin, (*DPO, "spin_iters"), ("sft",), ("spin.pt",)),
+    Stage("spin", stage_spin, SPIN, ("sft",), ("spin.pt",)),
+    # SPIN where it has something to learn: from an under-trained π_SFT
+    Stage("sft_short", lambda run: stage_sft(run, "sft_short", run.cfg.sft_short_steps), ("sft_short_steps",
+          "sft_batch", "sft_lr"), ("pretrain",), ("sft_short.pt",)),
+    Stage("spin_short", lambda run: stage_spin(run, "sft_short", "spin_short"), SPIN, ("sft_short",),
+          ("spin_short.pt",)),
     Stage("reward_models", stage_reward_models, RM, ("pretrain", "sft"), RM_FILES),
     Stage("best_of_n", stage_best_of_n, BON, ("pretrain", "sft", "reward_models"), ()),
     Stage("rl_init_sft", stage_rl_init_sft, (*POLICY_GRADIENT, "rm_kl_coef"), ("sft", "reward_models"),

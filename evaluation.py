@@ -165,6 +165,16 @@ def support_of(world, prompts, device):
                    tree_batches(trees, device), len(prompts))
 
 
+def support_metrics(support, log_pi, mode_names):
+    """The numbers of exact_metrics that need no sample, for a probe during training (stage_spin, dpo_training):
+    P(off-support), the support's share of the forward KL, Σ_S β (log β − log π), the on-support part of the gold
+    reward, Σ_S π r*, and the mode entropy. The forward KL's floor share (about +0.4 nats, sampled) is left out."""
+    no_samples = (np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+    m = exact_metrics(support, log_pi, no_samples, None, 0.0, mode_names)
+    return {"off_support": m["off_support"], "forward_kl_support": m["forward_kl"],
+            "gold_on_support": m["gold_reward"], "mode_entropy": m["mode_entropy"]}
+
+
 def floor_samples(world, prompts, n, rng):
     """n responses (token lists) of the floor sampler P_floor (each token uniform over the vocabulary, <|eor|>
     included; stop at <|eor|> or after max_response_tokens), each to a prompt drawn uniformly from prompts:

@@ -25,8 +25,8 @@ class Method:
 class Policy(Method):
     """A policy the pipeline evaluates.
     kind:  expert (the world's demonstrator, sampled exactly), pretrain (π_init), sft (π_SFT, forward KL),
-           adversarial (reverse KL or JS with a learned discriminator), oracle (the same loop with the exact
-           discriminator logit log β − log π), dpo (DPO's loss on pairs: dpo on the gold preference pairs, spin
+           adversarial (reverse KL, JS or forward KL with a learned discriminator), oracle (the same loop with the
+           exact discriminator logit log β − log π), dpo (DPO's loss on pairs: dpo on the gold preference pairs, spin
            on (demonstration, own sample) pairs), rm_rl (policy optimisation on a reward model), extrapolated
            (π_α ∝ π_SFT^{1+α} π_init^{−α} token by token, no training: model.Extrapolated), control (the
            policy-optimisation loop with a reward that knows nothing of β: pg_control, pg_frozen).
@@ -79,8 +79,18 @@ POLICIES = [
     # the methods AfD is compared with: FAIRL (forward KL by a discriminator), DPO, SPIN
     Policy("fkl_fairl", "adversarial", "forward KL (FAIRL), {disc} sequence D", ("C8", "h"),
            level="seq", transform=obj.fairl_reward, divergence="forward KL"),
+    # FAIRL's twins: its exact reward, and the importance weight e^h (β/π at the optimum), learned and exact
+    Policy("fkl_iw", "adversarial", "forward KL, importance weight e^h, {disc} sequence D", ("brown", "h"),
+           level="seq", transform=obj.importance_weight_reward, divergence="forward KL"),
+    Policy("fkl_oracle", "oracle", "forward KL (FAIRL), exact reward", ("C8", "v"), transform=obj.fairl_reward,
+           divergence="forward KL"),
+    Policy("fkl_iw_oracle", "oracle", "forward KL, exact importance weight β/π", ("brown", "v"),
+           transform=obj.importance_weight_reward, divergence="forward KL"),
     Policy("dpo", "dpo", "DPO on the preference pairs", ("C7", "p")),
     Policy("spin", "dpo", "SPIN (DPO on demonstration vs own sample)", ("olive", "p")),
+    # SPIN where it has something to learn: from an under-trained π_SFT (--sft_short_steps)
+    Policy("sft_short", "sft", "π_SFT under-trained (fewer steps)", ("C0", "x")),
+    Policy("spin_short", "dpo", "SPIN from the under-trained π_SFT", ("olive", "x")),
     Policy("rl_init_sft", "rm_rl", "RL on Init-SFT reward", ("C2", "P")),
     *[Policy(f"extrapolated_{a:g}", "extrapolated", f"π_α, α = {a:g} (extrapolated, no training)",
              (f"{0.75 - 0.15 * i:.2f}", ">"), alpha=a) for i, a in enumerate(ALPHAS)],

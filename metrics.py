@@ -35,12 +35,26 @@ def assemble(results, seed, world_seconds, config):
         "calibration": ev["calibration"],
         "calibration_points": ev["calibration_points"],
         "curves": {"pretrain_loss": results["pretrain"]["curve"], "sft_loss": results["sft"]["curve"],
-                   "adversarial": adversarial, "dpo": results["dpo"]["curve"], "spin": results["spin"]["curves"]},
+                   "adversarial": adversarial, "dpo": results["dpo"]["curve"], "spin": results["spin"]["curves"],
+                   "spin_short": results["spin_short"]["curves"]},
+        "displacement": {name: displacement(results[name]) for name in ("dpo", "spin", "spin_short")},
         "stage_seconds": {"world": world_seconds, **{s: r["seconds"] for s, r in results.items()}},
         "config": config,
         **({"control": {k: control[k] for k in ("bon", "bon_plausible", "reward_models", "demonstrations")}}
            if control else {}),
     }
+
+
+def displacement(result):
+    """What DPO's loss did to the likelihoods in one stage (dpo; spin and spin_short, one run of DPO's loss per
+    iteration): per run, the mean change of log π over all chosen and all rejected responses from the run's
+    reference (chosen, rejected), and the exact probe (evaluation.support_metrics on --probe_prompts held-out
+    prompts) before the first run and after each (probe: each number a list, [start, after 1, ...])."""
+    curves = result["curves"] if "curves" in result else [result["curve"]]
+    probes = [result["probe_start"]] + [c["probe"] for c in curves]
+    return {"chosen": [c["displacement"]["chosen"] for c in curves],
+            "rejected": [c["displacement"]["rejected"] for c in curves],
+            "probe": {k: [p[k] for p in probes] for k in probes[0]}}
 
 
 def get(tree, *keys):
@@ -190,9 +204,38 @@ def effect_conditions(has_control=True):
     out.append(("adversarial reverse KL (rkl_seq) reaches a lower reverse KL than SPIN from the same demonstrations",
                 "reverse KL", "reverse_kl[spin] − reverse_kl[rkl_seq]",
                 lambda r: pol(r, "spin", "reverse_kl") - pol(r, "rkl_seq", "reverse_kl")))
+    fkl = lambda r, p: pol(r, p, "forward_kl")
     out.append(("FAIRL (fkl_fairl) keeps a forward KL closer to π_SFT's than reverse KL with the same discriminator "
                 "(rkl_seq)", "forward KL", "forward_kl[rkl_seq] − forward_kl[fkl_fairl]",
-                lambda r: pol(r, "rkl_seq", "forward_kl") - pol(r, "fkl_fairl", "forward_kl")))
+                lambda r: fkl(r, "rkl_seq") - fkl(r, "fkl_fairl")))
+    # FAIRL's twins, predicted from the gradients of objectives.fairl_reward and importance_weight_reward before
+    # they ran: FAIRL's reward climbs the forward KL near β even when exact; the importance weight e^h descends it
+    # but estimates SFT's gradient with weights of variance χ²(β ‖ π), so SFT (weight 1) still does better
+    out.append(("FAIRL's reward moves away from β even when exact: fkl_oracle has a higher forward KL than π_SFT",
+                "forward KL", "forward_kl[fkl_oracle] − forward_kl[sft]",
+                lambda r: fkl(r, "fkl_oracle") - fkl(r, "sft")))
+    for iw, fairl, what in [("fkl_iw_oracle", "fkl_oracle", "exact"), ("fkl_iw", "fkl_fairl", "learned")]:
+        out.append((f"the importance weight e^h does not collapse where FAIRL does ({what}: {iw} has a lower forward "
+                    f"KL than {fairl})", "forward KL", f"forward_kl[{fairl}] − forward_kl[{iw}]",
+                    lambda r, iw=iw, fairl=fairl: fkl(r, fairl) - fkl(r, iw)))
+        out.append((f"SFT still beats the importance weight e^h on forward KL ({what}: π_SFT has a lower forward KL "
+                    f"than {iw})", "forward KL", f"forward_kl[{iw}] − forward_kl[sft]",
+                    lambda r, iw=iw: fkl(r, iw) - fkl(r, "sft")))
+    out.append(("the importance weight (fkl_iw) keeps a forward KL closer to π_SFT's than reverse KL with the same "
+                "discriminator (rkl_seq)", "forward KL", "forward_kl[rkl_seq] − forward_kl[fkl_iw]",
+                lambda r: fkl(r, "rkl_seq") - fkl(r, "fkl_iw")))
+    out.append(("the demonstrations help the learned importance weight: fkl_iw has a lower forward KL than the loop "
+                "without demonstrations (pg_control)", "forward KL", "forward_kl[pg_control] − forward_kl[fkl_iw]",
+                lambda r: fkl(r, "pg_control") - fkl(r, "fkl_iw")))
+    # DPO and SPIN where their theory says they converge (docs/RESULTS.md: how the learning rates and λ were chosen)
+    out.append(("DPO does not displace likelihood: the chosen responses' log π rises", "log π(chosen) change",
+                "displacement.dpo.chosen", lambda r: _need(r, "displacement", "dpo", "chosen")[-1]))
+    out.append(("SPIN from an under-trained π_SFT (spin_short) lowers its forward KL", "forward KL",
+                "forward_kl[sft_short] − forward_kl[spin_short]",
+                lambda r: fkl(r, "sft_short") - fkl(r, "spin_short")))
+    out.append(("SFT's own further steps (π_SFT) do better on forward KL than SPIN from the under-trained π_SFT",
+                "forward KL", "forward_kl[spin_short] − forward_kl[sft]",
+                lambda r: fkl(r, "spin_short") - fkl(r, "sft")))
     # why Best-of-N by Init-SFT stops at the demonstrators' level, and what gets past them (docs/RESULTS.md)
     out.append(("mechanism: Best-of-16 by the exact Init-SFT optimum picks off-support responses more often than "
                 "π_SFT's samples", "off-support rate", "bon.init_sft_optimum.off_support[N=16] − the same at N=1",

@@ -62,6 +62,17 @@ def fake_run(seed, control=True):
     policies["pg_frozen"] = dict(policies["sft"])
     for name in ("pg_control", "pg_frozen"):
         policies[name]["kl_sft"] = 1.0 + e3()
+    rng4 = np.random.default_rng(seed + 3000)   # FAIRL's twins and SPIN from an under-trained π_SFT, later still
+    e4 = lambda: float(rng4.normal(0, 0.02))
+    policies.update({
+        "fkl_iw": _policy(3.1 + e4(), 11 + e4(), 0.14, [1, 1, 0.9, 0.8], 0.9 + e4()),
+        "fkl_oracle": _policy(10 + e4(), 30 + e4(), 0.4, [5, 0.2, 0.1, 0.1], 0.3 + e4()),
+        "fkl_iw_oracle": _policy(3.5 + e4(), 11 + e4(), 0.14, [1, 1, 0.9, 0.8], 0.9 + e4()),
+        "sft_short": _policy(3.6 + e4(), 14 + e4(), 0.2, [1, 1, 0.9, 0.8], 0.8 + e4()),
+        "spin_short": _policy(3.3 + e4(), 13 + e4(), 0.18, [1, 1, 0.9, 0.8], 0.85 + e4()),
+    })
+    for name in ("fkl_iw", "fkl_oracle", "fkl_iw_oracle", "sft_short", "spin_short"):
+        policies[name]["kl_sft"] = 1.0 + e4()
     bon = {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.05),
            "sft_demo": _bon(0.9 + e(), -0.02), "pairwise_bt": _bon(0.9 + e(), 0.1),
            "init_sft_optimum": _bon(0.9 + e(), 0.25), "init_sft_scalar": _bon(0.9 + e(), 0.1),
@@ -105,6 +116,12 @@ def fake_run(seed, control=True):
     run["calibration"]["fkl_fairl"] = {"pearson": 0.9 + e2(), "spearman": 0.8 + e2(), "auc_off_support": 0.7 + e2(),
                                        "spearman_untrained": 0.5, "spearman_learned": 0.4 + e3(),
                                        "pearson_learned": 0.4}
+    run["calibration"]["fkl_iw"] = {**run["calibration"]["fkl_fairl"], "spearman_learned": 0.3 + e4()}
+    probe = {"off_support": [0.15, 0.14], "forward_kl_support": [2.6, 2.5], "gold_on_support": [0.8, 0.85],
+             "mode_entropy": [1.3, 1.3]}
+    run["displacement"] = {"dpo": {"chosen": [0.2 + e4()], "rejected": [-0.1 + e4()], "probe": probe},
+                           "spin": {"chosen": [0.05, 0.02], "rejected": [-0.1, -0.1], "probe": probe},
+                           "spin_short": {"chosen": [0.3, 0.1], "rejected": [-0.1, -0.1], "probe": probe}}
     if control:  # without the signature the demonstration-based reward models catch up
         run["control"] = {"bon": {"init_sft": _bon(0.9 + e(), 0.2), "init_demo": _bon(0.9 + e(), 0.18),
                                   "sft_demo": _bon(0.9 + e(), 0.15), "gold": _bon(0.9 + e(), 0.3),

@@ -40,7 +40,8 @@ def changed(**change):
     return {s for s in afd_mini.STAGE_NAMES if a[s] != b[s]}
 
 
-RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "pg_control", "pg_frozen", "fkl_fairl"}
+RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "pg_control", "pg_frozen", "fkl_fairl",
+      "fkl_iw", "fkl_oracle", "fkl_iw_oracle"}
 
 
 @pytest.mark.parametrize("change, stages", [
@@ -50,12 +51,15 @@ RL = {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle", "
     (dict(bon_max_n=16), {"best_of_n", "control_best_of_n"}),
     (dict(rm_steps=10), {"reward_models", "best_of_n", "rl_init_sft", "control_reward_models", "control_best_of_n",
                          "evaluate"}),
-    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "pg_control", "fkl_fairl", "reward_models", "best_of_n", "rl_init_sft",
+    (dict(disc="scalar"), {"rkl_seq", "rkl_tok", "js", "pg_control", "fkl_fairl", "fkl_iw", "reward_models", "best_of_n", "rl_init_sft",
                            "control_reward_models", "control_best_of_n", "evaluate"}),
-    (dict(dpo_kl_coef=0.5), {"dpo", "spin", "evaluate"}),
-    (dict(spin_iters=3), {"spin", "evaluate"}),
+    (dict(dpo_kl_coef=0.5), {"dpo", "evaluate"}),
+    (dict(spin_kl_coef=0.5), {"spin", "spin_short", "evaluate"}),
+    (dict(dpo_steps=50), {"dpo", "spin", "spin_short", "evaluate"}),
+    (dict(spin_iters=3), {"spin", "spin_short", "evaluate"}),
+    (dict(sft_short_steps=50), {"sft_short", "spin_short", "evaluate"}),
     (dict(bon_plausibility=2.0), {"best_of_n", "control_best_of_n"}),
-    (dict(sft_steps=10), set(afd_mini.STAGE_NAMES) - {"pretrain"}),
+    (dict(sft_steps=10), set(afd_mini.STAGE_NAMES) - {"pretrain", "sft_short", "spin_short"}),
     (dict(q=0.5), set(afd_mini.STAGE_NAMES)),
     (dict(signature_p=0.5), set(afd_mini.STAGE_NAMES)),   # the control world: through π_init, which reads the world
     (dict(n_layer=2), set(afd_mini.STAGE_NAMES)),

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import afd_mini
+import evaluation
 import methods
 import objectives as obj
 from data import World
@@ -756,13 +757,18 @@ def test_a_stage_is_seeded_by_its_name_not_its_place(monkeypatch):
 
 def test_stage_dpo_trains_pi_sft_on_the_preference_pairs_with_pi_sft_as_reference(world, monkeypatch):
     trained = {}
-    monkeypatch.setattr(afd_mini, "dpo_training", lambda run, policy, ref, chosen, rejected, desc:
-                        trained.update(policy=policy, ref=ref, chosen=chosen, rejected=rejected) or {})
+    monkeypatch.setattr(afd_mini, "dpo_training", lambda run, policy, ref, chosen, rejected, desc, lr, kl_coef:
+                        trained.update(policy=policy, ref=ref, chosen=chosen, rejected=rejected, lr=lr,
+                                       kl_coef=kl_coef) or {})
     models = [spread(tiny(GPT, vocab=world.vocab_size), seed) for seed in (1, 2)]
     pref = [(p, f"the answer is {p.answer}.", "answer: X") for p in world.sample_prompts(5, np.random.default_rng(0))]
-    run = SimpleNamespace(world=world, data={"pref": pref}, load=lambda name: (models.pop(0), {}),
-                          save=lambda name, model, **extra: trained.update(saved=(name, model)))
+    cfg = dataclasses.replace(afd_mini.Config(), dpo_lr=1e-3, dpo_kl_coef=0.3, spin_lr=1e-6, spin_kl_coef=2.0)
+    run = SimpleNamespace(world=world, data={"pref": pref}, load=lambda name: (models.pop(0), {}), cfg=cfg,
+                          save=lambda name, model, **extra: trained.update(saved=(name, model)),
+                          probe=lambda model: trained.update(probed=model))
     afd_mini.stage_dpo(run)
+    assert (trained["lr"], trained["kl_coef"]) == (1e-3, 0.3), "DPO's own learning rate and λ, not SPIN's"
+    assert trained["probed"] is trained["ref"], "probe_start measures π_SFT, the reference"
     enc = world.encode_response
     assert trained["chosen"] == [(p.tokens, enc(c)) for p, c, _ in pref], "chosen: the preferred response"
     assert trained["rejected"] == [(p.tokens, enc(r)) for p, _, r in pref], "rejected: the other one"
@@ -777,7 +783,8 @@ def test_stage_spin_pairs_each_demonstration_with_the_current_iterates_own_sampl
     sample from the policy after iteration 1 (a stale π_SFT fails), and chosen and rejected must not swap."""
     iterations = []
 
-    def fake_training(run, policy, ref, chosen, rejected, desc):
+    def fake_training(run, policy, ref, chosen, rejected, desc, lr, kl_coef):
+        assert (lr, kl_coef) == (1e-6, 2.0), "SPIN's own learning rate and λ, not DPO's"
         iterations.append(dict(policy=policy, ref_weight=ref.lm_head.weight[0, 0].item(), chosen=chosen,
                                rejected=rejected))
         with torch.no_grad():
@@ -789,11 +796,16 @@ def test_stage_spin_pairs_each_demonstration_with_the_current_iterates_own_sampl
     w0 = sft.lm_head.weight[0, 0].item()
 
     class SpinRun:
-        cfg = dataclasses.replace(afd_mini.Config(), spin_iters=2)
+        cfg = dataclasses.replace(afd_mini.Config(), spin_iters=2, spin_lr=1e-6, spin_kl_coef=2.0, dpo_lr=1e-3)
         seed, demos = 0, [([1, k], [3, k, 0]) for k in range(5)]
+        loaded = []
 
         def load(self, name):
+            self.loaded.append(name)
             return copy.deepcopy(sft), {}
+
+        def probe(self, model):   # before the first iteration: the starting point's weights
+            return {"weight": model.lm_head.weight[0, 0].item() - w0}
 
         def sample_pairs(self, model, prompts, seed):
             return [(p, ["drawn by", round(model.lm_head.weight[0, 0].item() - w0), p[1]]) for p in prompts]
@@ -802,14 +814,17 @@ def test_stage_spin_pairs_each_demonstration_with_the_current_iterates_own_sampl
             self.saved = (name, model)
 
     run = SpinRun()
-    afd_mini.stage_spin(run)
+    result = afd_mini.stage_spin(run)
     assert len(iterations) == 2 and run.saved == ("spin", iterations[0]["policy"])
+    assert run.loaded == ["sft"] and result["probe_start"] == {"weight": 0.0}
     for t, it in enumerate(iterations):
         assert it["chosen"] == run.demos, f"iteration {t + 1}: chosen must be the demonstrations"
         assert [p for p, _ in it["rejected"]] == [p for p, _ in run.demos], "rejected: the same prompts, in order"
         assert all(r[1] == t and r[2] == p[1] for p, r in it["rejected"]), \
             f"iteration {t + 1}: rejected must be drawn by π_{t} (the current iterate) for its own prompt"
         assert it["ref_weight"] - w0 == pytest.approx(t), f"iteration {t + 1}: the reference is π_{t}"
+    afd_mini.stage_spin(run, start="sft_short", name="spin_short")   # SPIN from the under-trained π_SFT
+    assert run.loaded[-1] == "sft_short" and run.saved[0] == "spin_short"
 
 
 def test_dpo_training_raises_the_chosen_response_over_the_rejected_one():
@@ -826,6 +841,54 @@ def test_dpo_training_raises_the_chosen_response_over_the_rejected_one():
         return (lp[3] - lp[4]).item()
 
     before = margin(ref)
-    curve = afd_mini.dpo_training(run, model, ref, chosen, rejected, "test")
+    run.probe = lambda m: {"probed": True}
+    curve = afd_mini.dpo_training(run, model, ref, chosen, rejected, "test", 1e-2, 0.1)
     assert margin(model) > before + 0.5 and margin(ref) == before
     assert curve["loss"][-1] < curve["loss"][0] and curve["margin"][-1] > 0
+    # likelihood displacement, measured: how far log π moved from the reference on every chosen and rejected
+    # response, against a forward pass here
+    def logp(m, response):   # log π(response | [1, 2]), token by token
+        return sum(first_token_logp(m, [1, 2] + response[:t])[y].item() for t, y in enumerate(response))
+
+    assert curve["displacement"]["chosen"] == pytest.approx(logp(model, [3, 0]) - logp(ref, [3, 0]), abs=1e-4)
+    assert curve["displacement"]["rejected"] == pytest.approx(logp(model, [4, 0]) - logp(ref, [4, 0]), abs=1e-4)
+    assert len(curve["chosen"]) == len(curve["rejected"]) == 20 and curve["probe"] == {"probed": True}
+    assert curve["chosen"][0] == pytest.approx(0.0, abs=1e-5), "before the first step nothing has moved"
+
+
+def test_probe_scores_the_expert_support_exactly(world):
+    """Run.probe, what DPO and SPIN log as they train: the expert itself has forward KL 0 on its support and is off
+    it only by its floor's ε; a tiny untrained GPT is almost entirely off it."""
+    run = SimpleNamespace(world=world, data={"eval_prompts": world.sample_prompts(3, np.random.default_rng(1))},
+                          cfg=dataclasses.replace(afd_mini.Config(), probe_prompts=2), device=torch.device("cpu"),
+                          autocast=lambda: contextlib.nullcontext())
+    support = afd_mini.Run.probe_support.func(run)
+    assert support.n_prompts == 2
+    run.probe_support = support
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=256, vocab_size=world.vocab_size, n_layer=1, n_head=1, n_embd=16))
+    m = afd_mini.Run.probe(run, gpt)
+    assert m["off_support"] > 0.99 and m["forward_kl_support"] > 10
+    beta = evaluation.support_metrics(support, support.log_beta, world.mode_names)
+    assert beta["forward_kl_support"] == pytest.approx(0, abs=1e-9)
+    assert beta["off_support"] == pytest.approx(world.cfg.eps, rel=1e-3), "β's own off-support mass: the floor's ε"
+
+
+@pytest.mark.parametrize("method, logged", [("fkl_iw_oracle", True), ("fkl_oracle", True), ("rkl_oracle", False)])
+def test_forward_kl_policies_log_the_effective_sample_size_of_their_weights(method, logged, monkeypatch):
+    """The forward-KL rewards weigh each sample by e^h: their curves carry the ESS of e^h per batch (as a fraction
+    of the batch: Kish's (Σw)²/Σw²/n), computed from the h the reward was given; the others' do not."""
+    hs = [torch.tensor([0.0, math.log(3.0)]), torch.tensor([1.0, 1.0])]
+    monkeypatch.setattr(afd_mini, "oracle_reward", lambda world, prompts, responses, logp: hs.pop(0))
+
+    def fake_loop(run, stage, reward_fn):
+        roll = SimpleNamespace(responses=lambda: [], response_mask=torch.ones(2, 1, dtype=torch.bool))
+        for _ in range(2):
+            reward_fn([], roll, torch.zeros(2, 1))
+        return {"curve": {}}
+    monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
+    curve = afd_mini.stage_oracle(SimpleNamespace(world=None), method)["curve"]
+    if logged:
+        assert curve["ess"] == pytest.approx([(1 + 3) ** 2 / (1 + 9) / 2, 1.0])
+    else:
+        assert "ess" not in curve
