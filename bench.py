@@ -1,5 +1,5 @@
 """
-Benchmark of model.py on the default model, GPTConfig(). A benchmark, not a test: the numbers
+Benchmark of model.py and sampling.py on the default model, GPTConfig(). A benchmark, not a test: the numbers
 depend on the machine and on whatever else it is running.
 
 - training tokens/s of our GPT (forward + backward + AdamW step), next to a plain nanoGPT-style
@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, autocast, get_device, sample
+from model import GPT, GPTConfig, autocast, get_device
+from sampling import sample
 
 TRAIN_BATCH = 32  # sequences of block_size tokens per training step
 SAMPLE_BATCH = 256  # prompts per sampling call (the pipeline samples up to 512 at once)
