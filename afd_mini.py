@@ -41,9 +41,10 @@ import runner
 from data import World, WorldConfig, load_tokenizer
 from methods import (ADVERSARIAL, CONTROL_LEARNED, DERIVED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY,
                      REWARD_MODEL)
-from model import (GPT, Extrapolated, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, sample,
-                   save_checkpoint, sequence_scores, to_batch, token_logprobs, token_scores)
+from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, save_checkpoint, sequence_scores,
+                   to_batch, token_logprobs, token_scores)
 from runner import Stage
+from sampling import Extrapolated, sample
 from stats import auc, pearson, spearman
 
 # -----------------------------------------------------------------------------------------------------------

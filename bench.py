@@ -1,16 +1,22 @@
 """
-Benchmark of model.py on the default model, GPTConfig(). A benchmark, not a test: the numbers
-depend on the machine and on whatever else it is running.
+Benchmark of the pipeline's model paths (model.py, sampling.py) on the default run's model and data. A benchmark,
+not a test: the numbers depend on the machine and on whatever else it is running.
 
-- training tokens/s of our GPT (forward + backward + AdamW step), next to a plain nanoGPT-style
-  model of the same size defined below, so that the cache and padding plumbing in model.py is
-  seen to cost training nothing;
-- sampling tokens/s with the KV cache, and without it (the whole context recomputed every step,
-  as nanoGPT's generate does), and their ratio, the KV cache speed-up;
-- peak memory: of the accelerator on CUDA, of the whole process (RSS, torch included) on CPU.
+- training tokens/s of a pretraining step as the pipeline takes it (a batch of the base corpus,
+  token_logprobs on packed rows → sft_loss → backward → AdamW), beside the same step on the right-padded batch
+  with our GPT (nanoGPT's forward(x, targets)) and with a plain nanoGPT-style model of the same size defined below.
+  packed / plain is what the pipeline's path gains over a plain model; padded / plain is what the plumbing for
+  masks and positions in model.py costs on the same work. Tokens are the batch's own, padding not counted;
+- scoring tokens/s: the same three without gradients (log-probs of 512 demonstrations' response tokens, as the
+  pipeline scores samples for its rewards and KLs);
+- sampling tokens/s of sampling.sample with the KV cache, and without it (the whole context recomputed every
+  step, as nanoGPT's generate does), and their ratio, the KV cache speed-up. The model is freshly initialised,
+  so almost every response runs to max_new_tokens (a trained one stops sooner);
+- peak memory: of the accelerator on CUDA, of the whole process (RSS, torch and the world's data included)
+  on CPU.
 
-Each measurement alternates the two contenders and keeps the best round, which is the least
-disturbed by other work on the machine.
+Each measurement alternates the contenders and keeps the best round, which is the least disturbed by other
+work on the machine.
 
     python bench.py              # a table
     python bench.py --json       # the same numbers as one JSON object
@@ -29,6 +35,7 @@ On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS),
 """
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -38,12 +45,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, autocast, get_device, sample
+from model import GPT, IGNORE_INDEX, autocast, get_device, to_batch, token_logprobs
+from objectives import sft_loss
+from sampling import sample
 
-TRAIN_BATCH = 32  # sequences of block_size tokens per training step
+TRAIN_STEPS = 10  # pretraining steps per timed call
+SCORE_BATCH = 512  # (prompt, response) pairs scored at once, the pipeline's chunk
 SAMPLE_BATCH = 256  # prompts per sampling call (the pipeline samples up to 512 at once)
-PROMPT_LENS = (10, 20)  # prompt lengths drawn from this range, as in the pipeline
-MAX_NEW_TOKENS = 64
 ROUNDS = 3
 
 
@@ -75,10 +83,12 @@ class PlainGPT(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
 
-    def forward(self, idx, targets):
+    def forward(self, idx, targets=None):
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
         logits = self.lm_head(self.ln_f(self.blocks(x)))
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def timed(fn, device):
@@ -103,14 +113,42 @@ def best_rounds(contenders, device, rounds=ROUNDS):
     return best
 
 
-def train_step_fn(model, optimizer, x, y, device, steps=2):
+def padded(tokens, mask):
+    """The padded batch as nanoGPT takes it: inputs x, and targets y with IGNORE_INDEX where the token is not a
+    response token (the prompt, the padding)."""
+    return tokens[:, :-1], tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
+
+
+def packed_loss(model, tokens, mask):
+    return sft_loss(token_logprobs(model, tokens, mask), mask)   # the pipeline's maximum likelihood
+
+
+def padded_loss(model, tokens, mask):
+    return model(*padded(tokens, mask))[1]
+
+
+def padded_logprobs(model, tokens, mask):
+    x, y = padded(tokens, mask)
+    logp = F.log_softmax(model(x)[0].float(), dim=-1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
+    return logp.masked_fill(y == IGNORE_INDEX, 0.0)
+
+
+def train_fn(loss_fn, model, optimizer, batches, device):
     def run():
-        for _ in range(steps):
+        for tokens, mask in batches:
             with autocast(device):
-                _, loss = model(x, y)
+                loss = loss_fn(model, tokens, mask)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def score_fn(logprobs_fn, model, tokens, mask, device):
+    @torch.no_grad()
+    def run():
+        with autocast(device):
+            logprobs_fn(model, tokens, mask)
     return run
 
 
@@ -137,38 +175,47 @@ def main():
         return discriminators(args.discriminators, args.json)
     if args.eval_noise:
         return eval_noise(args.eval_noise, args.repeats, args.policies.split(","), args.json)
+    import afd_mini
     device = get_device(args.device)
+    run = afd_mini.Run(afd_mini.Config(device=device.type, progress=False), 0)   # the default run's world and data
+    cfg, config, eos = run.cfg, run.gpt_config(), run.world.eos_id   # config: the model of --preset=default
     torch.manual_seed(0)
-    config = GPTConfig()
+    rng = torch.Generator().manual_seed(0)
 
-    # Training: ours with its own optimizer set-up, the plain model with nanoGPT's (fused AdamW
-    # on CUDA, PyTorch's default elsewhere).
+    # Training: pretraining batches as stage_pretrain draws them (the first token the "prompt"). Ours twice (one
+    # copy per path) with its own optimizer set-up, the plain model with nanoGPT's (fused AdamW on CUDA).
+    draws = torch.randint(len(run.base), (TRAIN_STEPS, cfg.pretrain_batch), generator=rng).tolist()
+    seqs = [[run.base[i][0] + run.base[i][1] for i in step] for step in draws]
+    batches = [to_batch([s[:1] for s in step], [s[1:] for s in step], eos, device) for step in seqs]
     ours = GPT(config).to(device)
-    plain = PlainGPT(config).to(device)
-    x = torch.randint(0, config.vocab_size, (TRAIN_BATCH, config.block_size), device=device)
-    y = torch.randint(0, config.vocab_size, (TRAIN_BATCH, config.block_size), device=device)
-    steps = 2
-    train = best_rounds({
-        "ours": train_step_fn(ours, ours.configure_optimizer(0.1, 1e-4, device_type=device.type), x, y, device, steps),
-        "plain": train_step_fn(plain, torch.optim.AdamW(plain.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                                                        **({"fused": True} if device.type == "cuda" else {})),
-                               x, y, device, steps),
-    }, device, args.rounds)
-    train_tokens = steps * TRAIN_BATCH * config.block_size
+    models = {"packed": ours, "padded": copy.deepcopy(ours), "plain": PlainGPT(config).to(device)}
+    optimizers = {name: m.configure_optimizer(0.1, 1e-4, device_type=device.type) for name, m in models.items()
+                  if name != "plain"}
+    optimizers["plain"] = torch.optim.AdamW(models["plain"].parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                            **({"fused": True} if device.type == "cuda" else {}))
+    losses = {"packed": packed_loss, "padded": padded_loss, "plain": padded_loss}
+    train = best_rounds({name: train_fn(losses[name], models[name], optimizers[name], batches, device)
+                         for name in models}, device, args.rounds)
+    train_tokens = sum(int(m.sum()) + len(m) for _, m in batches)   # every real token: the first, then the targets
+
+    # Scoring: the log-probs of demonstrations' response tokens, no gradients.
+    tokens, mask = run.batch(run.demos, range(SCORE_BATCH))
+    logprobs = {"packed": token_logprobs, "padded": padded_logprobs, "plain": padded_logprobs}
+    scoring = best_rounds({name: score_fn(logprobs[name], models[name], tokens, mask, device) for name in models},
+                          device, args.rounds)
+    score_tokens = sum(len(p) + len(r) for p, r in run.demos[:SCORE_BATCH])
 
     # Sampling: a fresh model, same prompts and seed for both, so both produce the same tokens.
     model = GPT(config).to(device)
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(1, config.vocab_size, (int(n),), generator=g).tolist()
-               for n in torch.randint(PROMPT_LENS[0], PROMPT_LENS[1] + 1, (SAMPLE_BATCH,), generator=g)]
+    prompts = [p for p, _ in run.demos[:SAMPLE_BATCH]]
     produced = {}
 
     def sampler(use_cache):
-        def run():
+        def go():
             gen = torch.Generator(device=device).manual_seed(0)
-            roll = sample(model, prompts, MAX_NEW_TOKENS, eos_id=0, generator=gen, use_cache=use_cache)
+            roll = sample(model, prompts, cfg.max_new_tokens, eos, generator=gen, use_cache=use_cache)
             produced[use_cache] = int(roll.response_mask.sum())
-        return run
+        return go
     sampling = best_rounds({"cached": sampler(True), "uncached": sampler(False)}, device, args.rounds)
 
     if device.type == "cuda":
@@ -181,14 +228,16 @@ def main():
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "params": ours.num_params(),
-        "train_tokens_per_s": train_tokens / train["ours"],
-        "train_tokens_per_s_plain": train_tokens / train["plain"],
+        **{f"train_tokens_per_s_{name}": train_tokens / sec for name, sec in train.items()},
+        **{f"score_tokens_per_s_{name}": score_tokens / sec for name, sec in scoring.items()},
         "sample_tokens_per_s_cached": produced[True] / sampling["cached"],
         "sample_tokens_per_s_uncached": produced[False] / sampling["uncached"],
         "sample_tokens": produced[True],
         "peak_memory_mib": peak_mib,
     }
-    results["train_vs_plain"] = results["train_tokens_per_s"] / results["train_tokens_per_s_plain"]
+    for what, seconds in (("train", train), ("score", scoring)):
+        for name in ("packed", "padded"):
+            results[f"{what}_{name}_vs_plain"] = seconds["plain"] / seconds[name]
     results["cache_speedup"] = results["sample_tokens_per_s_cached"] / results["sample_tokens_per_s_uncached"]
     if args.pipeline:
         results["pipeline"] = pipeline(device)
@@ -198,15 +247,22 @@ def main():
     if args.json:
         print(json.dumps(results))
         return
-    memory = "peak GPU memory allocated" if device.type == "cuda" else "peak process RSS (torch included)"
+    memory = "peak GPU memory allocated" if device.type == "cuda" else "peak process RSS (torch, world included)"
     rows = [
         ("device", results["device"]),
         ("torch threads", results["threads"]),
         ("parameters", f"{results['params']:,}"),
-        (f"train tokens/s, ours (batch {TRAIN_BATCH} x {config.block_size})", f"{results['train_tokens_per_s']:,.0f}"),
-        ("train tokens/s, plain nanoGPT-style", f"{results['train_tokens_per_s_plain']:,.0f}"),
-        ("  ours / plain", f"{results['train_vs_plain']:.2f}x"),
-        (f"sample tokens/s, KV cache ({SAMPLE_BATCH} prompts, {MAX_NEW_TOKENS} new)",
+    ]
+    for what, batch in (("train", f"{cfg.pretrain_batch} base sequences"), ("score", f"{SCORE_BATCH} demonstrations")):
+        rows += [
+            (f"{what} tokens/s, packed token_logprobs ({batch})", f"{results[f'{what}_tokens_per_s_packed']:,.0f}"),
+            (f"{what} tokens/s, our GPT on the padded batch", f"{results[f'{what}_tokens_per_s_padded']:,.0f}"),
+            (f"{what} tokens/s, plain nanoGPT-style, padded", f"{results[f'{what}_tokens_per_s_plain']:,.0f}"),
+            ("  packed / plain", f"{results[f'{what}_packed_vs_plain']:.2f}x"),
+            ("  padded / plain", f"{results[f'{what}_padded_vs_plain']:.2f}x"),
+        ]
+    rows += [
+        (f"sample tokens/s, KV cache ({SAMPLE_BATCH} prompts, {cfg.max_new_tokens} new)",
          f"{results['sample_tokens_per_s_cached']:,.0f}"),
         ("sample tokens/s, no cache (full context each step)", f"{results['sample_tokens_per_s_uncached']:,.0f}"),
         ("KV cache speed-up (cached / uncached tokens/s)", f"{results['cache_speedup']:.1f}x"),

@@ -28,7 +28,7 @@ class Policy(Method):
            adversarial (reverse KL, JS or forward KL with a learned discriminator), oracle (the same loop with the
            exact discriminator logit log β − log π), dpo (DPO's loss on pairs: dpo on the gold preference pairs, spin
            on (demonstration, own sample) pairs), rm_rl (policy optimisation on a reward model), extrapolated
-           (π_α ∝ π_SFT^{1+α} π_init^{−α} token by token, no training: model.Extrapolated), control (the
+           (π_α ∝ π_SFT^{1+α} π_init^{−α} token by token, no training: sampling.Extrapolated), control (the
            policy-optimisation loop with a reward that knows nothing of β: pg_control, pg_frozen).
     label: its name in figures and tables; {disc} becomes the discriminator form of the run (--disc).
     style: (colour, marker), the same in every figure.

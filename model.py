@@ -1,5 +1,5 @@
 """
-The language model of afd-mini, and everything the pipeline asks of it.
+The language model of afd-mini, and how the pipeline scores a batch with it.
 
 - GPT is the policy pi_theta: a GPT-2-style decoder-only transformer. forward() gives the
   next-token logits and, with targets, their mean cross-entropy, as nanoGPT's does. (The
@@ -7,18 +7,17 @@ The language model of afd-mini, and everything the pipeline asks of it.
   token_logprobs, which masks the prompt.)
 - ScalarGPT is the same backbone with a one-number head: the reward model and the
   discriminator of adversarial imitation.
-- Extrapolated combines two GPTs into the extrapolated policy pi_SFT^(1+a) pi_init^(-a), which
-  token_logprobs scores and sample draws from as if it were one GPT.
 - token_logprobs gives log pi_theta(y_t | x, y_<t) for every response token. Every objective
   in objectives.py is computed from it, so SFT, reverse KL and the RL losses see the same
   numbers. It, and the score head's sequence_scores and token_scores, pack several short rows
   of a padded batch into one (packed), so the padding costs nothing.
-- sample draws responses in a batch with a KV cache and returns their log-probs.
 - get_device / autocast / save_checkpoint / load_checkpoint are the plumbing
   the training scripts share.
 
-The architecture follows nanoGPT (karpathy/nanoGPT); what it lacks and we add is the KV cache,
-batched prompts of different lengths, and the scalar head.
+Sampling (the KV cache, the batched sampler) and the extrapolated policy live in sampling.py;
+the model only accepts a cache (kv_cache) and gives the next token's logits (next_token_logits).
+The architecture follows nanoGPT (karpathy/nanoGPT); what it lacks and we add is room for the KV
+cache, batched prompts of different lengths, packed rows, and the scalar head.
 """
 
 import contextlib
@@ -29,8 +28,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from objectives import extrapolated_logits
 
 IGNORE_INDEX = -1  # targets equal to this (e.g. prompt tokens) are left out of the loss
 
@@ -44,43 +41,6 @@ class GPTConfig:
     n_embd: int = 64  # the pipeline's default CPU model (afd_mini.Config)
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, so that each decoding step
-    feeds only the new token instead of the whole context. All rows share one length: the
-    sampler left-pads its prompts so that every row's next token lands in the same column.
-
-    Each layer's buffer grows a few slots at a time, like a Python list, rather than being max_len
-    slots long from the start. Attention reads the keys (and values) of one row and head as one run
-    of memory. In a max_len buffer the slots not yet filled lie between one run and the next, and on
-    the 2-core CPU this was measured on, such gaps made the sampler's attention about twice as slow
-    (most likely because the hardware prefetcher, which follows a stream of addresses, loses it at
-    each gap; gaps of up to 5 slots cost nothing there). With at most `spare` empty slots the runs
-    read as one stream; the price is copying the cache every spare + 1 steps."""
-
-    spare = 4  # empty slots a new buffer gets beyond those needed now
-
-    def __init__(self, n_layer, max_len):
-        self.n_layer, self.max_len = n_layer, max_len
-        self.k, self.v = [None] * n_layer, [None] * n_layer  # per layer: (B, n_head, capacity, head_dim)
-        self.length = 0  # slots filled so far
-
-    def append(self, layer, k, v):
-        """Store k, v (B, n_head, T, head_dim) after the cached ones; return all of them."""
-        start, end = self.length, self.length + k.size(2)
-        if self.k[layer] is None or end > self.k[layer].size(2):  # full: move to a longer buffer
-            B, nh, _, hs = k.shape
-            size = min(end + self.spare, self.max_len)
-            old_k, old_v = self.k[layer], self.v[layer]
-            # empty, not zeros: only filled slots are ever read. The dtype is the one autocast gave k, v.
-            self.k[layer], self.v[layer] = k.new_empty(B, nh, size, hs), v.new_empty(B, nh, size, hs)
-            if start > 0:
-                self.k[layer][:, :, :start] = old_k[:, :, :start]
-                self.v[layer][:, :, :start] = old_v[:, :, :start]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -171,7 +131,7 @@ class GPT(nn.Module):
         The sampler also passes, for its left-padded batch,
           pos:      (B, T) position of each token within its own unpadded row,
           valid:    (B, S) False at pad slots, S = cached length + T,
-          kv_cache: a KVCache; idx then holds only the tokens the cache has not seen,
+          kv_cache: a sampling.KVCache; idx then holds only the tokens the cache has not seen,
           mask:     in place of valid, the attention mask itself, (B, 1, T, S), boolean or
                     additive; the sampler makes the one of its decoding steps just once.
         """
@@ -210,14 +170,9 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    # What sample asks of a model (Extrapolated answers the same two):
-    def new_cache(self, max_len):
-        """An empty KV cache for up to max_len tokens."""
-        return KVCache(self.config.n_layer, max_len)
-
     def next_token_logits(self, idx, **kw):
-        """(B, V) logits of the token after each row of idx: hidden's arguments, the LM head only at the
-        last position (the only one sampled from)."""
+        """(B, V) logits of the token after each row of idx, for the sampler (sampling.py): hidden's
+        arguments, the LM head only at the last position (the only one sampled from)."""
         return self.lm_head(self.hidden(idx, **kw)[:, -1]).float()
 
     def configure_optimizer(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type="cpu"):
@@ -255,34 +210,6 @@ class ScalarGPT(nn.Module):
         return model.to(next(gpt.parameters()).device)
 
 
-class Extrapolated(nn.Module):
-    """pi_alpha(.|s) ~ pi_SFT(.|s)^(1+alpha) pi_init(.|s)^(-alpha), one state at a time: ExPO / DeRa in
-    output space (objectives.extrapolated_logits has the maths). Two GPTs read as one wherever the
-    pipeline reads a GPT: forward gives pi_alpha's log-probs as its logits, so token_logprobs scores
-    it unchanged, and sample draws from it with a KV cache per part. alpha = 0 is pi_SFT."""
-
-    def __init__(self, sft: GPT, init: GPT, alpha: float):
-        super().__init__()
-        if (sft.config.vocab_size, sft.config.block_size) != (init.config.vocab_size, init.config.block_size):
-            raise ValueError("the two models must share vocab_size and block_size")
-        self.sft, self.init, self.alpha = sft, init, alpha
-        self.config = sft.config  # what sample reads: block_size
-
-    def forward(self, idx, *, pos=None, mask=None):
-        """(log pi_alpha (B, T, V), None), like GPT.forward without targets; pos and mask as there."""
-        sft, init = (m(idx, pos=pos, mask=mask)[0].float() for m in (self.sft, self.init))
-        return extrapolated_logits(sft, init, self.alpha), None
-
-    def new_cache(self, max_len):
-        # one cache each: the parts see the same tokens, but their keys and values differ
-        return self.sft.new_cache(max_len), self.init.new_cache(max_len)
-
-    def next_token_logits(self, idx, kv_cache=None, **kw):
-        sft_cache, init_cache = kv_cache or (None, None)
-        return extrapolated_logits(self.sft.next_token_logits(idx, kv_cache=sft_cache, **kw),
-                                   self.init.next_token_logits(idx, kv_cache=init_cache, **kw), self.alpha)
-
-
 def token_logprobs(model: GPT, tokens, response_mask):
     """out[b, t] = log pi(tokens[b, t] | tokens[b, :t]) where response_mask[b, t], else 0.
 
@@ -290,7 +217,7 @@ def token_logprobs(model: GPT, tokens, response_mask):
     The logits at position t-1 predict token t, hence the shift; token 0 is always a prompt
     token. Per-token values: the caller decides whether to sum (sequence log-likelihood) or
     average them. The model sees each row only up to the token before its last response token,
-    packed with the others (packed). model: a GPT, or an Extrapolated (its logits are log-probs)."""
+    packed with the others (packed). model: a GPT, or a sampling.Extrapolated (its logits are log-probs)."""
     last = last_response_token(response_mask)
     logits, b, t = packed(lambda idx, pos, mask: model(idx, pos=pos, mask=mask)[0], tokens, last)
     logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[b, t + 1, None]).squeeze(-1)
@@ -367,103 +294,6 @@ def to_batch(prompts, responses, pad_id, device):
         tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
         mask[i, len(p):len(p) + len(r)] = True
     return tokens.to(device), mask.to(device)
-
-
-@dataclass
-class Rollout:
-    tokens: torch.Tensor  # (B, T) long: prompt + response, right-padded with eos_id
-    response_mask: torch.Tensor  # (B, T) bool: True at sampled tokens (incl. the end token)
-    logprobs: torch.Tensor  # (B, T) float32: log-prob of each sampled token, 0 off the mask
-
-    def responses(self):
-        """The sampled response token lists (end token included when produced)."""
-        tokens, mask = self.tokens.cpu(), self.response_mask.cpu()
-        return [row[m].tolist() for row, m in zip(tokens, mask)]
-
-
-def _pick(logits, temperature, top_k, generator):
-    """Next token (B,) from logits (B, V), and its log-prob under the distribution sampled."""
-    if not torch.isfinite(logits).all():   # say so here, not as multinomial's "invalid probability tensor"
-        raise FloatingPointError("non-finite next-token logits while sampling (the model's weights are not finite)")
-    if temperature == 0:  # greedy: a point mass, so the chosen token has log-prob 0
-        return logits.argmax(dim=-1), torch.zeros(logits.size(0), device=logits.device)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    logp = F.log_softmax(logits, dim=-1)
-    token = torch.multinomial(logp.exp(), 1, generator=generator)
-    return token.squeeze(1), logp.gather(1, token).squeeze(1)
-
-
-@torch.no_grad()
-def sample(model, prompts, max_new_tokens, eos_id, temperature=1.0, top_k=None,
-           generator=None, use_cache=True) -> Rollout:
-    """Sample a response for every prompt (a list of token lists), all rows at once.
-
-    Rows are left-padded so that each step appends one column; each row keeps its own position
-    ids, so a row sees exactly what it would see alone. A row that samples eos_id is finished:
-    it gets eos_id and no log-prob from then on. use_cache=False recomputes the whole context
-    every step (nanoGPT's generate), for tests and the benchmark. Greedy when temperature == 0
-    (the log-probs are then 0: the chosen token had probability 1). model: a GPT, or anything with
-    its config.block_size, new_cache and next_token_logits (Extrapolated).
-    """
-    device = next(model.parameters()).device
-    if min(len(p) for p in prompts) == 0:
-        raise ValueError("every prompt needs at least one token")
-    lens = torch.tensor([len(p) for p in prompts], device=device)
-    B, P = len(prompts), int(lens.max())
-    L = P + max_new_tokens
-    if L > model.config.block_size:
-        raise ValueError(f"longest prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"block_size {model.config.block_size}")
-    pad = P - lens  # left padding of each row
-    tokens = torch.full((B, L), eos_id, dtype=torch.long, device=device)
-    tokens[:, :P] = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in prompts], device=device)
-    slot = torch.arange(L, device=device)[None, :]
-    valid = slot >= pad[:, None]
-    pos = (slot - pad[:, None]).clamp(min=0)  # pads get 0; they are never attended to
-    response = torch.zeros(B, L, dtype=torch.bool, device=device)
-    logprobs = torch.zeros(B, L, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = model.new_cache(L) if use_cache else None
-    # The attention mask of a decoding step: the one new token (never a pad) may see every real slot
-    # of its row. Made once, in the additive form (0 = attend, -inf = not) that
-    # scaled_dot_product_attention would otherwise make from a boolean mask, in every layer at every
-    # step; a step takes its first t columns.
-    step_mask = torch.zeros(B, 1, 1, L, device=device).masked_fill(~valid[:, None, None, :], float("-inf"))
-
-    modes = [(m, m.training) for m in model.modules()]  # each module's own: a mixture's parts may differ
-    model.eval()
-    try:
-        t = P  # columns filled so far
-        for _ in range(max_new_tokens):
-            if use_cache and t > P:  # a decoding step: only the newest token is new to the cache
-                logits = model.next_token_logits(tokens[:, t - 1:t], pos=pos[:, t - 1:t], mask=step_mask[..., :t],
-                                                 kv_cache=cache)
-            else:  # the prompts (the prefill), or the whole context again when there is no cache
-                logits = model.next_token_logits(tokens[:, :t], pos=pos[:, :t], valid=valid[:, :t], kv_cache=cache)
-            token, logprob = _pick(logits, temperature, top_k, generator)
-            tokens[:, t] = token.masked_fill(done, eos_id)
-            logprobs[:, t] = logprob.masked_fill(done, 0.0)
-            response[:, t] = ~done
-            done = done | (token == eos_id)
-            t += 1
-            if done.all():
-                break
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-    # Back to the pipeline's layout: shift each row left by its padding. Columns a row did not
-    # generate hold eos_id, False, 0 already; those past the buffer (src >= L) get them here.
-    width = int((lens + response.sum(dim=1)).max())
-    src = pad[:, None] + torch.arange(width, device=device)[None, :]
-    inside = src < L
-    src = src.clamp(max=L - 1)
-    return Rollout(tokens=tokens.gather(1, src).masked_fill(~inside, eos_id),
-                   response_mask=response.gather(1, src) & inside,
-                   logprobs=logprobs.gather(1, src).masked_fill(~inside, 0.0))
 
 
 def get_device(name="auto"):

@@ -18,7 +18,8 @@ import torch
 import evaluation as ev
 import objectives as obj
 from data import World, WorldConfig
-from model import GPT, Extrapolated, GPTConfig, sample, to_batch, token_logprobs
+from model import GPT, GPTConfig, to_batch, token_logprobs
+from sampling import Extrapolated, sample
 
 
 def spread(model, std, seed):

@@ -49,8 +49,8 @@ import evaluation
 import methods
 import objectives as obj
 from data import World
-from model import (GPT, GPTConfig, Rollout, ScalarGPT, load_checkpoint, sequence_scores, to_batch, token_logprobs,
-                   token_scores)
+from model import GPT, GPTConfig, ScalarGPT, load_checkpoint, sequence_scores, to_batch, token_logprobs, token_scores
+from sampling import Rollout
 
 CPU = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)   # all that disc_step asks
 
