@@ -10,6 +10,7 @@ them; each takes the output path, the mean tree and the tree of error-bar half-w
   fig_extrapolation      the extrapolated policy π_α: gold reward and KL to the expert against α
   fig_calibration        each discriminator's logit against the exact log β − log π
   fig_curves             the training curves
+  fig_displacement       DPO and SPIN: the chosen and rejected log-likelihoods per step, and the exact probe
 """
 import math
 import os
@@ -367,6 +368,39 @@ def fig_curves(path, mean, err, err_label=""):
                  fontsize=12)
     _save(fig, path)
 
+def fig_displacement(path, mean, err):
+    """DPO's loss and the likelihoods: per step, how far log π has moved from the reference on the chosen (solid)
+    and rejected (dashed) responses, for dpo and for each SPIN iteration (from its own π_t); and the exact probe
+    (off-support rate, the support's share of the forward KL) before and after each run."""
+    curves, cerr = mean["curves"], get(err, "curves") or {}
+    disp, derr = mean["displacement"], get(err, "displacement") or {}
+    fig = Figure(layout="constrained", figsize=(13, 7))
+    axes = fig.subplots(2, 2)
+    for ax, names, title in [(axes[0, 0], ["dpo"], "DPO on the preference pairs"),
+                             (axes[0, 1], ["spin", "spin_short"], "SPIN: demonstration vs own sample")]:
+        for m in names:
+            c, e = curves.get(m, {}), cerr.get(m) or {}
+            color = POLICY_STYLE[m][0]
+            _curve(ax, c.get("chosen", []), e.get("chosen"), color=color, label=f"{POLICY_LABELS[m]}: chosen")
+            _curve(ax, c.get("rejected", []), e.get("rejected"), color=color, ls="--", label="rejected")
+            n, total = c.get("steps_per_run", 0), len(c.get("chosen", []))
+            for x in range(n, total, n or total + 1):   # a new iteration: a new reference π_t
+                ax.axvline(x, color="0.8", lw=1)
+        ax.axhline(0, color="0.6", lw=1)
+        ax.set(title=title, xlabel="step", ylabel="log π − log π_ref (nats)")
+        ax.legend(fontsize=7, frameon=False)
+    for ax, key, ylabel in [(axes[1, 0], "off_support", "P(off-support), exact"),
+                            (axes[1, 1], "forward_kl_support", "forward KL on the support (nats)")]:
+        for m in ("dpo", "spin", "spin_short"):
+            y, ys = get(disp, m, "probe", key), get(derr, m, "probe", key)
+            if y:
+                ax.errorbar(range(len(y)), y, yerr=ys, color=POLICY_STYLE[m][0], marker=POLICY_STYLE[m][1],
+                            capsize=3, label=POLICY_LABELS[m])
+        ax.set(title="the exact probe, before and after each run", xlabel="run (SPIN: iteration)", ylabel=ylabel)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("Likelihood displacement: DPO's loss on the chosen and rejected responses", fontsize=12)
+    _save(fig, path)
+
 def _save(fig, path):
     tmp = path + ".tmp"
     fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")
@@ -393,6 +427,8 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
         "log β − log π_SFT (a scalar head: its logit against log β − log π): points on the dashed y = x line "
         "mean it learned the exact log-ratio. The whole logit log q_φ − log π shares −log π with its target, so "
         "its rank correlation (in the title) is high even for a discriminator that learned nothing.",
+    "fig_displacement.png": "both log-likelihoods falling while their margin grows is likelihood displacement: "
+        "the mass goes elsewhere, often off the support (the probe, exact, below).",
     "fig_curves.png": "a discriminator near 0.5 accuracy is being fooled; the policy's reward "
         "should rise while its KL to π_SFT stays bounded.",
 }

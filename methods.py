@@ -90,7 +90,7 @@ POLICIES = [
     Policy("spin", "dpo", "SPIN (DPO on demonstration vs own sample)", ("olive", "p")),
     # SPIN where it has something to learn: from an under-trained π_SFT (--sft_short_steps)
     Policy("sft_short", "sft", "π_SFT under-trained (fewer steps)", ("C0", "x")),
-    Policy("spin_short", "dpo", "SPIN from the under-trained π_SFT", ("olive", "x")),
+    Policy("spin_short", "dpo", "SPIN from the under-trained π_SFT", ("goldenrod", "x")),
     Policy("rl_init_sft", "rm_rl", "RL on Init-SFT reward", ("C2", "P")),
     *[Policy(f"extrapolated_{a:g}", "extrapolated", f"π_α, α = {a:g} (extrapolated, no training)",
              (f"{0.75 - 0.15 * i:.2f}", ">"), alpha=a) for i, a in enumerate(ALPHAS)],

@@ -35,8 +35,7 @@ def assemble(results, seed, world_seconds, config):
         "calibration": ev["calibration"],
         "calibration_points": ev["calibration_points"],
         "curves": {"pretrain_loss": results["pretrain"]["curve"], "sft_loss": results["sft"]["curve"],
-                   "adversarial": adversarial, "dpo": results["dpo"]["curve"], "spin": results["spin"]["curves"],
-                   "spin_short": results["spin_short"]["curves"]},
+                   "adversarial": adversarial, **{name: dpo_curves(results[name]) for name in ("dpo", "spin", "spin_short")}},
         "displacement": {name: displacement(results[name]) for name in ("dpo", "spin", "spin_short")},
         "stage_seconds": {"world": world_seconds, **{s: r["seconds"] for s, r in results.items()}},
         "config": config,
@@ -45,16 +44,28 @@ def assemble(results, seed, world_seconds, config):
     }
 
 
+def dpo_curves(result):
+    """The per-step curves of a stage that trains with DPO's loss (dpo_training: loss, margin, chosen, rejected), its
+    runs one after the other (SPIN: one run per iteration; chosen and rejected restart from 0 at each, measured from
+    that iteration's reference π_t), and the steps of each run."""
+    curves = result["curves"] if "curves" in result else [result["curve"]]
+    keys = ("loss", "margin", "chosen", "rejected")
+    return {**{k: [x for c in curves for x in c[k]] for k in keys}, "steps_per_run": len(curves[0]["loss"])}
+
+
 def displacement(result):
     """What DPO's loss did to the likelihoods in one stage (dpo; spin and spin_short, one run of DPO's loss per
     iteration): per run, the mean change of log π over all chosen and all rejected responses from the run's
     reference (chosen, rejected), and the exact probe (evaluation.support_metrics on --probe_prompts held-out
-    prompts) before the first run and after each (probe: each number a list, [start, after 1, ...])."""
+    prompts) before the first run and after each (probe: each number a list, [start, after 1, ...]); for dpo,
+    pairs: the share of its preference pairs tied on the gold reward (a coin-flip label) and of their responses
+    off the expert's support."""
     curves = result["curves"] if "curves" in result else [result["curve"]]
     probes = [result["probe_start"]] + [c["probe"] for c in curves]
     return {"chosen": [c["displacement"]["chosen"] for c in curves],
             "rejected": [c["displacement"]["rejected"] for c in curves],
-            "probe": {k: [p[k] for p in probes] for k in probes[0]}}
+            "probe": {k: [p[k] for p in probes] for k in probes[0]},
+            **({"pairs": result["pairs"]} if "pairs" in result else {})}
 
 
 def get(tree, *keys):

@@ -250,7 +250,8 @@ def write_report(out_dir, runs):
             ("fig_calibration.png",
              lambda p: figures.fig_calibration(p, mean, err, runs[0]["calibration_points"]),
              ["calibration_points"]),
-            ("fig_curves.png", lambda p: figures.fig_curves(p, mean, err, err_label), ["curves"])]
+            ("fig_curves.png", lambda p: figures.fig_curves(p, mean, err, err_label), ["curves"]),
+            ("fig_displacement.png", lambda p: figures.fig_displacement(p, mean, err), ["curves", "displacement"])]
     for name, draw_fn, needs in draw:
         missing = [k for k in needs if not mean.get(k)]
         if missing:

@@ -119,6 +119,10 @@ def fake_run(seed, control=True):
     run["calibration"]["fkl_iw"] = {**run["calibration"]["fkl_fairl"], "spearman_learned": 0.3 + e4()}
     probe = {"off_support": [0.15, 0.14], "forward_kl_support": [2.6, 2.5], "gold_on_support": [0.8, 0.85],
              "mode_entropy": [1.3, 1.3]}
+    steps = np.arange(20)
+    dpo_curve = lambda c, r: {"loss": (0.69 - 0.002 * steps).tolist(), "margin": (0.01 * steps).tolist(),
+                              "chosen": (c * steps).tolist(), "rejected": (r * steps).tolist(), "steps_per_run": 10}
+    run["curves"].update(dpo=dpo_curve(0.01, -0.02), spin=dpo_curve(-0.01, -0.05), spin_short=dpo_curve(0.02, -0.05))
     run["displacement"] = {"dpo": {"chosen": [0.2 + e4()], "rejected": [-0.1 + e4()], "probe": probe},
                            "spin": {"chosen": [0.05, 0.02], "rejected": [-0.1, -0.1], "probe": probe},
                            "spin_short": {"chosen": [0.3, 0.1], "rejected": [-0.1, -0.1], "probe": probe}}

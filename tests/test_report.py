@@ -34,7 +34,7 @@ def test_write_report_writes_markdown_and_figures(tmp_path, monkeypatch):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == sorted(["fig_intuition.png", "fig_modes.png", "fig_divergence_plane.png",
                                     "fig_bon.png", "fig_bon_picks.png", "fig_extrapolation.png",
-                                    "fig_calibration.png", "fig_curves.png"])
+                                    "fig_calibration.png", "fig_curves.png", "fig_displacement.png"])
     for link in links:
         png = tmp_path / link
         assert png.stat().st_size > 1000

@@ -137,17 +137,18 @@ def test_disc_step_scores_demonstrations_above_zero_and_samples_below(form, leve
     assert (acc_demo, acc_pol) == ((h_demo > 0).float().mean().item(), (h_pol < 0).float().mean().item())
 
 
-@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl"])
+@pytest.mark.parametrize("method", ["rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl", "fkl_iw"])
 def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(method, monkeypatch, tmp_path):
     """The reward stage_adversarial hands to the policy loop, on a hand-made Rollout, against the discriminator
     run on each unpadded row. AIRL form (--disc=airl): h = log q_φ − log π, summed over the response (rkl_seq),
     per response token and 0 elsewhere (rkl_tok), GAIL −log(1 − σ(h)) of the summed h (js). Scalar form
-    (rkl_seq_scalar): h at the last response token. FAIRL (fkl_fairl): −h·e^h of the summed h."""
+    (rkl_seq_scalar): h at the last response token. FAIRL (fkl_fairl): −h·e^h of the summed h; the importance
+    weight (fkl_iw): e^h."""
     loop = {}
 
     def fake_loop(run, stage, reward_fn, disc=None):
         loop.update(stage=stage, reward_fn=reward_fn, disc=disc)
-        return {}
+        return {"curve": {}}
 
     monkeypatch.setattr(afd_mini, "policy_optimisation", fake_loop)
     sft = spread(tiny(GPT, vocab=8), seed=3)
@@ -156,7 +157,8 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
                           load=lambda name: (sft, {}), save=lambda name, model, **extra: None)
     afd_mini.stage_adversarial(run, method)
     disc = loop["disc"]
-    level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq", "fkl_fairl": "seq"}[method]
+    level = {"rkl_seq": "seq", "rkl_tok": "tok", "js": "seq", "rkl_seq_scalar": "seq", "fkl_fairl": "seq",
+             "fkl_iw": "seq"}[method]
     assert loop["stage"] == method and disc.level == level
     assert disc.form == ("scalar" if method == "rkl_seq_scalar" else "airl")
     with torch.no_grad():   # the discriminator starts at h = 0: give it an opinion
@@ -182,7 +184,8 @@ def test_stage_adversarial_rewards_are_the_discriminators_transformed_logits(met
             expected[b, len(p):len(p) + len(r)] = h[b]
     else:
         seq = torch.stack([row[-1] if disc.form == "scalar" else row.sum() for row in h])
-        expected = {"js": -torch.log1p(-torch.sigmoid(seq)), "fkl_fairl": -seq * torch.exp(seq)}.get(method, seq)
+        expected = {"js": -torch.log1p(-torch.sigmoid(seq)), "fkl_fairl": -seq * torch.exp(seq),
+                    "fkl_iw": torch.exp(seq)}.get(method, seq)
     torch.testing.assert_close(reward, expected, atol=1e-5, rtol=0)
 
 
@@ -766,14 +769,19 @@ def test_stage_dpo_trains_pi_sft_on_the_preference_pairs_with_pi_sft_as_referenc
     run = SimpleNamespace(world=world, data={"pref": pref}, load=lambda name: (models.pop(0), {}), cfg=cfg,
                           save=lambda name, model, **extra: trained.update(saved=(name, model)),
                           probe=lambda model: trained.update(probed=model))
-    afd_mini.stage_dpo(run)
+    result = afd_mini.stage_dpo(run)
     assert (trained["lr"], trained["kl_coef"]) == (1e-3, 0.3), "DPO's own learning rate and λ, not SPIN's"
+    # what the pairs can teach: none tied on gold (right answer vs a wrong one); half the responses off-support
+    assert result["pairs"] == {"tied": 0.0, "off_support": 0.5}
     assert trained["probed"] is trained["ref"], "probe_start measures π_SFT, the reference"
     enc = world.encode_response
     assert trained["chosen"] == [(p.tokens, enc(c)) for p, c, _ in pref], "chosen: the preferred response"
     assert trained["rejected"] == [(p.tokens, enc(r)) for p, _, r in pref], "rejected: the other one"
     assert trained["saved"] == ("dpo", trained["policy"]) and trained["ref"] is not trained["policy"]
     assert not any(p.requires_grad for p in trained["ref"].parameters()), "the reference is frozen"
+    run.data["pref"] = [(p, c, c) for p, c, _ in pref[:2]] + pref[2:]   # two pairs of one response twice: tied
+    models += [spread(tiny(GPT, vocab=world.vocab_size), seed) for seed in (1, 2)]
+    assert afd_mini.stage_dpo(run)["pairs"] == {"tied": 0.4, "off_support": 0.3}
 
 
 def test_stage_spin_pairs_each_demonstration_with_the_current_iterates_own_sample(monkeypatch):
