@@ -50,6 +50,7 @@ def test_every_bad_option_is_one_line_exit_2_and_writes_nothing(key, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_bad_option_from_the_shell_has_no_traceback(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), "--rm_batch=1",
                           f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)

@@ -3,7 +3,7 @@
 Guards against:
 - an AIRL-form logit that is not log q_φ − log π (wrong sign, π not detached, token logits that do not add up
   to the response's logit), or that does not start at 0 (D = ½) when q_φ is a copy of the policy;
-(Discriminator steps, both forms and levels, are pinned in tests/test_wiring.py.)
+(Discriminator steps, both forms and levels, are pinned in tests/test_afd_mini.py.)
 """
 import pytest
 import torch

@@ -11,6 +11,7 @@ import pytest
 import afd_mini
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # every test starts afd_mini.py in a subprocess: the full suite only (pytest.ini)
 QUICK = ["--quick", "--progress=false"]
 
 

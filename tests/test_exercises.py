@@ -140,6 +140,7 @@ def docstrings(root):
             if isinstance(f, ast.FunctionDef)}
 
 
+@pytest.mark.slow
 def test_student_copy_leaves_out_what_the_exercises_derive(student):
     """The real tree's docstrings state each derived result; the student copy's, of every function with a
     region or a derived paragraph, state none and point to EXERCISES.md; the answer key's messages never print
@@ -224,6 +225,7 @@ def test_experiment_runs_are_valid_afd_mini_options_off_the_default():
 # -----------------------------------------------------------------------------
 # the student copy
 
+@pytest.mark.slow
 def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
     files = ex.project_files(ROOT)
     assert "exercises.py" in files and "EXERCISES.md" in files
@@ -261,11 +263,13 @@ def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
             assert line.strip() not in copied, f"exercise {r.number}'s solution survives: {line.strip()}"
 
 
+@pytest.mark.slow
 def test_student_copy_refuses_a_directory_in_use(student):
     refused = python(["exercises.py", "student", student], cwd=ROOT)
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
 
+@pytest.mark.slow
 def test_first_unfinished_points_at_the_lowest_blanked_exercise(student, tmp_path):
     assert ex.first_unfinished(ROOT) is None
     assert ex.first_unfinished() is None   # default: the tree exercises.py is in
@@ -281,6 +285,7 @@ def test_first_unfinished_points_at_the_lowest_blanked_exercise(student, tmp_pat
 # -----------------------------------------------------------------------------
 # the checks, run as a student runs them
 
+@pytest.mark.slow
 def test_in_the_student_copy_exactly_the_exercises_tests_fail(student, tmp_path):
     report = tmp_path / "junit.xml"
     files = [ex.ANSWER_KEY, "tests/test_world.py"]   # the world: no exercise uses it
@@ -300,6 +305,7 @@ def test_in_the_student_copy_exactly_the_exercises_tests_fail(student, tmp_path)
     assert passed >= 20, "the tests that use no exercise did not run"
 
 
+@pytest.mark.slow
 def test_check_fails_each_exercise_in_the_student_copy_naming_it(student):
     checked = python(["exercises.py", "check"], cwd=student)
     assert checked.returncode == 1, checked.stdout + checked.stderr
@@ -314,6 +320,7 @@ def test_check_fails_each_exercise_in_the_student_copy_naming_it(student):
         assert details[len(first):] and set(details[len(first):]) <= own, f"exercise {e.number}: {details}"
 
 
+@pytest.mark.slow
 def test_check_passes_every_exercise_in_the_real_tree():
     checked = python(["exercises.py", "check"], cwd=ROOT)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -324,6 +331,7 @@ def test_check_passes_every_exercise_in_the_real_tree():
                                     + "s" * (len(e.tests) > 1) + ")", [])
 
 
+@pytest.mark.slow
 def test_check_names_the_broken_equation_and_the_missing_exercise(tmp_path):
     copy = str(tmp_path / "copy")
     ex.make_student_copy(copy, [2])
@@ -489,6 +497,7 @@ def copies(wrong):
     return groups
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", copies(WRONG), ids=lambda g: "+".join(f"{n}.{f}" for n, f, *_ in g))
 def test_a_wrong_answer_fails_its_check_naming_its_cause_first(group, tmp_path):
     copy_project(str(tmp_path))
@@ -502,6 +511,7 @@ def test_a_wrong_answer_fails_its_check_naming_its_cause_first(group, tmp_path):
     assert not wrong, "\n".join(wrong) + "\n" + checked.stdout + checked.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blanked", [e.number for e in CODING])
 def test_declared_needs_are_the_measured_dependencies(blanked, tmp_path):
     """Exercise `blanked` alone blanked: the checks that fail are those of the exercises that declare they
@@ -521,6 +531,7 @@ def test_declared_needs_are_the_measured_dependencies(blanked, tmp_path):
                                   f"do exercise {blanked} first", blocks[n]
 
 
+@pytest.mark.slow
 def test_afd_mini_in_the_student_copy_stops_with_a_pointer(student, tmp_path):
     out = str(tmp_path / "out")
     # --pretrain_steps=1 bounds the cost should the pre-flight be missing: SFT then crashes after one step

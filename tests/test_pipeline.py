@@ -7,7 +7,7 @@ costs about two quick runs.
 test_policies_are_far_from_the_expert_both_ways guards the KL estimators' wiring in stage_evaluate: an argument
 swap or a sign flip makes a reported KL negative. (It replaces a test that the expert is at KL zero from
 itself, which could not fail: stage_evaluate passes one tensor as both arguments for the expert.) The wiring
-of each piece on hand-made inputs is in test_wiring.py."""
+of each piece on hand-made inputs is in test_afd_mini.py."""
 import json
 import math
 import os
@@ -22,6 +22,7 @@ import torch
 import afd_mini
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # every test runs afd_mini.py (most in a subprocess): the full suite only (pytest.ini)
 POLICY_KEYS = ["forward_kl", "reverse_kl", "reverse_kl_support", "reverse_kl_off", "reverse_kl_on", "forward_kl_floor",
                "off_support", "mode_freq", "mode_entropy", "distinct", "gold_reward", "length", "se", "sampled"]
 

@@ -96,6 +96,7 @@ def test_a_stage_consumes_only_stages_before_it_and_writes_its_own_files():
 # -----------------------------------------------------------------------------
 # the code version: every module the pipeline imports
 
+@pytest.mark.slow
 def test_the_code_hash_covers_every_module_the_pipeline_imports():
     """The modules of this project that `import afd_mini` loads, listed by Python itself, must all be in the code
     hash (runner.code_files reads the import statements instead): a module left out, objectives.py say, would let
@@ -199,6 +200,7 @@ def test_a_cache_that_cannot_be_written_is_one_notice_and_the_run_goes_on(where,
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")
+@pytest.mark.slow
 def test_the_pipeline_with_an_unwritable_cache_says_so_once_per_run(tmp_path, capsys):
     argv = [f"--out_dir={tmp_path}", "--quick", "--pretrain_steps=5", "--sft_steps=5", "--stop_after=sft",
             "--progress=false", "--cache=/proc/afd"]
@@ -214,6 +216,7 @@ def test_the_pipeline_with_an_unwritable_cache_says_so_once_per_run(tmp_path, ca
 # -----------------------------------------------------------------------------
 # one run at a time in an output directory
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_output_directory_is_refused_and_a_crash_leaves_no_lock(tmp_path):
     held = runner.lock_out_dir(str(tmp_path))
     res = subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), f"--out_dir={tmp_path}", "--quick"],
@@ -228,6 +231,7 @@ def test_a_second_run_on_a_locked_output_directory_is_refused_and_a_crash_leaves
     runner.lock_out_dir(str(tmp_path)).close()        # ... which the system released
 
 
+@pytest.mark.slow
 def test_a_finished_run_releases_its_lock_in_the_same_process(tmp_path):
     """main() called twice on one output directory (a notebook, a script): the first call's lock is gone."""
     argv = [f"--out_dir={tmp_path}", "--quick", "--stop_after=pretrain", "--progress=false", "--cache=off"]
@@ -247,6 +251,7 @@ def torch_save_on_a_full_disk(*args, **kwargs):   # one of the things torch.save
     raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [no_space, torch_save_on_a_full_disk])
 def test_a_full_disk_is_one_line_leaves_no_half_written_file_nor_the_lock_and_the_rerun_resumes(error, tmp_path,
                                                                                                  monkeypatch, capsys):
