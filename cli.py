@@ -116,7 +116,7 @@ MAX_SEED = 2**32 - 1      # numpy's classic seed range; torch's generators take 
 MAX_SAMPLES = 1 << 22     # samples one stage draws: 32 times the gpu preset's largest batch (Best-of-N's 512 × 256)
 MEMORY_IF_UNKNOWN = 16 * 2**30   # bytes, where the system does not say how much it has (Windows)
 
-ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "disc_nll", "flat_tol", "bon_plausibility"}   # may be 0; the world checks its own knobs (q, ...)
+ZERO_ALLOWED = {"seed", "kl_coef", "rm_kl_coef", "disc_warmup", "disc_nll", "flat_tol", "bon_plausibility", "dpo_warmup"}   # may be 0; the world checks its own knobs (q, ...)
 
 
 def validate(cfg, stages):

@@ -22,7 +22,8 @@ INVALID = dict(
     n_base="0", n_demo="8", n_pref="8", n_eval="0", max_new_tokens="5", n_layer="0", n_head="3", n_embd="30",
     pretrain_steps="0", pretrain_batch="0", pretrain_lr="0", sft_steps="0", sft_batch="0", sft_lr="-1",
     rl_iters="0", rl_prompts="0", group_size="1", ppo_epochs="0", clip_eps="0", pg_lr="0", kl_coef="-1",
-    dpo_kl_coef="0", dpo_steps="0", dpo_batch="0", dpo_lr="nan", spin_iters="0",
+    dpo_kl_coef="0", dpo_steps="0", dpo_batch="0", dpo_lr="nan", dpo_warmup="-1", spin_kl_coef="0", spin_lr="-1e-5",
+    spin_iters="0", sft_short_steps="0", probe_prompts="0",
     rm_kl_coef="-0.5", disc="mlp", disc_steps="0", disc_lr="0", disc_warmup="-1", disc_nll="-1", flat_tol="-1", disc_reward_first="maybe", rm_samples="0", rm_steps="0",
     rm_batch="1", rm_lr="0", bon_prompts="300", bon_max_n="3", bon_plausibility="-1", eval_samples="0")
 FIELDS = [f.name for f in dataclasses.fields(afd_mini.Config)]
