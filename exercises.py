@@ -24,7 +24,7 @@ An experiment is a run of afd_mini.py with one option changed, and a prediction 
                                               # prints PASS, or first the one cause (an exercise to do first,
                                               # or the first failing test's message), then the other failures
 
-Run list and check inside the copy you work in: they look at the files next to this one. afd_mini.py calls
+Run list and check inside the copy you work in: they look at the files next to this one. runner.py calls
 first_unfinished() at start-up, so that in a student copy it stops with a pointer to the first blanked
 exercise instead of a traceback from deep inside the pipeline. Standard library only at import time: the
 pipeline pays nothing for it; pytest is imported by check alone.
@@ -306,7 +306,7 @@ def make_student_copy(dst, numbers=None, root=ROOT):
 
 def first_unfinished(root=None):
     """A one-line pointer to the lowest-numbered exercise still blanked in the project at root (this file's
-    folder), or None when none is. afd_mini.py stops with it at start-up."""
+    folder), or None when none is. runner.main stops with it at start-up."""
     todo = sorted(sentinels(root or ROOT))
     if not todo:
         return None

@@ -2,11 +2,11 @@
 metrics.py: the numbers of a run. What metrics.json holds (assemble), their mean and spread over seeds
 (aggregate), and the effects the two papers predict, judged on paired differences over seeds (effects).
 
-afd_mini.py assembles one seed's metrics from its stages' results, and combines the seeds' into the top-level
-metrics.json; report.py turns them into report.md and the figures (figures.py). docs/METRICS.md documents every
-key. Notation as in the README: π_β the expert (demonstrator), π_init the pretrained model, π_SFT the model
-fine-tuned on demonstrations; KL(β ‖ π) the forward KL (mass-covering), KL(π ‖ β) the reverse KL (mode-seeking),
-in nats per response.
+runner.py assembles one seed's metrics from its stages' results, combines the seeds' into the top-level
+metrics.json and a sweep's points' into sweep.json; report.py turns them into report.md and the figures
+(figures.py). docs/METRICS.md documents every key. Notation as in the README: π_β the expert (demonstrator),
+π_init the pretrained model, π_SFT the model fine-tuned on demonstrations; KL(β ‖ π) the forward KL
+(mass-covering), KL(π ‖ β) the reverse KL (mode-seeking), in nats per response.
 """
 import copy
 

@@ -28,6 +28,10 @@ INVALID = dict(
 FIELDS = [f.name for f in dataclasses.fields(afd_mini.Config)]
 
 
+def parse_args(argv):
+    return runner.parse_args(argv, afd_mini.STAGES, afd_mini.Config, afd_mini.PRESETS)
+
+
 def test_every_option_has_an_invalid_example():
     assert set(INVALID) == set(FIELDS)
 
@@ -119,7 +123,7 @@ def test_a_policy_gradient_batch_that_cannot_fit_in_memory_is_refused_with_its_e
         assert len(lines) == 1 and lines[0].startswith(f"afd_mini: error: {given}: "), lines
         assert "more than this machine's 16.0 GiB of memory" in lines[0], lines[0]
         assert not (tmp_path / "out").exists()
-    with pytest.raises(runner.UsageError, match=r"need about 86\.4 GiB \(× 302 tokens"):
-        afd_mini.parse_args(["--group_size=100000"])
+    with pytest.raises(cli.UsageError, match=r"need about 86\.4 GiB \(× 302 tokens"):
+        parse_args(["--group_size=100000"])
     for argv in ([], ["--preset=gpu"], ["--quick"]):
-        afd_mini.parse_args(argv)
+        parse_args(argv)

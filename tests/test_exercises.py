@@ -211,12 +211,14 @@ def test_exercises_md_has_every_check_command_and_every_run():
 
 def test_experiment_runs_are_valid_afd_mini_options_off_the_default():
     import afd_mini
-    default = afd_mini.parse_args([])
+    import runner
+    parse = lambda argv: runner.parse_args(argv, afd_mini.STAGES, afd_mini.Config, afd_mini.PRESETS)
+    default = parse([])
     for e in ex.EXERCISES:
         if not e.coding:
             command = e.command.split()
             assert command[:2] == ["python", "afd_mini.py"], e.command
-            cfg = afd_mini.parse_args(command[2:])   # raises on an unknown option or a bad value
+            cfg = parse(command[2:])   # raises on an unknown option or a bad value
             changed = {k for k in vars(cfg) if getattr(cfg, k) != getattr(default, k)} - {"out_dir"}
             assert changed, f"exercise {e.number} runs the default configuration: {e.command}"
 

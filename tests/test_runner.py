@@ -71,7 +71,7 @@ def test_every_option_that_changes_results_is_in_some_stage_fingerprint():
     checked below) and --control (it chooses which stages run, checked in test_pipeline.py)."""
     default = afd_mini.Config()
     for f in dataclasses.fields(afd_mini.Config):
-        if f.name in afd_mini.RUN_ONLY | {"device", "seed", "control"}:
+        if f.name in afd_mini.Config.RUN_ONLY | {"device", "seed", "control"}:
             continue
         other = {bool: lambda v: not v, str: lambda v: v + "x", int: lambda v: v + 2, float: lambda v: v / 2 if v else 1.0}
         value = other[type(f.default)](getattr(default, f.name))
