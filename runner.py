@@ -584,6 +584,8 @@ def launch(prog, parse, begin, work, end):
 
         try:
             status, cfg = step(parse)
+            if cfg is None:   # bad input, or --help with its output cut short (… | head): nothing to run
+                return status
             if not status:
                 status, _ = step(lambda: stack.enter_context(begin(cfg)), everywhere=False)
             if not status:

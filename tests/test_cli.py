@@ -61,6 +61,16 @@ def test_a_bad_option_from_the_shell_has_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_help_whose_reader_stops_early_is_no_traceback():
+    """python afd_mini.py --help | head -3 used to end in a traceback: the run went on without options. Here the
+    reader is gone before the first line."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "afd_mini.py"), "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
+
+
 @pytest.mark.parametrize("arg, words", [
     ("--pg_lr=inf", ["--pg_lr=inf", "finite"]),
     ("--kl_coef=nan", ["--kl_coef=nan", "finite"]),
