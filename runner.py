@@ -11,8 +11,8 @@ then it writes each run's metrics.json (metrics.py) and the report (report.py). 
   - else runs it (the stage writes its files, then <stage>.json is written last and atomically) and caches it,
 and returns every stage's results. A stage's fingerprint covers exactly what its result depends on: the seed,
 the options it reads, the fingerprints of the stages it consumes, how the numbers are computed (torch's version,
-the device, the thread count) and the code. Also here: the output directory's guards (a run of other options is
-refused, one run at a time), progress lines, and turning every failure into one line.
+the device, the thread count) and the code: code_files states which. Also here: the output directory's guards (a
+run of other options is refused, one run at a time), progress lines, and turning every failure into one line.
 
 This module knows nothing of the papers' maths. Of a Run it asks only .cfg, .seed, .device, .dir,
 .begin(stage_name), .world_seconds and .control_world.
@@ -133,10 +133,15 @@ def stage_key(stage, run, keys, always_reads):
 
 
 def code_files(entry):
-    """The files whose code computes results: the pipeline's file `entry` and every module of its folder that it
-    imports, directly or through another one (read from their import statements, not listed by hand, so that a
-    new module cannot be forgotten), with the data files of the packages among them (the tokenizer's ranks)."""
+    """The files whose code computes the stages' results: the pipeline's file `entry` and every module of its
+    folder that it imports, directly or through another one, but for this module and what only this module
+    imports. The rule: a stage's result is computed by the pipeline's code, and the pipeline hands its stages to
+    the runner, so the runner's side (running, caching and resuming stages, the command line, metrics.json, the
+    report and its figures, the exercises' pointers) is never followed from the import of the runner. Read from
+    the import statements, not listed by hand, so that a new module cannot be forgotten; with the data files of
+    the packages among them (the tokenizer's ranks)."""
     root = os.path.dirname(os.path.abspath(entry))
+    runner = os.path.splitext(os.path.basename(__file__))[0]   # this module's name: the import not followed
     seen, todo = set(), [os.path.abspath(entry)]
     while todo:
         path = todo.pop()
@@ -158,6 +163,8 @@ def code_files(entry):
                 continue
             for name in names:   # a.b: a/__init__.py, then a/b.py or a/b/__init__.py
                 parts = name.split(".")
+                if parts[0] == runner:
+                    continue
                 for k in range(1, len(parts) + 1):
                     base = os.path.join(root, *parts[:k])
                     todo += [p for p in (base + ".py", os.path.join(base, "__init__.py")) if os.path.isfile(p)]
