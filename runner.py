@@ -12,7 +12,8 @@ then it writes each run's metrics.json (metrics.py) and the report (report.py). 
 and returns every stage's results. A stage's fingerprint covers exactly what its result depends on: the seed,
 the options it reads, the fingerprints of the stages it consumes, how the numbers are computed (torch's version,
 the device, the thread count) and the code: code_files states which. Also here: the output directory's guards (a
-run of other options is refused, one run at a time), progress lines, and turning every failure into one line.
+run of other options is refused, one run at a time), progress lines, and turning every failure into one line (a
+stage that meets a student copy's blanked exercise names it: exercises.not_written).
 
 This module knows nothing of the papers' maths. Of a Run it asks only .cfg, .seed, .device, .dir,
 .begin(stage_name), .world_seconds and .control_world.
@@ -351,6 +352,11 @@ def execute(run, stage, fp):
         results = stage.fn(run)
     except FloatingPointError as e:   # a non-finite loss or model, wherever it was first noticed
         raise StageError(f"stage {stage.name}: {e}; try a smaller learning rate") from None
+    except NotImplementedError as e:  # in a student copy, an exercise this stage needs; the stages before it ran
+        pointer = exercises.not_written(e)
+        if pointer is None:
+            raise
+        raise StageError(f"stage {stage.name}: {pointer}") from None
     write_json(os.path.join(run.dir, stage.name + ".json"), {**results, "seconds": time.time() - t0,
                                                              "fingerprint": fp})
 
@@ -613,11 +619,6 @@ def main(stages, config_class, presets, run_class, always_reads, argv=None):
     entry of the code hash); presets: {name: options}; run_class(cfg, seed): the Run its stages work in (its
     .control_world: the control world's); always_reads: the options every stage reads."""
     pipeline = sys.modules[config_class.__module__]
-    prog = os.path.splitext(os.path.basename(pipeline.__file__))[0]
-    unfinished = exercises.first_unfinished()   # in a student copy: point to the exercise, not a traceback
-    if unfinished:
-        print(f"{prog}: {unfinished}", file=sys.stderr)
-        return 1
 
     def parse():
         return parse_args(sys.argv[1:] if argv is None else argv, stages, config_class, presets)
@@ -625,7 +626,7 @@ def main(stages, config_class, presets, run_class, always_reads, argv=None):
     def work(cfg, ranks):
         return run_seeds(cfg, ranks, stages, run_class, always_reads, pipeline.__file__)
 
-    return launch(prog, parse, output_dirs, work, report_seeds)
+    return launch(os.path.splitext(os.path.basename(pipeline.__file__))[0], parse, output_dirs, work, report_seeds)
 
 
 def parse_args(argv, stages, config_class, presets):
