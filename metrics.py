@@ -13,7 +13,7 @@ import copy
 import numpy as np
 
 from methods import ADVERSARIAL, ALPHA_JUDGED, MODE_SEEKING, POLICIES
-from stats import judge, paired_interval
+from stats import paired_interval, verdict
 
 # -----------------------------------------------------------------------------
 # one seed's metrics.json
@@ -267,7 +267,7 @@ def effects(runs):
             row.update(verdict="not checked", seeds_holding=0, diff_mean=None, ci95=None, diffs=None,
                        missing=str(e))
         else:
-            row.update(verdict=judge(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
+            row.update(verdict=verdict(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
                        diff_mean=float(np.mean(diffs)), ci95=paired_interval(diffs), diffs=diffs)
         rows.append(row)
         by_effect.setdefault(effect, []).append(row)
@@ -286,7 +286,7 @@ def effects(runs):
 # -----------------------------------------------------------------------------
 # a sweep: the effects at every point
 
-def sweep_summary(points, tops):
+def sweep_metrics(points, tops):
     """sweep.json: for each point of a sweep (cli.sweep_points: (folder, {knob: value})) and its top-level
     metrics, every effect's verdict, mean paired difference and interval there."""
     keep = ("effect", "condition", "verdict", "diff_mean", "ci95", "seeds_holding", "seeds")

@@ -510,14 +510,6 @@ def attempt(body, prog):
                            "command to resume")
 
 
-def guarded(body, prog):
-    """body() → its exit status, with every failure one line on stderr (attempt)."""
-    status, value, line = attempt(body, prog)
-    if line:
-        print(line, file=sys.stderr)
-    return status if status or value is None else value
-
-
 # -----------------------------------------------------------------------------------------------------------
 # Many runs at once: torchrun starts K copies of the program, one per process (rank). For tiny models one run
 # per process beats splitting one run's batches, so each rank takes its own share of the seeds (and of a sweep's
@@ -690,7 +682,7 @@ def report_seeds(cfg, shares):
         if not cfg.sweep:
             print(report.summary(top, point.out_dir))
     if cfg.sweep:
-        sweep = metrics.sweep_summary(cli.sweep_points(cfg), [tops[p.out_dir] for p in points_of(cfg)])
+        sweep = metrics.sweep_metrics(cli.sweep_points(cfg), [tops[p.out_dir] for p in points_of(cfg)])
         write_json(os.path.join(cfg.out_dir, "sweep.json"), sweep)
         report.write_sweep(cfg.out_dir, sweep)
         print(report.sweep_summary(sweep, cfg.out_dir))
