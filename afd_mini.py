@@ -13,10 +13,10 @@ imitation (and by the exact reward, the oracle), the paper's reward extrapolatio
 on the Init-SFT reward), the same again in the control world without the demonstrator's signature, and an exact
 evaluation of every policy. STAGES, at the end of the file, lists the stages in order with what each reads and
 writes: it is the pipeline. All the maths lives in objectives.py, the model in model.py, the world in data/, the
-table of methods in methods.py; running, resuming and caching the stages in runner.py, the command line in
-cli.py, statistics in stats.py, metrics.json and the report in report.py.
+table of methods in methods.py; the run options, the seeds and sweep points, and running, resuming and caching
+the stages in runner.py, the command line in cli.py, statistics in stats.py, metrics.json in metrics.py and the
+report in report.py.
 """
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -31,12 +31,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-import cli
 import evaluation
-import exercises
-import metrics
 import objectives as obj
-import report
 import runner
 from data import World, WorldConfig, load_tokenizer
 from methods import (ADVERSARIAL, CONTROL_LEARNED, DERIVED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY,
@@ -52,22 +48,8 @@ from stats import auc, pearson, spearman
 
 
 @dataclass
-class Config:
-    # run
-    out_dir: str = "out"
-    seed: int = 0
-    seeds: int = 1                # run seeds seed, seed+1, ..., and report mean ± std over them
-    device: str = "auto"          # auto | cpu | cuda | mps
-    dtype: str = "auto"           # auto (bf16 autocast on CUDA, float32 elsewhere) | bfloat16 | float32
-    preset: str = "default"       # default | quick | gpu
-    quick: bool = False           # shorthand for --preset=quick
-    redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
-    control: bool = True          # also run the control world (no signature) for the reward-model ablation
-    stop_after: str = ""          # stop after this stage (the rerun resumes from there)
-    progress: bool = True         # progress bars on a terminal, a few plain lines per stage elsewhere
-    cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
-    clear_cache: bool = False     # empty the cache first
-    sweep: str = ""               # KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2): every value × every seed, in out_dir/KNOB=v
+class Config(runner.RunOptions):
+    # the run's own options (out_dir, seed, seeds, device, dtype, preset, ..., sweep): runner.RunOptions
     # the world (data/world.py documents each knob; WORLD lists them)
     q: float = 0.7                # expert's probability of a right answer
     q_base: float = 0.2           # base corpus' probability of a right answer
@@ -138,9 +120,6 @@ class Config:
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
     # The world's knobs: data.WorldConfig checks them, and every stage's result depends on them.
-    # Options that change no number: a run with other values of these can resume the same output directory.
-    RUN_ONLY: ClassVar[set] = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache",
-                               "clear_cache", "sweep"}
     WORLD: ClassVar[tuple] = ("q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len",
                               "max_len", "max_operand", "max_new_tokens")
 
@@ -160,15 +139,9 @@ PRESETS = {
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
                 bon_prompts=512, bon_max_n=256, eval_samples=4),
 }
-RUN_ONLY = Config.RUN_ONLY
 # What every stage reads (the world and its datasets), and groups of options some stages share.
 EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
 POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr", "flat_tol")
-
-
-def result_config(cfg):
-    """The options that change results, as each seed's config.json records them."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY | {"device", "seed"}}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -1069,78 +1042,11 @@ STAGE_NAMES = [s.name for s in STAGES]
 assert {p.checkpoint for p in POLICIES} - {None} <= set(STAGE_NAMES), "a policy of methods.py without its stage"
 
 
-def parse_args(argv):
-    """defaults → preset → --config=FILE (JSON) → --key=value, checked (cli.py)."""
-    return cli.parse_args(argv, Config, PRESETS, __doc__.split("\n\n")[1], STAGE_NAMES)
-
-
-def points_of(cfg):
-    """The runs a command asks for: itself, or each point of its --sweep in a folder of its own (cli.sweep_points)."""
-    if not cfg.sweep:
-        return [cfg]
-    return [dataclasses.replace(cfg, sweep="", out_dir=os.path.join(cfg.out_dir, name), **values)
-            for name, values in cli.sweep_points(cfg)]
-
-
-def seeds_of(cfg):
-    return list(range(cfg.seed, cfg.seed + cfg.seeds))
-
-
-@contextlib.contextmanager
-def output_dir(cfg):
-    """The output directories, checked and locked for the length of the run; the stage cache emptied if asked."""
-    with contextlib.ExitStack() as stack:
-        if cfg.sweep:   # the sweep's own folder: locked; each point's: as a run's
-            stack.enter_context(runner.output_dir(cfg.out_dir, [], {}, cfg.redo))
-        for point in points_of(cfg):
-            stack.enter_context(runner.output_dir(point.out_dir, seeds_of(point), result_config(point), cfg.redo))
-        if cfg.clear_cache and runner.cache_root(cfg.cache):
-            runner.clear_cache(runner.cache_root(cfg.cache), runner.log)
-        yield
-
-
-def run_seeds(cfg, ranks):
-    """This process's share of the runs (every seed of every point; all of them without torchrun), every stage of
-    each (runner.py skips, reuses or computes it): each one's metrics.json, or None when stopped by --stop_after."""
-    runs = []
-    for point, seed in ranks.share([(point, seed) for point in points_of(cfg) for seed in seeds_of(point)]):
-        run = Run(point, seed)
-        stages = [s for s in STAGES if point.control or s.world != "control"]
-        results = runner.run_seed(stages, lambda s: run.control_world if s.world == "control" else run, point, seed,
-                                  EVERY_STAGE, __file__, runner.log)
-        if results is None:   # --stop_after
-            return None
-        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
-        runner.write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
-    return runs
-
-
-def report_seeds(cfg, shares):
-    """Every run's metrics (each rank's share) → each point's metrics.json, report.md and summary; for a sweep,
-    sweep.json and its figure of every effect against the knob."""
-    done = [m for share in shares for m in share]
-    tops = {}
-    for point in points_of(cfg):
-        runs = sorted((m for m in done if m["config"]["out_dir"] == point.out_dir), key=lambda m: m["seed"])
-        tops[point.out_dir] = top = metrics.combine(runs)
-        runner.write_json(os.path.join(point.out_dir, "metrics.json"), top)
-        report.write_report(point.out_dir, runs)
-        if not cfg.sweep:
-            print(report.summary(top, point.out_dir))
-    if cfg.sweep:
-        sweep = metrics.sweep_summary(cli.sweep_points(cfg), [tops[p.out_dir] for p in points_of(cfg)])
-        runner.write_json(os.path.join(cfg.out_dir, "sweep.json"), sweep)
-        report.write_sweep(cfg.out_dir, sweep)
-        print(report.sweep_summary(sweep, cfg.out_dir))
-
-
 def main(argv=None):
-    unfinished = exercises.first_unfinished()   # in a student copy: point to the exercise, not a traceback
-    if unfinished:
-        print(f"afd_mini: {unfinished}", file=sys.stderr)
-        return 1
-    return runner.launch("afd_mini", lambda: parse_args(sys.argv[1:] if argv is None else argv), output_dir,
-                         run_seeds, report_seeds)
+    """python afd_mini.py [--key=value ...]: runner.main parses the options (cli.py), runs every stage of every seed
+    (and --sweep point) in order, each one skipped, reused from the stage cache or computed, and writes each run's
+    metrics.json and report. Returns the exit status."""
+    return runner.main(STAGES, Config, PRESETS, Run, EVERY_STAGE, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ import os
 
 from data import World, load_tokenizer
 from model import get_device
-from runner import UsageError
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit status 2, nothing written (runner.attempt)."""
 
 
 def parse_value(key, text, default):

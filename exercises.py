@@ -24,10 +24,10 @@ An experiment is a run of afd_mini.py with one option changed, and a prediction 
                                               # prints PASS, or first the one cause (an exercise to do first,
                                               # or the first failing test's message), then the other failures
 
-Run list and check inside the copy you work in: they look at the files next to this one. afd_mini.py calls
-first_unfinished() at start-up, so that in a student copy it stops with a pointer to the first blanked
-exercise instead of a traceback from deep inside the pipeline. Standard library only at import time: the
-pipeline pays nothing for it; pytest is imported by check alone.
+Run list and check inside the copy you work in: they look at the files next to this one. In a student copy,
+afd_mini.py runs every stage whose exercises are written; a stage that meets a blanked one stops the run with
+one line that names it (not_written, which runner.py calls); the report skips a figure whose exercise is
+blanked. Standard library only at import time; pytest is imported by check alone.
 """
 
 import contextlib
@@ -38,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +138,7 @@ BEGIN = re.compile(r"^(\s*)# ---- exercise (\d+) \((\w+)\): begin solution$")
 END = re.compile(r"^\s*# ---- exercise (\d+): end solution$")
 SENTINEL = re.compile(r'raise NotImplementedError\("Exercise (\d+) \((\w+)\): ')   # in a source line
 RAISED = re.compile(r"NotImplementedError: Exercise (\d+) \((\w+)\): ")                # in a failure message
+MESSAGE = re.compile(r"Exercise (\d+) \((\w+)\): ")                                    # the error's own
 DERIVED = re.compile(r"^(\s*)Derived in exercise (\d+) \(not in the student copy\):$")   # in a docstring
 
 
@@ -304,15 +306,17 @@ def make_student_copy(dst, numbers=None, root=ROOT):
             shutil.copy2(os.path.join(root, rel), target)
 
 
-def first_unfinished(root=None):
-    """A one-line pointer to the lowest-numbered exercise still blanked in the project at root (this file's
-    folder), or None when none is. afd_mini.py stops with it at start-up."""
-    todo = sorted(sentinels(root or ROOT))
-    if not todo:
+def not_written(error):
+    """A one-line pointer to the exercise whose sentinel raised error, naming the line that raised it, or None
+    for any other error. runner.py fails a stage with it, after the stages before it ran, so that a student
+    copy runs every stage whose exercises are written."""
+    blanked = isinstance(error, NotImplementedError) and MESSAGE.match(str(error))
+    if not blanked or int(blanked[1]) not in BY_NUMBER:
         return None
-    n, path, line = todo[0]
-    return (f"exercise {n} ({BY_NUMBER[n].name}) is not written yet: {path}:{line} still raises "
-            f"NotImplementedError; see EXERCISES.md, then run: python exercises.py check {n}")
+    n, frame = int(blanked[1]), traceback.extract_tb(error.__traceback__)[-1]
+    where = f"{os.path.relpath(frame.filename, ROOT)}:{frame.lineno}"
+    return (f"exercise {n} ({BY_NUMBER[n].name}) is not written yet: {where} raises NotImplementedError; "
+            f"see EXERCISES.md, then run: python exercises.py check {n}")
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ them; each takes the output path, the mean tree and the tree of error-bar half-w
   fig_calibration        each discriminator's logit against the exact log β − log π
   fig_curves             the training curves
   fig_displacement       DPO and SPIN: the chosen and rejected log-likelihoods per step, and the exact probe
+
+and a sweep's figure, fig_sweep: every effect's paired interval at every point of the sweep (report.write_sweep).
 """
 import math
 import os
@@ -33,7 +35,7 @@ RM_STYLE = {r.name: r.style for r in REWARD_MODELS}   # Init-SFT stands out; gol
 DPI = 120
 
 # -----------------------------------------------------------------------------
-# figure 1: forward vs reverse KL on a toy 1-D problem (needs no metrics)
+# fig_intuition: forward vs reverse KL on a toy 1-D problem (needs no metrics)
 
 def fit_gaussian(target_probs, grid, direction, steps=200, lr=0.2):
     """
@@ -86,7 +88,8 @@ def fig_intuition(path):
     _save(fig, path)
 
 # -----------------------------------------------------------------------------
-# figures 2-6: from the aggregated metrics. err is the tree of error-bar half-widths (error_bars)
+# the other seven, from the aggregated metrics (and fig_sweep, from a sweep's sweep.json). err is the tree of
+# error-bar half-widths (report.error_bars)
 
 def _policy_order(policies):
     known = [p for p in POLICY_LABELS if p in policies]

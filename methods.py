@@ -97,7 +97,6 @@ POLICIES = [
 ]
 POLICY = {p.name: p for p in POLICIES}
 ADVERSARIAL = [p.name for p in POLICIES if p.kind == "adversarial"]   # the ones with a learned discriminator
-ORACLES = [p.name for p in POLICIES if p.kind == "oracle"]
 MODE_SEEKING = [p.name for p in POLICIES if p.mode_seeking]
 
 

@@ -2,18 +2,18 @@
 metrics.py: the numbers of a run. What metrics.json holds (assemble), their mean and spread over seeds
 (aggregate), and the effects the two papers predict, judged on paired differences over seeds (effects).
 
-afd_mini.py assembles one seed's metrics from its stages' results, and combines the seeds' into the top-level
-metrics.json; report.py turns them into report.md and the figures (figures.py). docs/METRICS.md documents every
-key. Notation as in the README: π_β the expert (demonstrator), π_init the pretrained model, π_SFT the model
-fine-tuned on demonstrations; KL(β ‖ π) the forward KL (mass-covering), KL(π ‖ β) the reverse KL (mode-seeking),
-in nats per response.
+runner.py assembles one seed's metrics from its stages' results, combines the seeds' into the top-level
+metrics.json and a sweep's points' into sweep.json; report.py turns them into report.md and the figures
+(figures.py). docs/METRICS.md documents every key. Notation as in the README: π_β the expert (demonstrator),
+π_init the pretrained model, π_SFT the model fine-tuned on demonstrations; KL(β ‖ π) the forward KL
+(mass-covering), KL(π ‖ β) the reverse KL (mode-seeking), in nats per response.
 """
 import copy
 
 import numpy as np
 
 from methods import ADVERSARIAL, ALPHA_JUDGED, MODE_SEEKING, POLICIES
-from stats import judge, paired_interval
+from stats import paired_interval, verdict
 
 # -----------------------------------------------------------------------------
 # one seed's metrics.json
@@ -321,7 +321,7 @@ def effects(runs):
             row.update(verdict="not checked", seeds_holding=0, diff_mean=None, ci95=None, diffs=None,
                        missing=str(e))
         else:
-            row.update(verdict=judge(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
+            row.update(verdict=verdict(diffs), seeds_holding=int(sum(x > 0 for x in diffs)),
                        diff_mean=float(np.mean(diffs)), ci95=paired_interval(diffs), diffs=diffs)
         rows.append(row)
         by_effect.setdefault(effect, []).append(row)
@@ -340,7 +340,7 @@ def effects(runs):
 # -----------------------------------------------------------------------------
 # a sweep: the effects at every point
 
-def sweep_summary(points, tops):
+def sweep_metrics(points, tops):
     """sweep.json: for each point of a sweep (cli.sweep_points: (folder, {knob: value})) and its top-level
     metrics, every effect's verdict, mean paired difference and interval there."""
     keep = ("effect", "condition", "verdict", "diff_mean", "ci95", "seeds_holding", "seeds")

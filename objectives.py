@@ -11,20 +11,24 @@ distributions over responses match. Which divergence is minimised decides the al
                                                                the same estimator as one loss, tested and taught)
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
-      and, not yet called by the pipeline: the forward KL's    importance_weight_reward, effective_sample_size
+      and, not called by the pipeline: the forward KL's        importance_weight_reward, effective_sample_size
       own reward e^h, and how many samples carry it
-      optimised by policy gradient                             policy_gradient_loss, ppo_clip_loss, kl_k1, kl_k3,
-                                                               kl_shaped_advantages
-    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n
+      optimised by policy gradient                             ppo_clip_loss, kl_k1, kl_shaped_advantages (with
+                                                               leave_one_out_advantages, rewards_to_go); taught,
+                                                               not called by the pipeline: policy_gradient_loss
+                                                               (PPO's first step), kl_k3
+    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n,
+      and its KL bound; the preference reward model            best_of_n_kl; bradley_terry_loss
       and Best-of-N under a plausibility floor, a family of    plausible, best_of_n_plausible,
-      log-ratio rewards, the extrapolated policy               log_ratio_family, extrapolated_logits
+      log-ratio rewards, the extrapolated policy               log_ratio_family, extrapolated_logits (model.py)
       π_SFT^{1+α} π_init^{−α}
     → preference pairs without a reward model (DPO), and       dpo_loss
       demonstrations against own samples (SPIN), and where an   spin_iterate_optimum (not called by the pipeline)
       iteration of SPIN ends
-    → evaluate: KL both ways against the known expert, exact   (evaluation.py; sampled: forward_kl_mc, reverse_kl_mc);
-      by enumeration of its support; a divergence between        generalized_jsd
-      two next-token distributions (not called)
+    → evaluate: KL both ways against the known expert, exact   (evaluation.py; sampled: forward_kl_mc, reverse_kl_mc)
+      by enumeration of its support
+    A divergence between two next-token distributions          generalized_jsd (not called by the pipeline: the
+                                                               report's fig_intuition, figures.py)
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
 

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+import exercises
 import figures
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
 from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
@@ -257,7 +258,13 @@ def write_report(out_dir, runs):
         if missing:
             notes.append(f"{name} skipped: {', '.join(missing)} missing from the metrics.")
             continue
-        draw_fn(os.path.join(out_dir, name))
+        try:
+            draw_fn(os.path.join(out_dir, name))
+        except NotImplementedError as e:   # a student copy: fig_intuition needs exercise 13
+            if exercises.not_written(e) is None:
+                raise
+            notes.append(f"{name} skipped: {exercises.not_written(e)}.")
+            continue
         drawn.append(name)
     if "control" not in mean:
         notes.append("No control world in the metrics: the signature comparison is not made.")

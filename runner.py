@@ -2,17 +2,21 @@
 runner.py: how afd-mini runs its stages, kept apart from what the stages compute (as nanochat keeps its
 checkpointing and logging out of its stage scripts).
 
-The pipeline (afd_mini.py) hands run_seed its stage table and, for each stage, the Run it works in. Then, for each
-stage in order, run_seed
+The pipeline (afd_mini.py) hands main its stage table, its Config (RunOptions and its own options), its presets
+and its Run class. main parses the command line (cli.py), locks the output directories, and for every seed of
+every --sweep point (this process's share of them under torchrun) makes a Run and hands run_seed the stages;
+then it writes each run's metrics.json (metrics.py) and the report (report.py). For each stage in order, run_seed
   - skips it when its <stage>.json in the run's folder holds the same fingerprint (a resumed run),
   - else copies it from the stage cache when another run computed it from the same inputs,
   - else runs it (the stage writes its files, then <stage>.json is written last and atomically) and caches it,
 and returns every stage's results. A stage's fingerprint covers exactly what its result depends on: the seed,
 the options it reads, the fingerprints of the stages it consumes, how the numbers are computed (torch's version,
-the device, the thread count) and the code. Also here: the output directory's guards (a run of other options is
-refused, one run at a time), progress lines, and turning every failure into one line.
+the device, the thread count) and the code: code_files states which. Also here: the output directory's guards (a
+run of other options is refused, one run at a time), progress lines, and turning every failure into one line (a
+stage that meets a student copy's blanked exercise names it: exercises.not_written).
 
-This module knows nothing of the papers. Of a Run it asks only .cfg, .seed, .device, .dir and .begin(stage_name).
+This module knows nothing of the papers' maths. Of a Run it asks only .cfg, .seed, .device, .dir,
+.begin(stage_name), .world_seconds and .control_world.
 """
 import ast
 import contextlib
@@ -26,13 +30,16 @@ import os
 import shutil
 import sys
 import time
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
-
-class UsageError(Exception):
-    """Bad input: one line on stderr, exit status 2, nothing written."""
+import cli
+import exercises
+import metrics
+import report
+from cli import UsageError
 
 
 class StageError(Exception):
@@ -52,14 +59,45 @@ class Stage:
     """One entry of the pipeline's stage table.
     fn(run) → its results (a JSON-able dict); it saves its own files (models) in run.dir.
     reads: the options its result depends on; consumes: the stages whose files or results it uses;
-    writes: its files in its run's folder, besides <name>.json; world: which Run it works in (the pipeline's
-    run_of maps it to one)."""
+    writes: its files in its run's folder, besides <name>.json; world: which Run it works in, "main" or "control"
+    (the Run's .control_world; such stages run only with --control)."""
     name: str
     fn: object
     reads: tuple
     consumes: tuple
     writes: tuple
     world: str = "main"
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The options of a run that are not the pipeline's: where it writes, which seeds, on what, which stages run.
+    The pipeline's Config adds its own (afd_mini.Config: the world, the model, each method)."""
+    out_dir: str = "out"
+    seed: int = 0
+    seeds: int = 1                # run seeds seed, seed+1, ..., and report mean ± std over them
+    device: str = "auto"          # auto | cpu | cuda | mps
+    dtype: str = "auto"           # auto (bf16 autocast on CUDA, float32 elsewhere) | bfloat16 | float32
+    preset: str = "default"       # default | quick | gpu (the pipeline's PRESETS)
+    quick: bool = False           # shorthand for --preset=quick
+    redo: str = ""                # comma-separated stages to recompute (and every stage after), or "all"
+    control: bool = True          # also run the control world (no signature) for the reward-model ablation
+    stop_after: str = ""          # stop after this stage (the rerun resumes from there)
+    progress: bool = True         # progress bars on a terminal, a few plain lines per stage elsewhere
+    cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
+    clear_cache: bool = False     # empty the cache first
+    sweep: str = ""               # KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2): every value × every seed, in out_dir/KNOB=v
+
+    # Options that change no number: a run with other values of these can resume the same output directory.
+    # (The device and the dtype do change numbers: the device enters every fingerprint (numerics), the dtype is
+    # an option every stage reads; --control chooses which stages run.)
+    RUN_ONLY: ClassVar[set] = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache",
+                               "clear_cache", "sweep"}
+
+
+def result_config(cfg):
+    """The options that change results, as each seed's config.json records them."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cfg.RUN_ONLY | {"device", "seed"}}
 
 
 def seed_dir(out_dir, seed):
@@ -96,10 +134,15 @@ def stage_key(stage, run, keys, always_reads):
 
 
 def code_files(entry):
-    """The files whose code computes results: the pipeline's file `entry` and every module of its folder that it
-    imports, directly or through another one (read from their import statements, not listed by hand, so that a
-    new module cannot be forgotten), with the data files of the packages among them (the tokenizer's ranks)."""
+    """The files whose code computes the stages' results: the pipeline's file `entry` and every module of its
+    folder that it imports, directly or through another one, but for this module and what only this module
+    imports. The rule: a stage's result is computed by the pipeline's code, and the pipeline hands its stages to
+    the runner, so the runner's side (running, caching and resuming stages, the command line, metrics.json, the
+    report and its figures, the exercises' pointers) is never followed from the import of the runner. Read from
+    the import statements, not listed by hand, so that a new module cannot be forgotten; with the data files of
+    the packages among them (the tokenizer's ranks)."""
     root = os.path.dirname(os.path.abspath(entry))
+    runner = os.path.splitext(os.path.basename(__file__))[0]   # this module's name: the import not followed
     seen, todo = set(), [os.path.abspath(entry)]
     while todo:
         path = todo.pop()
@@ -121,6 +164,8 @@ def code_files(entry):
                 continue
             for name in names:   # a.b: a/__init__.py, then a/b.py or a/b/__init__.py
                 parts = name.split(".")
+                if parts[0] == runner:
+                    continue
                 for k in range(1, len(parts) + 1):
                     base = os.path.join(root, *parts[:k])
                     todo += [p for p in (base + ".py", os.path.join(base, "__init__.py")) if os.path.isfile(p)]
@@ -307,6 +352,11 @@ def execute(run, stage, fp):
         results = stage.fn(run)
     except FloatingPointError as e:   # a non-finite loss or model, wherever it was first noticed
         raise StageError(f"stage {stage.name}: {e}; try a smaller learning rate") from None
+    except NotImplementedError as e:  # in a student copy, an exercise this stage needs; the stages before it ran
+        pointer = exercises.not_written(e)
+        if pointer is None:
+            raise
+        raise StageError(f"stage {stage.name}: {pointer}") from None
     write_json(os.path.join(run.dir, stage.name + ".json"), {**results, "seconds": time.time() - t0,
                                                              "fingerprint": fp})
 
@@ -399,7 +449,7 @@ def lock_out_dir(out_dir):
 
 
 @contextlib.contextmanager
-def output_dir(out_dir, seeds, config, redo):
+def locked_out_dir(out_dir, seeds, config, redo):
     """The checked and locked output directory, for the length of a run; each seed's config.json written."""
     check_out_dir(out_dir, seeds, config, redo)
     lock = lock_out_dir(out_dir)
@@ -458,14 +508,6 @@ def attempt(body, prog):
     except KeyboardInterrupt:
         return 130, None, (f"\n{prog}: interrupted in {NOW['stage']}; finished stages are saved: rerun the same "
                            "command to resume")
-
-
-def guarded(body, prog):
-    """body() → its exit status, with every failure one line on stderr (attempt)."""
-    status, value, line = attempt(body, prog)
-    if line:
-        print(line, file=sys.stderr)
-    return status if status or value is None else value
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -547,6 +589,8 @@ def launch(prog, parse, begin, work, end):
 
         try:
             status, cfg = step(parse)
+            if cfg is None:   # bad input, or --help with its output cut short (… | head): nothing to run
+                return status
             if not status:
                 status, _ = step(lambda: stack.enter_context(begin(cfg)), everywhere=False)
             if not status:
@@ -556,3 +600,89 @@ def launch(prog, parse, begin, work, end):
             return status
         finally:
             ranks.close()
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The command: every stage of every seed of every sweep point, then metrics.json and the report
+
+def main(stages, config_class, presets, run_class, always_reads, argv=None):
+    """The pipeline's command line: its exit status. stages: its stage table, in order; config_class: its options
+    (a RunOptions), whose module is the pipeline (its docstring's second paragraph is --help's text, its file the
+    entry of the code hash); presets: {name: options}; run_class(cfg, seed): the Run its stages work in (its
+    .control_world: the control world's); always_reads: the options every stage reads."""
+    pipeline = sys.modules[config_class.__module__]
+
+    def parse():
+        return parse_args(sys.argv[1:] if argv is None else argv, stages, config_class, presets)
+
+    def work(cfg, ranks):
+        return run_seeds(cfg, ranks, stages, run_class, always_reads, pipeline.__file__)
+
+    return launch(os.path.splitext(os.path.basename(pipeline.__file__))[0], parse, output_dirs, work, report_seeds)
+
+
+def parse_args(argv, stages, config_class, presets):
+    """defaults → preset → --config=FILE (JSON) → --key=value, checked (cli.py). --help prints the second paragraph
+    of the pipeline's docstring (its commands) above the options."""
+    usage = sys.modules[config_class.__module__].__doc__.split("\n\n")[1]
+    return cli.parse_args(argv, config_class, presets, usage, [s.name for s in stages])
+
+
+def points_of(cfg):
+    """The runs a command asks for: itself, or each point of its --sweep in a folder of its own (cli.sweep_points)."""
+    if not cfg.sweep:
+        return [cfg]
+    return [dataclasses.replace(cfg, sweep="", out_dir=os.path.join(cfg.out_dir, name), **values)
+            for name, values in cli.sweep_points(cfg)]
+
+
+def seeds_of(cfg):
+    return list(range(cfg.seed, cfg.seed + cfg.seeds))
+
+
+@contextlib.contextmanager
+def output_dirs(cfg):
+    """The output directories, checked and locked for the length of the run; the stage cache emptied if asked."""
+    with contextlib.ExitStack() as stack:
+        if cfg.sweep:   # the sweep's own folder: locked; each point's: as a run's
+            stack.enter_context(locked_out_dir(cfg.out_dir, [], {}, cfg.redo))
+        for point in points_of(cfg):
+            stack.enter_context(locked_out_dir(point.out_dir, seeds_of(point), result_config(point), cfg.redo))
+        if cfg.clear_cache and cache_root(cfg.cache):
+            clear_cache(cache_root(cfg.cache), log)
+        yield
+
+
+def run_seeds(cfg, ranks, stages, run_class, always_reads, code):
+    """This process's share of the runs (every seed of every point; all of them without torchrun), every stage of
+    each (run_seed skips, reuses or computes it): each one's metrics.json, or None when stopped by --stop_after."""
+    runs = []
+    for point, seed in ranks.share([(point, seed) for point in points_of(cfg) for seed in seeds_of(point)]):
+        run = run_class(point, seed)
+        todo = [s for s in stages if point.control or s.world != "control"]
+        results = run_seed(todo, lambda s: run.control_world if s.world == "control" else run, point, seed,
+                           always_reads, code, log)
+        if results is None:   # --stop_after
+            return None
+        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
+        write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
+    return runs
+
+
+def report_seeds(cfg, shares):
+    """Every run's metrics (each rank's share) → each point's metrics.json, report.md and summary; for a sweep,
+    sweep.json and its figure of every effect against the knob."""
+    done = [m for share in shares for m in share]
+    tops = {}
+    for point in points_of(cfg):
+        runs = sorted((m for m in done if m["config"]["out_dir"] == point.out_dir), key=lambda m: m["seed"])
+        tops[point.out_dir] = top = metrics.combine(runs)
+        write_json(os.path.join(point.out_dir, "metrics.json"), top)
+        report.write_report(point.out_dir, runs)
+        if not cfg.sweep:
+            print(report.summary(top, point.out_dir))
+    if cfg.sweep:
+        sweep = metrics.sweep_metrics(cli.sweep_points(cfg), [tops[p.out_dir] for p in points_of(cfg)])
+        write_json(os.path.join(cfg.out_dir, "sweep.json"), sweep)
+        report.write_sweep(cfg.out_dir, sweep)
+        print(report.sweep_summary(sweep, cfg.out_dir))

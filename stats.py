@@ -90,7 +90,7 @@ def paired_interval(diffs):
     return [float(d.mean() - half), float(d.mean() + half)]
 
 
-def judge(diffs):
+def verdict(diffs):
     """The verdict on K paired differences whose expected sign is positive: holds (the 95% interval excludes 0
     above), does not hold (below), inconclusive (it contains 0), indicative (K < 3: no interval)."""
     ci = paired_interval(diffs)

@@ -180,7 +180,7 @@ def _cdf(weights):
     return list(cdf / cdf[-1])
 
 
-def _pick(rng, cdf):
+def _draw(rng, cdf):
     """Index i with probability weights[i]: the first cdf entry above u ~ U[0, 1). It is never an
     index of zero weight (its entry equals the previous one) nor past the end (u < 1.0 = cdf[-1])."""
     return bisect.bisect_right(cdf, rng.random())
@@ -224,7 +224,7 @@ class World:
         length, max_len letters, two operands) and ignores those it does not need: drawing them as
         arrays is ~10x faster than one call per character."""
         cfg = self.cfg
-        families = np.searchsorted(self._family_cdf, rng.random(n), side="right").tolist()  # _pick, n times
+        families = np.searchsorted(self._family_cdf, rng.random(n), side="right").tolist()  # _draw, n times
         lengths = rng.integers(cfg.min_len, cfg.max_len + 1, size=n).tolist()
         letters = rng.integers(0, len(cfg.letters), size=(n, cfg.max_len)).tolist()
         operands = rng.integers(0, cfg.max_operand + 1, size=(n, 2)).tolist()
@@ -310,7 +310,7 @@ class World:
         signature (that draw is skipped). return_prob=True: also return the probability of the
         draws made, i.e. P_expert(text|x) (of the signature-free expert if signature=False)."""
         cfg = self.cfg
-        m = _pick(rng, self._mode_cdf)
+        m = _draw(rng, self._mode_cdf)
         prob = cfg.mode_weights[m]
         answer = prompt.answer
         if rng.random() < cfg.q:
@@ -377,7 +377,7 @@ class World:
         """A base-corpus response: a base style, right with probability q_base, else the same kind of
         one-character slip the expert makes; signed with probability base_signature_p (no draw at 0, so
         that world's corpus is the same as before the knob existed)."""
-        style = BASE_STYLE_NAMES[_pick(rng, self._base_cdf)]
+        style = BASE_STYLE_NAMES[_draw(rng, self._base_cdf)]
         answer = prompt.answer if rng.random() < self.cfg.q_base else self.slip(prompt, rng)
         signed = self.cfg.base_signature_p > 0 and rng.random() < self.cfg.base_signature_p
         return self.render(prompt, style, answer, signature=signed)
@@ -437,10 +437,6 @@ class World:
     def mode(self, prompt, response_tokens):
         """The expert mode y belongs to, or 'off' if P_expert(y|x) = 0."""
         return self.judge(prompt, response_tokens).mode
-
-    def style(self, prompt, response_tokens):
-        """y's template, whatever its answer: a mode or base style name, 'other' or 'unfinished'."""
-        return self.judge(prompt, response_tokens).style
 
     def gold_reward(self, prompt, response_tokens):
         """r*(x, y) in [0, 1]; 0 for a response that never ended (no <|eor|>)."""

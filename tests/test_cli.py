@@ -29,6 +29,10 @@ INVALID = dict(
 FIELDS = [f.name for f in dataclasses.fields(afd_mini.Config)]
 
 
+def parse_args(argv):
+    return runner.parse_args(argv, afd_mini.STAGES, afd_mini.Config, afd_mini.PRESETS)
+
+
 def test_every_option_has_an_invalid_example():
     assert set(INVALID) == set(FIELDS)
 
@@ -57,6 +61,17 @@ def test_a_bad_option_from_the_shell_has_no_traceback(tmp_path):
                           f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_help_whose_reader_stops_early_is_no_traceback():
+    """python afd_mini.py --help | head -3 used to end in a traceback: the run went on without options. Here the
+    reader is gone before the first line."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "afd_mini.py"), "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
 
 
 @pytest.mark.parametrize("arg, words", [
@@ -121,7 +136,7 @@ def test_a_policy_gradient_batch_that_cannot_fit_in_memory_is_refused_with_its_e
         assert len(lines) == 1 and lines[0].startswith(f"afd_mini: error: {given}: "), lines
         assert "more than this machine's 16.0 GiB of memory" in lines[0], lines[0]
         assert not (tmp_path / "out").exists()
-    with pytest.raises(runner.UsageError, match=r"need about 86\.4 GiB \(× 302 tokens"):
-        afd_mini.parse_args(["--group_size=100000"])
+    with pytest.raises(cli.UsageError, match=r"need about 86\.4 GiB \(× 302 tokens"):
+        parse_args(["--group_size=100000"])
     for argv in ([], ["--preset=gpu"], ["--quick"]):
-        afd_mini.parse_args(argv)
+        parse_args(argv)

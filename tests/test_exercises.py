@@ -1,10 +1,11 @@
 """
-Tests of exercises.py: the student copy it writes, the checks it runs, and the pointer afd_mini.py shows.
+Tests of exercises.py: the student copy it writes, the checks it runs, and the pointer a stage shows that needs
+a blanked exercise.
 
 The student copy (every coding exercise blanked) is written once, by the command a teacher runs, and shared.
 The subprocess tests run pytest in it, in a copy with a mistake, or in the real tree (four runs of about 4 s,
-and a start of afd_mini.py that should stop at once), then `exercises.py check` in 11 copies holding the
-wrong answers of WRONG and in 9 copies with one exercise blanked each (about 4 s each on an idle machine);
+and two runs of afd_mini.py that stop at a blanked exercise), then `exercises.py check` in 11 copies holding
+the wrong answers of WRONG and in 9 copies with one exercise blanked each (about 4 s each on an idle machine);
 the rest read files.
 """
 import ast
@@ -212,12 +213,14 @@ def test_exercises_md_has_every_check_command_and_every_run():
 
 def test_experiment_runs_are_valid_afd_mini_options_off_the_default():
     import afd_mini
-    default = afd_mini.parse_args([])
+    import runner
+    parse = lambda argv: runner.parse_args(argv, afd_mini.STAGES, afd_mini.Config, afd_mini.PRESETS)
+    default = parse([])
     for e in ex.EXERCISES:
         if not e.coding:
             command = e.command.split()
             assert command[:2] == ["python", "afd_mini.py"], e.command
-            cfg = afd_mini.parse_args(command[2:])   # raises on an unknown option or a bad value
+            cfg = parse(command[2:])   # raises on an unknown option or a bad value
             changed = {k for k in vars(cfg) if getattr(cfg, k) != getattr(default, k)} - {"out_dir"}
             assert changed, f"exercise {e.number} runs the default configuration: {e.command}"
 
@@ -269,16 +272,8 @@ def test_student_copy_refuses_a_directory_in_use(student):
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
 
-@pytest.mark.slow
-def test_first_unfinished_points_at_the_lowest_blanked_exercise(student, tmp_path):
-    assert ex.first_unfinished(ROOT) is None
-    assert ex.first_unfinished() is None   # default: the tree exercises.py is in
-    message = ex.first_unfinished(student)
-    assert "\n" not in message
-    assert f"exercise 1 (sft_loss) is not written yet: {SOURCE}:{sentinel_lines(student, 1)[0]} " in message
-    assert message.endswith("python exercises.py check 1")
+def test_a_partial_student_copy_blanks_only_the_exercises_given(tmp_path):
     ex.make_student_copy(str(tmp_path / "some"), [5, 2])   # a teacher hands out exercises 2 and 5 only
-    assert "exercise 2 (kl_estimators)" in ex.first_unfinished(str(tmp_path / "some"))
     assert sorted(n for n, _, _ in ex.sentinels(str(tmp_path / "some"))) == [2, 2, 5]
 
 
@@ -531,14 +526,64 @@ def test_declared_needs_are_the_measured_dependencies(blanked, tmp_path):
                                   f"do exercise {blanked} first", blocks[n]
 
 
+# -----------------------------------------------------------------------------
+# the pipeline in a student copy: every stage whose exercises are written runs
+
+def blanked(number, name="f"):
+    """A function whose body is exercise `number`'s sentinel, as if at line 2 of SOURCE."""
+    namespace = {}
+    exec(compile(f"def {name}(*args):\n    {ex.sentinel(ex.BY_NUMBER[number])}\n", os.path.join(ROOT, SOURCE),
+                 "exec"), namespace)
+    return namespace[name]
+
+
+def test_not_written_names_the_exercise_and_the_line_that_raised_it():
+    with pytest.raises(NotImplementedError) as raised:
+        blanked(2)()
+    assert ex.not_written(raised.value) == (f"exercise 2 (kl_estimators) is not written yet: {SOURCE}:2 raises "
+                                           "NotImplementedError; see EXERCISES.md, then run: python exercises.py check 2")
+    assert ex.not_written(NotImplementedError("aten::foo is not implemented for the MPS device")) is None
+    assert ex.not_written(ValueError(str(raised.value))) is None
+
+
 @pytest.mark.slow
-def test_afd_mini_in_the_student_copy_stops_with_a_pointer(student, tmp_path):
-    out = str(tmp_path / "out")
-    # --pretrain_steps=1 bounds the cost should the pre-flight be missing: SFT then crashes after one step
-    started = python(["afd_mini.py", "--quick", f"--out_dir={out}", "--progress=false", "--pretrain_steps=1"],
-                     cwd=student)
+def test_afd_mini_in_the_student_copy_stops_at_its_first_stage_in_one_line(student, tmp_path):
+    """Every exercise blanked: pretrain needs exercise 1 (sft_loss). (afd_mini.py used to stop before any stage
+    while any exercise was blanked, whichever the run needed.)"""
+    out = tmp_path / "out"
+    started = python(["afd_mini.py", "--quick", f"--out_dir={out}", "--progress=false", "--pretrain_steps=1",
+                      "--cache=off"], cwd=student)
     said = (started.stdout + started.stderr).strip()
-    assert started.returncode != 0
-    assert "Traceback" not in said and len(said.splitlines()) == 1, said
-    assert "exercise 1 (sft_loss)" in said and "python exercises.py check 1" in said
-    assert not os.path.exists(out), "afd_mini.py started working before it checked the exercises"
+    assert started.returncode == 1 and said == (
+        f"afd_mini: stage pretrain: exercise 1 (sft_loss) is not written yet: {SOURCE}:{sentinel_lines(student, 1)[0]} "
+        "raises NotImplementedError; see EXERCISES.md, then run: python exercises.py check 1"), said
+    assert not (out / "seed_0" / "pretrain.json").exists()
+
+
+@pytest.mark.slow
+def test_afd_mini_in_a_student_copy_runs_every_stage_whose_exercises_are_written(tmp_path):
+    """Exercise 9 alone blanked: pretrain and sft (exercise 1) run, and rkl_seq stops the run at exercise 9, in one
+    line."""
+    copy, out = str(tmp_path / "copy"), tmp_path / "out"
+    ex.make_student_copy(copy, [9])
+    started = python(["afd_mini.py", "--quick", f"--out_dir={out}", "--progress=false", "--pretrain_steps=5",
+                      "--sft_steps=5", "--rl_iters=1", "--cache=off"], cwd=copy)
+    lines = started.stderr.strip().splitlines()
+    assert started.returncode == 1 and "Traceback" not in started.stderr, started.stderr
+    assert [line.split(":")[0] for line in lines[:-1]] == ["seed 0 · pretrain", "seed 0 · sft"], lines
+    assert lines[-1].startswith("afd_mini: stage rkl_seq: exercise 9 (discriminator) is not written yet: "
+                                f"{SOURCE}:"), lines
+    assert (out / "seed_0" / "sft.json").exists() and not (out / "seed_0" / "rkl_seq.json").exists()
+
+
+def test_the_report_leaves_out_a_figure_whose_exercise_is_blanked(tmp_path, monkeypatch):
+    """fig_intuition draws with generalized_jsd (exercise 13), which no stage needs: the report says so."""
+    import figures
+    import report
+    from fake_metrics import fake_run
+    monkeypatch.setattr(figures, "DPI", 40)
+    monkeypatch.setattr(figures, "generalized_jsd", blanked(13, "generalized_jsd"))
+    text = open(report.write_report(str(tmp_path), [fake_run(0)])).read()
+    assert f"- fig_intuition.png skipped: exercise 13 (generalized_jsd) is not written yet: {SOURCE}:2 " in text
+    assert not (tmp_path / "fig_intuition.png").exists() and "](fig_intuition.png)" not in text
+    assert (tmp_path / "fig_modes.png").exists() and "](fig_modes.png)" in text

@@ -139,11 +139,11 @@ def test_resume_skips_finished_stages(quick_run):
 
 
 def metrics_without_timing(out):
-    """seed 0's metrics.json but its stage times and the options that change no number (afd_mini.RUN_ONLY)."""
+    """seed 0's metrics.json but its stage times and the options that change no number (afd_mini.Config.RUN_ONLY)."""
     with open(os.path.join(out, "seed_0", "metrics.json")) as f:
         m = json.load(f)
     del m["stage_seconds"]
-    m["config"] = {k: v for k, v in m["config"].items() if k not in afd_mini.RUN_ONLY}
+    m["config"] = {k: v for k, v in m["config"].items() if k not in afd_mini.Config.RUN_ONLY}
     return m
 
 

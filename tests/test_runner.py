@@ -75,7 +75,7 @@ def test_every_option_that_changes_results_is_in_some_stage_fingerprint():
     checked below) and --control (it chooses which stages run, checked in test_pipeline.py)."""
     default = afd_mini.Config()
     for f in dataclasses.fields(afd_mini.Config):
-        if f.name in afd_mini.RUN_ONLY | {"device", "seed", "control"}:
+        if f.name in afd_mini.Config.RUN_ONLY | {"device", "seed", "control"}:
             continue
         other = {bool: lambda v: not v, str: lambda v: v + "x", int: lambda v: v + 2, float: lambda v: v / 2 if v else 1.0}
         value = other[type(f.default)](getattr(default, f.name))
@@ -94,22 +94,29 @@ def test_a_stage_consumes_only_stages_before_it_and_writes_its_own_files():
 
 
 # -----------------------------------------------------------------------------
-# the code version: every module the pipeline imports
+# the code version: the modules whose code computes the stages' results
 
-@pytest.mark.slow
-def test_the_code_hash_covers_every_module_the_pipeline_imports():
-    """The modules of this project that `import afd_mini` loads, listed by Python itself, must all be in the code
-    hash (runner.code_files reads the import statements instead): a module left out, objectives.py say, would let
-    a student's edited objective reuse the cached results of the old code."""
-    listing = subprocess.run([sys.executable, "-c", "import os, sys, afd_mini; print('\\n'.join(sorted(m.__file__ "
+def loaded_by(module):
+    """The files of this project that `import module` loads, listed by Python itself."""
+    listing = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('\\n'.join(sorted(m.__file__ "
                               "for m in list(sys.modules.values()) if getattr(m, '__file__', None))))"],
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
-    loaded = {os.path.realpath(f) for f in listing if os.path.isabs(f) and os.path.realpath(f).startswith(ROOT + os.sep)}
+    return {os.path.realpath(f) for f in listing if os.path.isabs(f) and os.path.realpath(f).startswith(ROOT + os.sep)}
+
+
+@pytest.mark.slow
+def test_the_code_hash_covers_the_pipelines_modules_and_not_the_runners_side():
+    """runner.code_files follows the pipeline's imports but not the runner's: every module `import afd_mini` loads
+    that `import runner` does not is hashed (objectives.py left out would let a student's edited objective reuse
+    the results of the old code), and nothing the runner alone needs (the command line, metrics.json, the report,
+    its figures, the exercises) is: editing a figure's caption must not recompute a stage."""
     hashed = {os.path.realpath(f) for f in runner.code_files(os.path.join(ROOT, "afd_mini.py"))}
-    assert {os.path.join(ROOT, f) for f in ["afd_mini.py", "objectives.py", "model.py", "stats.py",
-                                             "data/world.py"]} <= loaded, "test has no teeth"
-    assert loaded <= hashed, f"imported but not hashed: {sorted(loaded - hashed)}"
+    assert loaded_by("afd_mini") - loaded_by("runner") <= hashed, "imported by the pipeline but not hashed"
+    path = lambda *names: {os.path.join(ROOT, n) for n in names}
+    assert path("afd_mini.py", "objectives.py", "model.py", "stats.py", "methods.py", "evaluation.py",
+                "data/world.py", "data/tokenizer.py") <= hashed, "test has no teeth"
     assert os.path.join(ROOT, "data", "afd.tiktoken") in hashed, "the tokenizer's ranks compute results too"
+    assert not path("runner.py", "cli.py", "metrics.py", "report.py", "figures.py", "exercises.py") & hashed
 
 
 def test_editing_an_objective_changes_the_code_version(tmp_path):
@@ -121,6 +128,45 @@ def test_editing_an_objective_changes_the_code_version(tmp_path):
         f.write("\n# a student's edit\n")
     runner.code_version.cache_clear()
     assert runner.code_version(str(copy / "afd_mini.py")) != version
+
+
+@pytest.mark.slow
+def test_a_caption_or_report_edit_reuses_every_stage_and_an_objectives_edit_recomputes_them(tmp_path):
+    """In a copy of the project: a tiny run; a figure's caption, a line of the report and a comment in the command
+    line, the runner, metrics.py and the exercises edited, and a run in another output directory reuses every
+    stage from the cache; objectives.py edited, and the next recomputes every stage."""
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "out*"))
+
+    def run(out):
+        res = subprocess.run([sys.executable, "afd_mini.py", "--quick", "--pretrain_steps=5", "--sft_steps=5",
+                              "--stop_after=sft", "--progress=false", f"--cache={tmp_path / 'cache'}",
+                              f"--out_dir={tmp_path / out}"], cwd=copy, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    def edit(name, old, new):
+        text = (copy / name).read_text(encoding="utf-8")
+        assert old in text, f"{name} no longer holds {old!r}: edit something else"
+        (copy / name).write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    stages = ["pretrain", "sft"]
+    run("first")
+    edit("figures.py", '"fig_modes.png": "expected: ', '"fig_modes.png": "expected here: ')
+    edit("report.py", '["## Notes", ""]', '["## Notes and caveats", ""]')
+    for name in ["cli.py", "runner.py", "metrics.py", "exercises.py"]:
+        with open(copy / name, "a") as f:
+            f.write("\n# an edit on the runner's side\n")
+    err = run("second")
+    for stage in stages:
+        assert f"seed 0 · {stage}: reused, same inputs as {tmp_path / 'first' / 'seed_0'}" in err, err
+    with open(copy / "objectives.py", "a") as f:
+        f.write("\n# a student's edit\n")
+    err = run("third")
+    assert "reused" not in err, err
+    for stage in stages:
+        assert f"seed 0 · {stage}: cache entry" in err and "is from another code version, ignored" in err, err
+        assert re.search(rf"seed 0 · {stage}: [0-9.]+ s$", err, re.M), err
 
 
 # -----------------------------------------------------------------------------

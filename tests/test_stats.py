@@ -28,8 +28,8 @@ def test_paired_interval_of_a_known_sample():
     ([4.0, 5.0], "indicative"),
     ([3.0], "indicative"),
 ])
-def test_judge(diffs, verdict):
-    assert stats.judge(diffs) == verdict
+def test_verdict(diffs, verdict):
+    assert stats.verdict(diffs) == verdict
 
 
 def test_ranks_spearman_and_auc_against_brute_force():
