@@ -7,25 +7,19 @@ afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
     python afd_mini.py --help               # every option with its default
 
-It reads top to bottom as the papers' story, in a world whose expert density is known exactly: the world
-(data/), π_init by pretraining, π_SFT by forward KL, the reverse-KL and Jensen–Shannon policies by adversarial
-imitation (and by the exact reward, the oracle), the paper's reward extrapolation (reward models, Best-of-N, RL
-on the Init-SFT reward), the same again in the control world without the demonstrator's signature, and an exact
-evaluation of every policy. STAGES, at the end of the file, lists the stages in order with what each reads and
-writes: it is the pipeline. All the maths lives in objectives.py, the model in model.py, the world in data/, the
-table of methods in methods.py; the run options, the seeds and sweep points, and running, resuming and caching
-the stages in runner.py, the command line in cli.py, statistics in stats.py, metrics.json in metrics.py and the
-report in report.py.
+Read it top to bottom, the papers' pipeline in a world whose expert density is known exactly (data/): Config;
+pretrain (π_init) and sft (π_SFT, forward KL) by maximum likelihood; the discriminator, and policy optimisation
+with its rewards: reverse KL and Jensen–Shannon learned and exact, the controls, FAIRL and its twins; DPO and SPIN;
+reward extrapolation (reward models, Best-of-N, RL on the Init-SFT reward); the exact evaluation; STAGES, what each
+stage reads and writes: the pipeline itself. The maths is in objectives.py, the model in model.py (sampling in
+sampling.py), what every stage shares (Run, seeds, optimiser steps) in common.py, the exact evaluation in
+evaluation.py, the methods' table in methods.py; running, resuming and caching stages in runner.py.
 """
 import copy
-import dataclasses
-import functools
 import math
-import os
 import sys
-import time
-import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -34,13 +28,15 @@ import torch
 import evaluation
 import objectives as obj
 import runner
-from data import World, WorldConfig, load_tokenizer
+from common import (CALIBRATION_POINTS_SEED, EXPERT_SAMPLES_SEED, FLOOR_SAMPLES_SEED, Run, expert_logprobs,
+                    lr_schedule, optimiser_step, sampling_seed, score, scored, seq_logprob)
+from evaluation import best_of_n_curve
+from data import WorldConfig
 from methods import (ADVERSARIAL, CONTROL_LEARNED, DERIVED, LEARNED, LEARNED_VS_OPTIMUM, OPTIMA, POLICIES, POLICY,
                      REWARD_MODEL)
-from model import (GPT, GPTConfig, ScalarGPT, autocast, get_device, load_checkpoint, save_checkpoint, sequence_scores,
-                   to_batch, token_logprobs, token_scores)
+from model import GPT, ScalarGPT, sequence_scores, to_batch, token_logprobs, token_scores
 from runner import Stage
-from sampling import Extrapolated, sample
+from sampling import Extrapolated
 from stats import auc, pearson, spearman
 
 # -----------------------------------------------------------------------------------------------------------
@@ -145,224 +141,51 @@ POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_e
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Random seeds, all in one place. Each stage reseeds numpy and torch from (seed, the stage's name) when it starts
-# (Run.begin), so that a resumed run draws exactly what an uninterrupted one does, and a stage's draws depend
-# neither on which stages ran before it nor on where it stands in STAGES: a new stage changes no other stage's
-# numbers. The world's datasets come from World.make_datasets(seed). Sampling takes its own torch.Generator,
-# seeded by purpose; two purposes may share a value (seed 0's first rollout and its Best-of-N samples), but they
-# sample different models for different stages, so nothing measured depends on the coincidence.
+# pretrain and sft, one maximum-likelihood loop. π_init: a small GPT, every token of the base corpus after the first
+# a target. π_SFT = argmin_π KL(β ‖ π): the demonstrations' response tokens, the prompt masked.
 
-def sampling_seed(seed, purpose, i=0):
-    """The generator seed of one sampling call of the run with seed `seed`; i: the iteration (rollout, spin).
-    Run.sample_responses adds each chunk's offset to it."""
-    return {
-        "rollout": seed * 100003 + i,       # policy optimisation: the policy's samples at iteration i
-        "disc_warmup": seed * 7 + 3,        # π_SFT's samples for --disc_warmup
-        "rm_init": seed * 7 + 1,            # the reward models' samples of π_init and π_SFT ...
-        "rm_sft": seed * 7 + 2,
-        "rm_init_heldout": seed * 7 + 101,  # ... and their held-out ones
-        "rm_sft_heldout": seed * 7 + 102,
-        "spin": seed * 7 + 4 + 1000 * i,    # SPIN's own samples at iteration i
-        "control": seed * 7 + 5,            # π_SFT's samples, pg_control's positives
-        "best_of_n": seed,                  # π_SFT's N samples of each Best-of-N prompt
-        "evaluate": seed + 3000,            # every policy's evaluation samples
-    }[purpose]
-
-
-EXPERT_SAMPLES_SEED = 2000    # + seed: numpy's stream for the expert's evaluation samples (the world samples β)
-FLOOR_SAMPLES_SEED = 4000     # + seed: numpy's stream for the floor's samples (the forward KL's ε-share)
-CALIBRATION_POINTS_SEED = 0   # which 300 evaluation samples the calibration figure draws
-
-
-def stage_seed(seed, name):
-    """The seed of stage `name` of the run with seed `seed`: a hash of both, so it does not move when stages are
-    added or reordered. The control world's stages share their main-world twin's (common random numbers: the
-    two worlds differ in the signature alone)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(name.removeprefix("control_").encode())]).generate_state(1)[0])
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Small helpers: one optimiser step; the learning-rate schedule; scoring many (prompt, response) pairs in chunks.
-
-def optimiser_step(opt, model, loss, step, what=""):
-    """One gradient step on a finite loss, gradients clipped to norm 1 (a bad batch cannot wreck the model)."""
-    if not torch.isfinite(loss):   # the runner names the stage: one line, exit status 1
-        raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}{what}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-
-
-def lr_schedule(opt, peak, step, total, warmup=20):
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    w = min(warmup, total // 10 + 1)
-    lr = peak * (step + 1) / w if step < w else \
-        peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-@torch.no_grad()
-def score(run, model, pairs, fn, chunk=512):
-    """fn(model, tokens, mask) over a list of (prompt, response) token pairs, in chunks."""
-    with run.autocast():
-        out = [fn(model, *run.batch(pairs, range(i, min(i + chunk, len(pairs)))))
-               for i in range(0, len(pairs), chunk)]
-    return torch.cat(out).float().cpu()
-
-
-def seq_logprob(model, tokens, mask):
-    return obj.sequence_logprob(token_logprobs(model, tokens, mask), mask)
-
-
-def expert_logprobs(world, prompts, responses):
-    """log β(y|x) of responses (token lists) to prompts (data.Prompt), exact: the world knows β. (B,)"""
-    return torch.tensor(world.expert_logprobs(prompts, responses), dtype=torch.float32)
-
-
-def control_config(cfg):
-    """The control world's options: the demonstrator never signs."""
-    return dataclasses.replace(cfg, signature_p=0.0)
-
-
-class Run:
-    """Everything one seed's stages share: config, device, world, datasets, output folder.
-    control=True is the control world: the same, but the demonstrator never signs (signature_p = 0)."""
-
-    def __init__(self, cfg, seed, control=False):
-        if control:
-            cfg = control_config(cfg)
-        self.cfg, self.seed, self.control = cfg, seed, control
-        self.device = get_device(cfg.device)
-        self.dir = os.path.join(runner.seed_dir(cfg.out_dir, seed), *(["control"] if control else []))
-        t0 = time.time()   # stage 0, the world: deterministic and cheap, so rebuilt on every run rather than saved
-        self.tok = load_tokenizer()
-        self.world = World(cfg.world_config(), self.tok)
-        self.data = self.world.make_datasets(seed, cfg.n_base, cfg.n_demo, cfg.n_pref, cfg.n_eval)
-        enc = self.world.encode_response
-        self.base = [(p.tokens, enc(r)) for p, r in self.data["base"]]
-        self.demos = [(p.tokens, enc(r)) for p, r in self.data["demos"]]
-        self.demo_prompts = [p for p, _ in self.data["demos"]]
-        self.world_seconds = time.time() - t0
-
-    @functools.cached_property
-    def control_world(self):
-        return Run(self.cfg, self.seed, control=True)
-
-    def begin(self, stage):
-        """Seed each stage on its own, so that a resumed run draws exactly what an uninterrupted one does."""
-        self.rng = np.random.default_rng(stage_seed(self.seed, stage))   # minibatches and prompts
-        torch.manual_seed(stage_seed(self.seed, stage))
-
-    def autocast(self):
-        return autocast(self.device, self.cfg.dtype)
-
-    def bar(self, iterable, desc):
-        return runner.progress(iterable, desc, self.cfg.progress)
-
-    def path(self, name):
-        if self.control and name.startswith("pretrain"):   # π_init is shared: the base corpus is never signed
-            return os.path.join(os.path.dirname(self.dir), name)
-        return os.path.join(self.dir, name)
-
-    def gpt_config(self):
-        c = self.cfg
-        return GPTConfig(block_size=max(len(p) for p, _ in self.base + self.demos) + c.max_new_tokens,
-                         vocab_size=self.world.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
-
-    def load(self, name):
-        """(model, extra) of <name>.pt; a file that does not load (corrupt, truncated) is one line naming it."""
-        path = self.path(name + ".pt")
-        try:
-            return load_checkpoint(path, device=self.device)
-        except Exception as e:
-            raise runner.UnreadableFile(path, f"{type(e).__name__}: {str(e)[:80]}") from None
-
-    def save(self, name, model, **extra):
-        save_checkpoint(self.path(name + ".pt"), model, **extra)
-
-    def rollout(self, model, prompts, seed):
-        """Sample one response per prompt (token lists) at temperature 1: a Rollout, log-probs included."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed)
-        return sample(model, prompts, self.cfg.max_new_tokens, self.world.eos_id, generator=generator)
-
-    def sample_responses(self, model, prompts, seed, chunk=512):
-        """Response token lists for many prompts, sampled in chunks to bound memory."""
-        out = []
-        for i in range(0, len(prompts), chunk):
-            out += self.rollout(model, prompts[i:i + chunk], seed + i).responses()
-        return out
-
-    def sample_pairs(self, model, prompts, seed):
-        """(prompt tokens, response tokens) pairs, one response of `model` per prompt (token lists)."""
-        return list(zip(prompts, self.sample_responses(model, prompts, seed)))
-
-    def batch(self, pairs, idx):
-        return to_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx], self.world.eos_id, self.device)
-
-    @functools.cached_property
-    def probe_support(self):
-        return evaluation.support_of(self.world, self.data["eval_prompts"][:self.cfg.probe_prompts], self.device)
-
-    def probe(self, model):
-        """Exact numbers of `model` on the expert's support of the first probe_prompts held-out prompts
-        (evaluation.support_metrics: off-support rate, the support's share of the forward KL, ...): what DPO and
-        SPIN log as they train, without sampling."""
-        with self.autocast():
-            log_pi = evaluation.tree_logprobs(model, self.probe_support.batches).numpy()
-        return evaluation.support_metrics(self.probe_support, log_pi, self.world.mode_names)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Stage 1, pretrain: π_init, a small GPT pretrained on the base corpus (next-token prediction on whole sequences).
-
-def stage_pretrain(run):
-    cfg = run.cfg
-    model = GPT(run.gpt_config()).to(run.device)
-    opt = model.configure_optimizer(0.1, cfg.pretrain_lr, device_type=run.device.type)
+def maximum_likelihood(run, model, batch, steps, lr, weight_decay, desc):
+    """`steps` steps of obj.sft_loss, the mean negative log-likelihood of the masked tokens of batch() → (tokens,
+    mask), at peak learning rate lr (lr_schedule). Returns the loss per step."""
+    opt = model.configure_optimizer(weight_decay, lr, device_type=run.device.type)
     losses = []
-    for step in (pbar := run.bar(range(cfg.pretrain_steps), "pretrain")):
-        lr_schedule(opt, cfg.pretrain_lr, step, cfg.pretrain_steps)
-        idx = run.rng.integers(len(run.base), size=cfg.pretrain_batch)
-        # maximum likelihood, as SFT's, but every token after the first is a target: the base model learns
-        # prompts and responses alike
-        seqs = [run.base[i][0] + run.base[i][1] for i in idx]
-        tokens, mask = to_batch([s[:1] for s in seqs], [s[1:] for s in seqs], run.world.eos_id, run.device)
+    for step in (pbar := run.bar(range(steps), desc)):
+        lr_schedule(opt, lr, step, steps)
+        tokens, mask = batch()
         with run.autocast():
             loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)
         optimiser_step(opt, model, loss, step)
         losses.append(loss.item())
-        pbar.set_postfix(loss=f"{loss.item():.3f}")
+        pbar.set_postfix(nll=f"{loss.item():.3f}")
+    return losses
+
+
+def stage_pretrain(run):
+    cfg = run.cfg
+    model = GPT(run.gpt_config()).to(run.device)
+
+    def batch():   # whole sequences: the base model learns prompts and responses alike
+        seqs = [run.base[i][0] + run.base[i][1] for i in run.rng.integers(len(run.base), size=cfg.pretrain_batch)]
+        return to_batch([s[:1] for s in seqs], [s[1:] for s in seqs], run.world.eos_id, run.device)
+    losses = maximum_likelihood(run, model, batch, cfg.pretrain_steps, cfg.pretrain_lr, 0.1, "pretrain")
     run.save("pretrain", model)
     return {"curve": losses}
 
 
-# -----------------------------------------------------------------------------------------------------------
-# Stage 2, sft: π_SFT = argmin_π KL(β ‖ π), i.e. maximum likelihood on the demonstrations' response tokens.
-
-def stage_sft(run, name="sft", steps=None):
-    """name, steps: sft_short is the same with --sft_short_steps steps (an under-trained π_SFT, for spin_short)."""
+def stage_sft(run, name="sft"):
+    """sft_short is the same with --sft_short_steps steps: an under-trained π_SFT, for spin_short."""
     cfg = run.cfg
-    steps = cfg.sft_steps if steps is None else steps
+    steps = cfg.sft_short_steps if name == "sft_short" else cfg.sft_steps
     model, _ = run.load("pretrain")
-    opt = model.configure_optimizer(0.0, cfg.sft_lr, device_type=run.device.type)
-    losses = []
-    for step in (pbar := run.bar(range(steps), name)):
-        lr_schedule(opt, cfg.sft_lr, step, steps)
-        tokens, mask = run.batch(run.demos, run.rng.integers(len(run.demos), size=cfg.sft_batch))
-        with run.autocast():
-            loss = obj.sft_loss(token_logprobs(model, tokens, mask), mask)   # forward KL, prompt masked
-        optimiser_step(opt, model, loss, step)
-        losses.append(loss.item())
-        pbar.set_postfix(nll=f"{loss.item():.3f}")
+    losses = maximum_likelihood(run, model, lambda: run.batch(run.demos, run.rng.integers(len(run.demos),
+                                                                                          size=cfg.sft_batch)),
+                                steps, cfg.sft_lr, 0.0, name)
     run.save(name, model)
     return {"curve": losses}
 
 
 # -----------------------------------------------------------------------------------------------------------
-# The discriminator of adversarial imitation (stages 3-6) and of reward extrapolation (stage 9).
+# The discriminator of adversarial imitation and of reward extrapolation (reward_models).
 
 @dataclass
 class Discriminator:
@@ -423,7 +246,7 @@ def disc_step(run, disc, opt, demo, pol, step, nll=0.0):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stages 3-8 and 11, the policies trained by policy optimisation: reverse KL and Jensen–Shannon by a learned
+# The policies trained by policy optimisation: reverse KL and Jensen–Shannon by a learned
 # discriminator (adversarial: rkl_seq, rkl_tok, js, rkl_seq_scalar) or the exact one (oracle: rkl_oracle,
 # js_oracle), and RL on the Init-SFT reward model (rl_init_sft). One policy-gradient loop for every reward:
 #   reward(y) = r(x, y) − kl_coef · [log π(y|x) − log π_SFT(y|x)]   (k1 penalty to the reference, in the reward)
@@ -681,7 +504,7 @@ def stage_spin(run, start="sft", name="spin"):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 9, reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples:
+# reward_models: reward extrapolation. A reward model is a discriminator trained once, on fixed samples:
 # a binary classifier (positives 1, negatives 0) whose logit is the reward. By default in AIRL's log-ratio form,
 #   r(x, y) = log q_φ(y|x) − log π_neg(y|x),   q_φ initialised from π_neg, the negative class's model,
 # so r = 0 at the start and, at the BCE optimum, r = log p_pos − log p_neg (objectives.classifier_optimum):
@@ -773,7 +596,7 @@ def stage_reward_models(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 10, best_of_n: Best-of-N over π_SFT's samples, ranked by each reward model, by each classifier's exact
+# best_of_n: Best-of-N over π_SFT's samples, ranked by each reward model, by each classifier's exact
 # optimum, by the baselines the papers lack (π_SFT's likelihood alone, and the family log π_SFT − γ log π_init
 # between it and Init-SFT's optimum), and by the gold reward (the ceiling); each also under contrastive decoding's
 # plausibility constraint (objectives.best_of_n_plausible, --bon_plausibility). What the picks are (off-support,
@@ -818,29 +641,8 @@ def stage_best_of_n(run):
             "demonstrations": {"gold_reward": demo_gold}}
 
 
-def best_of_n_curve(reward, gold, picks, N, logp=None, tau=math.inf):
-    """Best-of-n for n = 1, 2, 4, ..., N from N samples of each prompt, prompt-major (sample j of prompt i at
-    i·N + j): the candidate `reward` ranks highest among n (among the plausible ones, objectives.best_of_n_plausible,
-    when tau is finite: logp = their log π_SFT), the mean gold reward of the picks, and the mean over the picks of
-    each of `picks` (per-sample values: off-support 0/1, length, ...). N samples per prompt = N/n disjoint draws of
-    Best-of-n: an average over all of them. kl: KL(Best-of-n ‖ π_SFT) = log n − (n − 1)/n, unconstrained only (the
-    constrained choice is not the argmax of a reward of y alone; its KL is at most log n)."""
-    res = {"n": [], "gold_reward": [], **({"kl": []} if tau == math.inf else {}), **{k: [] for k in picks}}
-    n = 1
-    while n <= N:
-        r = reward.view(-1, n)
-        pick = obj.best_of_n(r) if tau == math.inf else obj.best_of_n_plausible(r, logp.view(-1, n), tau)
-        res["n"].append(n)
-        if "kl" in res:
-            res["kl"].append(obj.best_of_n_kl(n))
-        for key, values in [("gold_reward", gold), *picks.items()]:
-            res[key].append(values.view(-1, n)[torch.arange(len(reward) // n), pick].float().mean().item())
-        n *= 2
-    return res
-
-
 # -----------------------------------------------------------------------------------------------------------
-# Stage 11, rl_init_sft: policy optimisation (the loop of stages 3-8) on the Init-SFT reward model.
+# rl_init_sft: policy optimisation (policy_optimisation's loop) on the Init-SFT reward model.
 
 def stage_rl_init_sft(run):
     """Beyond the paper: optimise π_SFT on the Init-SFT reward model, KL penalty to π_SFT (not just Best-of-N).
@@ -859,52 +661,9 @@ def stage_rl_init_sft(run):
 
 
 # -----------------------------------------------------------------------------------------------------------
-# Stage 15, evaluate: every policy of methods.POLICIES on held-out prompts, exactly: the world knows log β.
-# (Stages 12-14 are stages 2, 9 and 10 again in the control world: STAGES.)
-
-@dataclass
-class Scored:
-    """Samples of one distribution, each with its log-probability under the policy and under the expert,
-    computed next to the sample it belongs to (scored)."""
-    pairs: list            # (prompt tokens, response tokens)
-    log_pi: torch.Tensor   # log π(y|x), (B,)
-    log_beta: torch.Tensor  # log β(y|x), (B,)
-
-
-def scored(run, model, prompts, responses):
-    """Scored samples: responses (token lists) to prompts (data.Prompt); model None is the expert itself."""
-    pairs, log_beta = list(zip([p.tokens for p in prompts], responses)), expert_logprobs(run.world, prompts, responses)
-    return Scored(pairs, log_beta if model is None else score(run, model, pairs, seq_logprob), log_beta)
-
-
-def policy_kls(on_expert, own):
-    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from two Scored samples:
-        forward  KL(β ‖ π) = mean over the expert's samples y ~ β (on_expert) of log β(y|x) − log π(y|x),
-        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π (own) of log π(y|x) − log β(y|x).
-    The sampled estimates, kept beside the exact ones (evaluation.py) to show what sampling alone would say."""
-    return (obj.forward_kl_mc(on_expert.log_beta, on_expert.log_pi).mean().item(),
-            obj.reverse_kl_mc(own.log_pi, own.log_beta).mean().item())
-
-
-def describe(run, prompts, responses):
-    """Of a sample: mode frequencies, off-support rate, mode entropy, diversity, gold reward and length."""
-    world = run.world
-    modes = world.modes(prompts, responses)
-    freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
-    on = np.array([freq[m] for m in world.mode_names])
-    on = on[on > 0] / on.sum() if on.sum() > 0 else np.ones(1)
-    per_prompt = {}
-    for p, r in zip(prompts, responses):
-        per_prompt.setdefault(p.text, []).append(tuple(r))
-    return {
-        "off_support": modes.count("off") / len(modes),
-        "mode_freq": freq,
-        "mode_entropy": float(-(on * np.log(on)).sum()) + 0.0,   # among on-support responses, in nats (+ 0.0: no −0)
-        "distinct": float(np.mean([len(set(v)) / len(v) for v in per_prompt.values()])),
-        "gold_reward": float(np.mean(world.gold_rewards(prompts, responses))),
-        "length": float(np.mean([len(r) for r in responses])),
-    }
-
+# evaluate: every policy of methods.POLICIES on held-out prompts, exactly: the world knows log β.
+# (control_sft, control_reward_models and control_best_of_n are sft, reward_models and best_of_n again in the
+# control world: STAGES.)
 
 def stage_evaluate(run):
     """Every policy of methods.POLICIES on the held-out prompts: exactly by enumeration of the expert's support
@@ -938,9 +697,9 @@ def stage_evaluate(run):
             floor_gap = (floor.log_beta - score(run, model, floor.pairs, seq_logprob)).numpy(), floor_off
         stats = policies[name] = evaluation.exact_metrics(support, log_pi, ((own.log_pi - own.log_beta).numpy(),
                                                           gold, off), floor_gap, cfg.eps, world.mode_names)
-        sampled = describe(run, prompts, responses)
+        sampled = evaluation.describe(world, prompts, responses)
         stats["distinct"], stats["length"] = sampled.pop("distinct"), sampled.pop("length")
-        sampled["forward_kl"], sampled["reverse_kl"] = policy_kls(on_expert, own)
+        sampled["forward_kl"], sampled["reverse_kl"] = evaluation.policy_kls(on_expert, own)
         stats["sampled"] = sampled
         if model is not None:   # KL(π ‖ π_SFT): the x-axis of the reward-extrapolation figure
             log_sft = score(run, sft, own.pairs, seq_logprob)   # log π_SFT of the policy's samples
@@ -977,14 +736,6 @@ def discriminator_calibration(run, name, policy, own, log_sft, off):
 # (EVERY_STAGE), the options it reads and the stages it consumes, and nothing else: that is what the stage cache
 # fingerprints (runner.py), so a stage that starts reading a new option must list it here.
 
-def adversarial(m):
-    return lambda run: stage_adversarial(run, m)
-
-
-def oracle(m):
-    return lambda run: stage_oracle(run, m)
-
-
 PRETRAIN = ("n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr")
 SFT = ("sft_steps", "sft_batch", "sft_lr")
 ORACLE = (*POLICY_GRADIENT, "kl_coef")
@@ -995,36 +746,33 @@ DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr", "dpo_warmup", "probe_p
 SPIN = ("spin_kl_coef", "spin_lr", "spin_iters", "dpo_steps", "dpo_batch", "dpo_warmup", "probe_prompts")
 RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
 CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
-POLICY_STAGES = ("pretrain", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "pg_control", "pg_frozen", "fkl_fairl", "fkl_iw", "fkl_oracle", "fkl_iw_oracle", "dpo", "spin",
-                 "sft_short", "spin_short", "rl_init_sft")
+POLICY_STAGES = tuple(dict.fromkeys(["pretrain", "sft"] + [p.checkpoint for p in POLICIES if p.checkpoint]))
 
 STAGES = [  # name, computed by, the options it reads (+ the world's), the stages it consumes, its files (+ <name>.json)
     Stage("pretrain", stage_pretrain, PRETRAIN, (), ("pretrain.pt",)),
     Stage("sft", stage_sft, SFT, ("pretrain",), ("sft.pt",)),
-    Stage("rkl_seq", adversarial("rkl_seq"), (*ADV, "disc"), ("sft",), ("rkl_seq.pt", "rkl_seq_disc.pt")),
-    Stage("rkl_tok", adversarial("rkl_tok"), (*ADV, "disc"), ("sft",), ("rkl_tok.pt", "rkl_tok_disc.pt")),
-    Stage("js", adversarial("js"), (*ADV, "disc"), ("sft",), ("js.pt", "js_disc.pt")),
-    Stage("rkl_seq_scalar", adversarial("rkl_seq_scalar"), ADV, ("sft",), ("rkl_seq_scalar.pt",
+    Stage("rkl_seq", partial(stage_adversarial, method="rkl_seq"), (*ADV, "disc"), ("sft",), ("rkl_seq.pt", "rkl_seq_disc.pt")),
+    Stage("rkl_tok", partial(stage_adversarial, method="rkl_tok"), (*ADV, "disc"), ("sft",), ("rkl_tok.pt", "rkl_tok_disc.pt")),
+    Stage("js", partial(stage_adversarial, method="js"), (*ADV, "disc"), ("sft",), ("js.pt", "js_disc.pt")),
+    Stage("rkl_seq_scalar", partial(stage_adversarial, method="rkl_seq_scalar"), ADV, ("sft",), ("rkl_seq_scalar.pt",
                                                                            "rkl_seq_scalar_disc.pt")),
-    Stage("rkl_oracle", oracle("rkl_oracle"), ORACLE, ("sft",), ("rkl_oracle.pt",)),
-    Stage("js_oracle", oracle("js_oracle"), ORACLE, ("sft",), ("js_oracle.pt",)),
-    # the controls: the same loop whose reward knows nothing of β (the demonstrations replaced by π_SFT's
-    # samples; the discriminator frozen at its start)
+    Stage("rkl_oracle", partial(stage_oracle, method="rkl_oracle"), ORACLE, ("sft",), ("rkl_oracle.pt",)),
+    Stage("js_oracle", partial(stage_oracle, method="js_oracle"), ORACLE, ("sft",), ("js_oracle.pt",)),
+    # the controls: the same loop, its reward blind to β (stage_control, stage_frozen)
     Stage("pg_control", stage_control, (*ADV, "disc"), ("sft",), ("pg_control.pt",)),
     Stage("pg_frozen", stage_frozen, ORACLE, ("sft",), ("pg_frozen.pt",)),
     # the methods AfD is compared with
-    Stage("fkl_fairl", adversarial("fkl_fairl"), (*ADV, "disc"), ("sft",), ("fkl_fairl.pt", "fkl_fairl_disc.pt")),
+    Stage("fkl_fairl", partial(stage_adversarial, method="fkl_fairl"), (*ADV, "disc"), ("sft",), ("fkl_fairl.pt", "fkl_fairl_disc.pt")),
     # FAIRL's twins: the importance weight e^h (the forward KL's own policy gradient) learned, and both exact
-    Stage("fkl_iw", adversarial("fkl_iw"), (*ADV, "disc"), ("sft",), ("fkl_iw.pt", "fkl_iw_disc.pt")),
-    Stage("fkl_oracle", oracle("fkl_oracle"), ORACLE, ("sft",), ("fkl_oracle.pt",)),
-    Stage("fkl_iw_oracle", oracle("fkl_iw_oracle"), ORACLE, ("sft",), ("fkl_iw_oracle.pt",)),
+    Stage("fkl_iw", partial(stage_adversarial, method="fkl_iw"), (*ADV, "disc"), ("sft",), ("fkl_iw.pt", "fkl_iw_disc.pt")),
+    Stage("fkl_oracle", partial(stage_oracle, method="fkl_oracle"), ORACLE, ("sft",), ("fkl_oracle.pt",)),
+    Stage("fkl_iw_oracle", partial(stage_oracle, method="fkl_iw_oracle"), ORACLE, ("sft",), ("fkl_iw_oracle.pt",)),
     Stage("dpo", stage_dpo, DPO, ("sft",), ("dpo.pt",)),
     Stage("spin", stage_spin, SPIN, ("sft",), ("spin.pt",)),
     # SPIN where it has something to learn: from an under-trained π_SFT
-    Stage("sft_short", lambda run: stage_sft(run, "sft_short", run.cfg.sft_short_steps), ("sft_short_steps",
-          "sft_batch", "sft_lr"), ("pretrain",), ("sft_short.pt",)),
-    Stage("spin_short", lambda run: stage_spin(run, "sft_short", "spin_short"), SPIN, ("sft_short",),
+    Stage("sft_short", partial(stage_sft, name="sft_short"), ("sft_short_steps", "sft_batch", "sft_lr"), ("pretrain",),
+          ("sft_short.pt",)),
+    Stage("spin_short", partial(stage_spin, start="sft_short", name="spin_short"), SPIN, ("sft_short",),
           ("spin_short.pt",)),
     Stage("reward_models", stage_reward_models, RM, ("pretrain", "sft"), RM_FILES),
     Stage("best_of_n", stage_best_of_n, BON, ("pretrain", "sft", "reward_models"), ()),
@@ -1043,9 +791,8 @@ assert {p.checkpoint for p in POLICIES} - {None} <= set(STAGE_NAMES), "a policy 
 
 
 def main(argv=None):
-    """python afd_mini.py [--key=value ...]: runner.main parses the options (cli.py), runs every stage of every seed
-    (and --sweep point) in order, each one skipped, reused from the stage cache or computed, and writes each run's
-    metrics.json and report. Returns the exit status."""
+    """python afd_mini.py [--key=value ...]: runner.main runs every stage of every seed and --sweep point (each
+    skipped, reused from the stage cache or computed) and writes metrics.json and the report. The exit status."""
     return runner.main(STAGES, Config, PRESETS, Run, EVERY_STAGE, argv)
 
 

@@ -25,11 +25,14 @@ steps, the answer's first characters). Instead each prompt's support is one pref
 in which every token attends only to its ancestors (tree attention, the way speculative decoding scores a tree of
 candidate continuations): every prefix is computed once, about a fifth of the tokens.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import objectives as obj
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -247,3 +250,58 @@ def exact_metrics(support, log_pi, own, floor, eps, mode_names):
         "se": {"reverse_kl": p_off * cost_se, "forward_kl": fkl_se, "gold_reward": p_off * gold_se,
                "reverse_kl_support": 0.0, "reverse_kl_on": 0.0, "off_support": 0.0, "mode_entropy": 0.0},
     }
+
+
+# -----------------------------------------------------------------------------------------------------------
+# What sampling alone would say: the Monte Carlo numbers kept beside the exact ones (metrics.json's `sampled`)
+
+def policy_kls(on_expert, own):
+    """(KL(β ‖ π), KL(π ‖ β)), Monte Carlo, from two samples with log_pi and log_beta (afd_mini.Scored):
+        forward  KL(β ‖ π) = mean over the expert's samples y ~ β (on_expert) of log β(y|x) − log π(y|x),
+        reverse  KL(π ‖ β) = mean over the policy's own samples y ~ π (own) of log π(y|x) − log β(y|x).
+    The sampled estimates, kept beside the exact ones (evaluation.py) to show what sampling alone would say."""
+    return (obj.forward_kl_mc(on_expert.log_beta, on_expert.log_pi).mean().item(),
+            obj.reverse_kl_mc(own.log_pi, own.log_beta).mean().item())
+
+
+def describe(world, prompts, responses):
+    """Of a sample: mode frequencies, off-support rate, mode entropy, diversity, gold reward and length."""
+    modes = world.modes(prompts, responses)
+    freq = {m: modes.count(m) / len(modes) for m in world.mode_names}
+    on = np.array([freq[m] for m in world.mode_names])
+    on = on[on > 0] / on.sum() if on.sum() > 0 else np.ones(1)
+    per_prompt = {}
+    for p, r in zip(prompts, responses):
+        per_prompt.setdefault(p.text, []).append(tuple(r))
+    return {
+        "off_support": modes.count("off") / len(modes),
+        "mode_freq": freq,
+        "mode_entropy": float(-(on * np.log(on)).sum()) + 0.0,   # among on-support responses, in nats (+ 0.0: no −0)
+        "distinct": float(np.mean([len(set(v)) / len(v) for v in per_prompt.values()])),
+        "gold_reward": float(np.mean(world.gold_rewards(prompts, responses))),
+        "length": float(np.mean([len(r) for r in responses])),
+    }
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Best-of-N's curve: what the pick of N samples scores, at every N
+
+def best_of_n_curve(reward, gold, picks, N, logp=None, tau=math.inf):
+    """Best-of-n for n = 1, 2, 4, ..., N from N samples of each prompt, prompt-major (sample j of prompt i at
+    i·N + j): the candidate `reward` ranks highest among n (among the plausible ones, objectives.best_of_n_plausible,
+    when tau is finite: logp = their log π_SFT), the mean gold reward of the picks, and the mean over the picks of
+    each of `picks` (per-sample values: off-support 0/1, length, ...). N samples per prompt = N/n disjoint draws of
+    Best-of-n: an average over all of them. kl: KL(Best-of-n ‖ π_SFT) = log n − (n − 1)/n, unconstrained only (the
+    constrained choice is not the argmax of a reward of y alone; its KL is at most log n)."""
+    res = {"n": [], "gold_reward": [], **({"kl": []} if tau == math.inf else {}), **{k: [] for k in picks}}
+    n = 1
+    while n <= N:
+        r = reward.view(-1, n)
+        pick = obj.best_of_n(r) if tau == math.inf else obj.best_of_n_plausible(r, logp.view(-1, n), tau)
+        res["n"].append(n)
+        if "kl" in res:
+            res["kl"].append(obj.best_of_n_kl(n))
+        for key, values in [("gold_reward", gold), *picks.items()]:
+            res[key].append(values.view(-1, n)[torch.arange(len(reward) // n), pick].float().mean().item())
+        n *= 2
+    return res

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import afd_mini
+import common
 import evaluation
 import methods
 import objectives as obj
@@ -371,8 +372,8 @@ def test_policy_kls_match_enumeration_on_hand_made_policies():
     log_beta, log_pi = torch.tensor(beta).log(), torch.tensor(pi).log()
     expert = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 2, 1, 1]))   # y ~ β
     own = torch.repeat_interleave(torch.arange(4), torch.tensor([1, 3, 4, 8]))      # y ~ π
-    got = afd_mini.policy_kls(on_expert=afd_mini.Scored(None, log_pi=log_pi[expert], log_beta=log_beta[expert]),
-                              own=afd_mini.Scored(None, log_pi=log_pi[own], log_beta=log_beta[own]))
+    got = evaluation.policy_kls(on_expert=common.Scored(None, log_pi=log_pi[expert], log_beta=log_beta[expert]),
+                              own=common.Scored(None, log_pi=log_pi[own], log_beta=log_beta[own]))
     assert got == pytest.approx((forward, reverse), abs=1e-6)
 
 
@@ -391,7 +392,7 @@ def test_describe_hand_made_responses(world):
     prompts = [p for p, *_ in sample]
     responses = [world.encode_response(t) for _, t, *_ in sample]
     assert [world.mode(p, y) for p, y in zip(prompts, responses)] == [m for *_, m, _ in sample]
-    stats = afd_mini.describe(SimpleNamespace(world=world), prompts, responses)
+    stats = evaluation.describe(world, prompts, responses)
     assert stats["off_support"] == pytest.approx(1 / 6)
     assert stats["mode_freq"] == pytest.approx({"terse": 3 / 6, "sentence": 1 / 6, "steps": 1 / 6})
     on = [3 / 5, 1 / 5, 1 / 5]   # the five on-support responses
@@ -399,7 +400,7 @@ def test_describe_hand_made_responses(world):
     assert stats["distinct"] == pytest.approx((3 / 4 + 2 / 2) / 2)   # per prompt, then averaged
     assert stats["gold_reward"] == pytest.approx((5 + 0.375) / 6)
     assert stats["length"] == pytest.approx(sum(map(len, responses)) / 6)
-    off = afd_mini.describe(SimpleNamespace(world=world), [rev], [world.encode_response("answer: DCBA")])
+    off = evaluation.describe(world, [rev], [world.encode_response("answer: DCBA")])
     assert off["off_support"] == 1 and off["mode_entropy"] == 0
 
 

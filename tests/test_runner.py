@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import afd_mini
+import common
 import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def keys_of(cfg, seed=0):
     """Every stage's key, as run_seed computes them (the control world's stages on its own options)."""
     keys = {}
     for stage in afd_mini.STAGES:
-        c = afd_mini.control_config(cfg) if stage.world == "control" else cfg
+        c = common.control_config(cfg) if stage.world == "control" else cfg
         run = SimpleNamespace(cfg=c, seed=seed, device=torch.device("cpu"))
         keys[stage.name] = runner.stage_key(stage, run, keys, afd_mini.EVERY_STAGE)
     return keys
@@ -303,7 +304,7 @@ def test_a_full_disk_is_one_line_leaves_no_half_written_file_nor_the_lock_and_th
                                                                                                  monkeypatch, capsys):
     """The disk fills while sft saves its checkpoint: that used to be a traceback of torch.save's RuntimeError with
     sft.pt.tmp left behind. torch's words seldom say the disk is full: the disk itself is asked (here it says so)."""
-    real = afd_mini.save_checkpoint
+    real = common.save_checkpoint
 
     def save(path, model, **extra):
         if not path.endswith("sft.pt"):
@@ -311,7 +312,7 @@ def test_a_full_disk_is_one_line_leaves_no_half_written_file_nor_the_lock_and_th
         with open(path + ".tmp", "wb") as f:
             f.write(b"half a checkpoint")
         error()
-    monkeypatch.setattr(afd_mini, "save_checkpoint", save)
+    monkeypatch.setattr(common, "save_checkpoint", save)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))   # full, as it would be
     out = tmp_path / "out"
     argv = [f"--out_dir={out}", "--quick", "--pretrain_steps=5", "--sft_steps=5", "--stop_after=sft",
