@@ -12,7 +12,7 @@ The language model of afd-mini, and how the pipeline scores a batch with it.
   numbers. It, and the score head's sequence_scores and token_scores, pack several short rows
   of a padded batch into one (packed), so the padding costs nothing.
 - get_device / autocast / save_checkpoint / load_checkpoint are the plumbing
-  the training scripts share.
+  the pipeline's stages share (common.Run).
 
 Sampling (the KV cache, the batched sampler) and the extrapolated policy live in sampling.py;
 the model only accepts a cache (kv_cache) and gives the next token's logits (next_token_logits).
