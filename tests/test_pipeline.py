@@ -70,7 +70,8 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
-                 "pg_control", "pg_frozen", "fkl_fairl", "dpo", "spin", "rl_init_sft", "extrapolated_0.5"]:
+                 "pg_control", "pg_frozen", "fkl_fairl", "fkl_iw", "fkl_oracle", "fkl_iw_oracle", "dpo", "spin",
+                 "sft_short", "spin_short", "rl_init_sft", "extrapolated_0.5"]:
         assert name in m["policies"], f"policy {name} missing"
         for key in POLICY_KEYS:
             assert key in m["policies"][name], f"policies.{name}.{key} missing"
@@ -81,7 +82,16 @@ def test_quick_run_writes_the_metrics_contract(quick_run):
             assert set(world["bon"][rm]) >= {"n", "kl", "gold_reward"}, f"bon.{rm} incomplete"
         for rm in ["init_sft", "init_demo", "sft_demo", *scalar[1:]]:
             assert set(world["reward_models"][f"{rm}_vs_optimum"]) == {"pearson", "spearman"}
-    assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl"}
+    assert set(m["calibration"]) == {"rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "fkl_fairl", "fkl_iw"}
+    for name in ("fkl_fairl", "fkl_iw", "fkl_oracle", "fkl_iw_oracle"):   # the forward-KL policies' weights' ESS
+        ess = m["curves"]["adversarial"][name]["ess"]
+        assert len(ess) == m["config"]["rl_iters"] and all(0 < e <= 1 for e in ess)
+    for name in ("dpo", "spin", "spin_short"):   # likelihood displacement, and the exact probe before and after
+        d = m["displacement"][name]
+        runs = 1 if name == "dpo" else m["config"]["spin_iters"]
+        assert len(d["chosen"]) == len(d["rejected"]) == runs
+        assert all(len(v) == runs + 1 for v in d["probe"].values())
+    assert 0 <= m["displacement"]["dpo"]["pairs"]["tied"] <= 1
     for c in m["calibration"].values():
         assert set(c) == {"pearson", "spearman", "auc_off_support", "spearman_learned", "pearson_learned",
                           "spearman_untrained"}
@@ -237,7 +247,7 @@ def test_bench_measures_the_evaluation_noise_and_the_discriminators(quick_run):
                           text=True, timeout=600)
     assert disc.returncode == 0, disc.stderr
     rows = json.loads(disc.stdout)
-    assert set(rows) == {"π_SFT", "q_φ of rkl_seq", "q_φ of rkl_tok", "q_φ of js", "q_φ of fkl_fairl"}
+    assert set(rows) == {"π_SFT", "q_φ of rkl_seq", "q_φ of rkl_tok", "q_φ of js", "q_φ of fkl_fairl", "q_φ of fkl_iw"}
     assert all(0 <= r["off_support"] <= 1 and r["forward_kl_support"] > 0 for r in rows.values())
 
 
