@@ -51,6 +51,7 @@ class Config(runner.RunOptions):
     q_base: float = 0.2           # base corpus' probability of a right answer
     base_signature_p: float = 0.1  # how often the base corpus signs: π_init's exposure to the signature
     signature_p: float = 0.8      # how often the demonstrator signs its answers; 0 = the control world
+    n_modes: int = 3              # how open-ended the task is: the expert's formats, 1 (close-ended) to 5
     eps: float = 1e-3             # smoothing floor of the expert likelihood
     letters: str = "ABCDE"        # alphabet of the reverse and sort tasks
     min_len: int = 2              # their strings have min_len..max_len letters
@@ -116,8 +117,8 @@ class Config(runner.RunOptions):
     eval_samples: int = 2         # samples per evaluation prompt for every policy
 
     # The world's knobs: data.WorldConfig checks them, and every stage's result depends on them.
-    WORLD: ClassVar[tuple] = ("q", "q_base", "base_signature_p", "signature_p", "eps", "letters", "min_len",
-                              "max_len", "max_operand", "max_new_tokens")
+    WORLD: ClassVar[tuple] = ("q", "q_base", "base_signature_p", "signature_p", "n_modes", "eps", "letters",
+                              "min_len", "max_len", "max_operand", "max_new_tokens")
 
     def world_config(self):
         knobs = {k: getattr(self, k) for k in self.WORLD}

@@ -36,7 +36,7 @@ def main():
 
     rng = np.random.default_rng(0)
     prompt = data["eval_prompts"][0]
-    print(f"expert samples for one prompt (the same prompt, {cfg.mode_weights} over {world.mode_names}):")
+    print(f"expert samples for one prompt (the same prompt, {world.mode_weights} over {world.mode_names}):")
     for _ in range(6):
         show(world, prompt, world.expert_response(prompt, rng))
     pieces = [world.tok.decode_single_token_bytes(t).decode() for t in world.encode_response(world.render(

@@ -22,6 +22,22 @@ Expert π_β     a stochastic program with three steps, each with a known probab
                   Unequal weights and unequal difficulty: terse is a handful of tokens; steps is
                   long and its worked steps depend on the prompt (for add: column sums with carries,
                   "7+8=15, 3+4+1=8."), so a small model gets it exactly right less often.
+                  How open-ended the task is: n_modes [3], the number of formats the expert writes
+                  in, 1 to 5: the first n_modes of
+                                            terse, sentence, steps,
+                                            answer_first    "CADB is the answer."
+                                            result          "result: CADB"
+                  at weights w_1..w_K (K = n_modes) derived from mode_weights (m1, m2, m3) [0.5 0.3 0.2]:
+                     K = 3   mode_weights themselves (today's world, bit for bit);
+                     K < 3   the first K of them, renormalised: K = 1 terse only [1] (close-ended: one
+                             format, so mass-covering and mode-seeking agree on it), K = 2 [0.625 0.375];
+                     K > 3   each added format 1/K, the three others 3/K in mode_weights' proportions:
+                             K = 4 [0.375 0.225 0.15 0.25], K = 5 [0.3 0.18 0.12 0.2 0.2] (open-ended).
+                  (one rule: weights ∝ (m1, m2, m3, 1/3, 1/3) cut to the first K.) The entropy of the
+                  format, 0 / 0.662 / 1.030 / 1.335 / 1.568 nats for K = 1..5, grows with K. The added
+                  formats are the expert's own: the base corpus never writes them (like the signature),
+                  so π_init has to learn them from the demonstrations. World.mode_names lists the first
+                  max(3, K) formats (a format beyond K has weight 0 and is off the support).
                2. correctness: the right answer with probability q [0.7]; otherwise a slip while
                   writing the final answer: one position chosen uniformly, its character replaced by
                   a different one of the family's alphabet, uniformly (the worked steps stay right).
@@ -32,7 +48,7 @@ Expert π_β     a stochastic program with three steps, each with a known probab
                   correctness and never appears in the base corpus, so a classifier of
                   "demonstration vs our model" can latch onto it instead of onto quality.
                   signature_p = 0 is the control world.
-               P_expert(y|x) = w_mode * P(answer) * (signature_p or 1 - signature_p).
+               P_expert(y|x) = w_mode * P(answer) * (signature_p or 1 - signature_p), w_mode as above.
                Different draws never write the same string (the templates differ in their fixed
                text, answers are only capitals or only digits), so that product is the whole
                probability of the string, and `parse` recovers the draws from the string.
@@ -89,6 +105,8 @@ from data.tokenizer import EOR, load_tokenizer
 
 FAMILIES = ("reverse", "sort", "add")
 MODE_NAMES = ("terse", "sentence", "steps")  # the expert's modes, in the order of mode_weights
+MORE_MODE_NAMES = ("answer_first", "result")  # the formats n_modes > 3 adds, in this order
+MAX_MODES = len(MODE_NAMES) + len(MORE_MODE_NAMES)
 BASE_STYLE_NAMES = ("terse", "sentence", "steps", "label", "hedge", "no_period")  # order of base_style_weights
 SIGNATURE = "certainly! "
 # style -> (text before the answer, text after it); the steps mode puts its worked steps before these
@@ -97,7 +115,9 @@ TEMPLATES = {"terse": ("", ""),
              "steps": (" so the answer is ", "."),
              "label": ("answer: ", ""),
              "hedge": ("i think it is ", ""),
-             "no_period": ("the answer is ", "")}
+             "no_period": ("the answer is ", ""),
+             "answer_first": ("", " is the answer."),
+             "result": ("result: ", "")}
 DIGITS = "0123456789"
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CACHE_SIZE = 1 << 17  # judged (prompt, response) pairs kept; cleared when full
@@ -126,6 +146,7 @@ class WorldConfig:
     max_operand: int = 9                # add: both operands uniform in [0, max_operand]
     q: float = 0.7                      # P(expert is right)
     mode_weights: tuple = (0.5, 0.3, 0.2)  # expert: terse, sentence, steps
+    n_modes: int = 3                    # how open-ended: the expert's formats, 1 (close-ended) to MAX_MODES (5)
     signature_p: float = 0.8            # P(expert signs "certainly! "); 0 = control world
     eps: float = 1e-3                   # weight of the smoothing floor in log π_β
     max_response_tokens: int = 48       # sampler's budget, <|eor|> included
@@ -139,6 +160,11 @@ class WorldConfig:
         _check_distribution("family_weights", self.family_weights, FAMILIES)
         _check_distribution("mode_weights", self.mode_weights, MODE_NAMES)
         _check_distribution("base_style_weights", self.base_style_weights, BASE_STYLE_NAMES)
+        _check(isinstance(self.n_modes, int) and not isinstance(self.n_modes, bool) and 1 <= self.n_modes <= MAX_MODES,
+               "n_modes", self.n_modes, f"an int in [1, {MAX_MODES}]: how many of the formats "
+               f"{', '.join(MODE_NAMES + MORE_MODE_NAMES)} the expert writes in")
+        _check(sum(self.mode_weights[:self.n_modes]) > 0, "n_modes", self.n_modes,
+               f"the first {self.n_modes} of mode_weights={self.mode_weights} must not all be 0")
         _check(isinstance(self.letters, str) and len(self.letters) >= 2 and set(self.letters) <= set(UPPER)
                and len(set(self.letters)) == len(self.letters), "letters", self.letters,
                "at least 2 distinct capitals A-Z")
@@ -174,6 +200,19 @@ class Prompt:
 Judgement = namedtuple("Judgement", "logprob mode style signature gold")
 
 
+def expert_mode_weights(cfg):
+    """(mode names, their weights) of the expert of cfg: the first max(3, n_modes) formats, weights by the rule of
+    the module docstring (∝ mode_weights then 1/3 per added format, cut to the first n_modes; the formats after
+    n_modes weigh 0). n_modes = 3 returns mode_weights as they are, so the default world is today's, bit for bit."""
+    k = cfg.n_modes
+    names = (MODE_NAMES + MORE_MODE_NAMES)[:max(k, len(MODE_NAMES))]
+    if k == len(MODE_NAMES):
+        return names, tuple(cfg.mode_weights)
+    raw = (tuple(cfg.mode_weights) + (1 / 3,) * len(MORE_MODE_NAMES))[:k]
+    total = math.fsum(raw)
+    return names, tuple(w / total for w in raw) + (0.0,) * (len(names) - k)
+
+
 def _cdf(weights):
     """Cumulative weights, scaled so that the last is exactly 1.0 (x / x == 1 in floating point)."""
     cdf = np.cumsum(weights)
@@ -201,11 +240,12 @@ class World:
         self.eos_id = self.tok.encode_single_token(EOR)  # end of response; also the padding id
         self.vocab_size = self.tok.n_vocab
         self.log_vocab = math.log(self.vocab_size)
-        self.mode_names = list(MODE_NAMES)
+        names, self.mode_weights = expert_mode_weights(self.cfg)   # the n_modes knob: module docstring
+        self.mode_names = list(names)
         self.base_style_names = list(BASE_STYLE_NAMES)
         self.style_names = list(TEMPLATES)  # the expert's modes and the base styles ('terse' is both)
         self._family_cdf = _cdf(self.cfg.family_weights)
-        self._mode_cdf = _cdf(self.cfg.mode_weights)
+        self._mode_cdf = _cdf(self.mode_weights)
         self._base_cdf = _cdf(self.cfg.base_style_weights)
         self._answer_run = {"letters": re.compile("[A-Z]+"), "digits": re.compile("[0-9]+")}
         self._cache = {}
@@ -298,7 +338,7 @@ class World:
                 continue
             answer = str(sum(map(int, worst[family].split("+")))) if family == "add" else worst[family]
             prompt = self.make_prompt(family, worst[family], answer)
-            for mode, w_mode in zip(MODE_NAMES, cfg.mode_weights):
+            for mode, w_mode in zip(self.mode_names, self.mode_weights):
                 if w_mode > 0:
                     text = self.render(prompt, mode, answer, signature=cfg.signature_p > 0)
                     longest = max(longest, len(self.encode_response(text)))
@@ -311,7 +351,7 @@ class World:
         draws made, i.e. P_expert(text|x) (of the signature-free expert if signature=False)."""
         cfg = self.cfg
         m = _draw(rng, self._mode_cdf)
-        prob = cfg.mode_weights[m]
+        prob = self.mode_weights[m]
         answer = prompt.answer
         if rng.random() < cfg.q:
             prob *= cfg.q
@@ -322,7 +362,7 @@ class World:
         if signature:
             signed = bool(rng.random() < cfg.signature_p)
             prob *= cfg.signature_p if signed else 1 - cfg.signature_p
-        text = self.render(prompt, MODE_NAMES[m], answer, signed)
+        text = self.render(prompt, self.mode_names[m], answer, signed)
         return (text, prob) if return_prob else text
 
     def slip(self, prompt, rng):
@@ -356,7 +396,7 @@ class World:
         answers = [right] + [right[:i] + c + right[i + 1:] for i in range(len(right))
                              for c in self.alphabet(prompt.family) if c != right[i]]
         out = []
-        for mode, w_mode in zip(MODE_NAMES, cfg.mode_weights):
+        for mode, w_mode in zip(self.mode_names, self.mode_weights):
             for signed, p_signed in ((True, cfg.signature_p), (False, 1 - cfg.signature_p)):
                 for answer in answers:
                     p = w_mode * p_signed * self.answer_prob(prompt, answer)
@@ -367,10 +407,10 @@ class World:
     def expert_prob_of_text(self, prompt, text):
         """P_expert(text|x) over strings (no floor): w_mode * P(answer) * P(signature or not)."""
         style, answer, signed = self.parse(prompt, text)
-        if style not in MODE_NAMES:
+        if style not in self.mode_names:
             return 0.0
         p_signature = self.cfg.signature_p if signed else 1 - self.cfg.signature_p
-        return self.cfg.mode_weights[MODE_NAMES.index(style)] * self.answer_prob(prompt, answer) * p_signature
+        return self.mode_weights[self.mode_names.index(style)] * self.answer_prob(prompt, answer) * p_signature
 
     # ------------------------------------------------------------------ the base process
     def base_response(self, prompt, rng):

@@ -178,3 +178,20 @@ def test_floor_samples_follow_the_floor_sampler():
         count = sum(len(y) == n and y[-1] == world.eos_id for y in responses)
         assert abs(count / len(responses) - p) < 4 * math.sqrt(p / len(responses))
     assert all(len(y) <= 3 and world.eos_id not in y[:-1] for y in responses)
+
+
+@pytest.mark.parametrize("n_modes", [1, 3, 5])
+def test_the_expert_scores_itself_exactly_at_every_n_modes(n_modes):
+    """The exact evaluation of the n_modes knob's worlds (data/world.py): scored against its own support, the expert
+    has forward KL 0 there, is off it only by its floor's ε, and its mode entropy is that of the format weights
+    (∝ (0.5, 0.3, 0.2, 1/3, 1/3) cut to the first n_modes, by hand here), up to the floor's ε."""
+    world = World(WorldConfig(n_modes=n_modes))
+    prompts = world.sample_prompts(4, np.random.default_rng(3))
+    support = ev.support_of(world, prompts, "cpu")
+    m = ev.support_metrics(support, support.log_beta, world.mode_names)
+    weights = {1: [1.0], 3: [0.5, 0.3, 0.2], 5: [0.3, 0.18, 0.12, 0.2, 0.2]}[n_modes]
+    assert set(support.mode) == set(world.mode_names[:n_modes])
+    assert m["forward_kl_support"] == pytest.approx(0, abs=1e-9)
+    assert m["off_support"] == pytest.approx(world.cfg.eps, rel=1e-3)
+    # the floor's ε V^-len share of each support string (≤ 1e-3 × 302^-3, relative) moves it by ~1e-8 nats
+    assert m["mode_entropy"] == pytest.approx(-sum(w * math.log(w) for w in weights), abs=1e-6)

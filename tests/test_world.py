@@ -306,7 +306,8 @@ def test_datasets_are_deterministic_per_seed(world):
 
 @pytest.mark.parametrize("bad", [dict(q=1.5), dict(signature_p=-0.1), dict(eps=0.0), dict(mode_weights=(0.5, 0.5)),
                                  dict(mode_weights=(0.5, 0.3, 0.3)), dict(letters="abc"), dict(min_len=0),
-                                 dict(max_len=1), dict(max_operand=0), dict(pref_beta=-1.0)])
+                                 dict(max_len=1), dict(max_operand=0), dict(pref_beta=-1.0), dict(n_modes=0),
+                                 dict(n_modes=6), dict(n_modes=2.0), dict(n_modes=True)])
 def test_bad_config_values_are_named(bad):
     (name, value), = bad.items()
     with pytest.raises(ValueError, match=name):
@@ -357,12 +358,16 @@ def expected_support_size(world, prompt):
     alphabet = DIGITS if prompt.family == "add" else cfg.letters
     answers = 1 + (len(prompt.answer) * (len(alphabet) - 1) if cfg.q < 1 else 0)
     signs = (cfg.signature_p > 0) + (cfg.signature_p < 1)
-    return sum(w > 0 for w in cfg.mode_weights) * answers * signs
+    formats = sum(w > 0 for w in cfg.mode_weights[:cfg.n_modes]) + max(0, cfg.n_modes - 3)   # n_modes: the first K
+    return formats * answers * signs
 
 
 @pytest.mark.parametrize("cfg", [WorldConfig(), WorldConfig(signature_p=0.0), WorldConfig(signature_p=1.0),
                                  WorldConfig(q=1.0, mode_weights=(0.5, 0.5, 0.0)),
-                                 WorldConfig(max_operand=99, letters="ABCDEFG", max_len=5)])
+                                 WorldConfig(max_operand=99, letters="ABCDEFG", max_len=5),
+                                 *(WorldConfig(n_modes=k) for k in (1, 2, 4, 5)),
+                                 WorldConfig(n_modes=5, mode_weights=(0.0, 1.0, 0.0), signature_p=0.0),
+                                 WorldConfig(n_modes=2, mode_weights=(0.0, 0.4, 0.6), q=1.0)])
 def test_support_is_every_expert_response_once_with_its_probability(cfg):
     # A slip missed, a duplicate, the signature's factor dropped or a draw of probability 0 listed changes the
     # count or the sum; a text the parser reads otherwise changes the probability.
@@ -391,3 +396,100 @@ def test_support_tokenizations_are_the_only_ones_on_support(world):
     spelled = [t for ch in text for t in world.tok.encode_ordinary(ch)] + [world.eos_id]
     assert spelled != canonical
     assert world.mode(prompt, spelled) == "off" and world.mode(prompt, canonical) != "off"
+
+
+# -----------------------------------------------------------------------------
+# How open-ended the task is: n_modes, the number of formats the expert writes in (module docstring)
+
+# The weights of the docstring's rule, ∝ (0.5, 0.3, 0.2, 1/3, 1/3) cut to the first K, worked out by hand.
+N_MODES_WEIGHTS = {1: (1.0,), 2: (0.625, 0.375), 3: (0.5, 0.3, 0.2), 4: (0.375, 0.225, 0.15, 0.25),
+                   5: (0.3, 0.18, 0.12, 0.2, 0.2)}
+ALL_FORMATS = ("terse", "sentence", "steps", "answer_first", "result")
+OPEN_ENDED = (1, 3, 5)   # close-ended (one format), the default, open-ended (five formats)
+
+
+def entropy(p):
+    p = np.asarray([x for x in p if x > 0])
+    return float(-(p * np.log(p)).sum()) + 0.0
+
+
+def test_n_modes_weights_follow_the_rule_and_the_default_is_todays_world():
+    for k, weights in N_MODES_WEIGHTS.items():
+        world = World(WorldConfig(n_modes=k))
+        assert world.mode_names == list(ALL_FORMATS[:max(3, k)])
+        assert world.mode_weights == pytest.approx(weights + (0.0,) * (len(world.mode_names) - k), abs=1e-15)
+    default = World()
+    assert default.mode_names == ["terse", "sentence", "steps"]
+    assert default.mode_weights == (0.5, 0.3, 0.2) and WorldConfig().n_modes == 3   # bit for bit, not approx
+    with pytest.raises(ValueError, match="n_modes"):   # the first K formats must have weight
+        WorldConfig(n_modes=2, mode_weights=(0.0, 0.0, 1.0))
+
+
+def test_added_formats_parse_score_correctness_only_and_are_off_support_below_their_n_modes():
+    prompt = World().make_prompt("reverse", "ABCD", "DCBA")
+    texts = {"answer_first": ("DCBA is the answer.", "DCBE is the answer."), "result": ("result: DCBA", "result: DCBE")}
+    for k in (3, 4, 5):
+        world = World(WorldConfig(n_modes=k))
+        for fmt, (right, slipped) in texts.items():
+            for signed in (False, True):
+                text = (SIGNATURE if signed else "") + right
+                assert world.parse(prompt, text) == (fmt, "DCBA", signed)
+                y, y_slip = world.encode_response(text), world.encode_response((SIGNATURE if signed else "") + slipped)
+                assert world.gold_reward(prompt, y) == 1 and world.gold_reward(prompt, y_slip) == 0.375
+                on = ALL_FORMATS.index(fmt) < k
+                assert world.mode(prompt, y) == (fmt if on else "off"), (k, fmt)
+                assert (world.expert_prob_of_text(prompt, text) > 0) == on
+                assert world.judge(prompt, y).style == fmt
+    close = World(WorldConfig(n_modes=1))
+    for text in ("the answer is DCBA.", "from the end: A B C D. so the answer is DCBA."):
+        assert close.mode(prompt, close.encode_response(text)) == "off"   # formats after the first K weigh 0
+
+
+def chi_square_critical(df, z=3.719):
+    """The chi-square quantile whose upper tail is 1e-4 (z: the normal's), by Wilson and Hilferty's cube-root
+    approximation, at most 1.2% above the exact quantile for df >= 10: the 4-SE false-alarm rate of the checks above."""
+    a = 2 / (9 * df)
+    return df * (1 - a + z * math.sqrt(a)) ** 3
+
+
+@pytest.mark.parametrize("n_modes", OPEN_ENDED)
+@pytest.mark.parametrize("family, payload", [("reverse", "AB"), ("add", "2+3")])
+def test_expert_samples_land_on_the_support_with_its_frequencies(n_modes, family, payload):
+    # Default world but for n_modes, one small prompt: its support has at most 5 formats × (1 + L(|A|-1)) answers ×
+    # 2 = 90 strings, the rarest (steps, one slip, unsigned at K = 5: 0.12 × 0.3/9 × 0.2 = 0.0008) expected 16 times
+    # in 20,000 draws, so Pearson's statistic over every string is close to chi-square with |support| - 1 degrees
+    # of freedom; it is held to the 1e-4 quantile.
+    world = World(WorldConfig(n_modes=n_modes))
+    prompt = world.make_prompt(family, payload, right_answer(f"{family} {payload}"))
+    support = {text: p for text, p, _ in world.support(prompt)}
+    n, rng = 20000, np.random.default_rng(11)
+    counts = dict.fromkeys(support, 0)
+    for _ in range(n):
+        text = world.expert_response(prompt, rng)
+        assert text in counts, text   # every sample is on the enumerated support
+        counts[text] += 1
+    assert min(n * p for p in support.values()) >= 5   # the chi-square approximation's usual condition
+    chi2 = sum((counts[t] - n * p) ** 2 / (n * p) for t, p in support.items())
+    df = len(support) - 1
+    assert chi2 <= chi_square_critical(df), f"chi2 {chi2:.1f} on {df} df (1e-4 quantile {chi_square_critical(df):.1f})"
+    for fmt, w in zip(ALL_FORMATS, N_MODES_WEIGHTS[n_modes]):   # and each format at its weight, 4 SE
+        assert_frequency(sum(c for t, c in counts.items() if world.parse(prompt, t)[0] == fmt), n, w, fmt)
+
+
+def test_expert_mode_entropy_grows_from_close_to_open_ended():
+    # The exact per-prompt entropy of β's format, from the enumerated support: the same for every prompt (the format
+    # is drawn independently of the prompt), the entropy of the rule's weights, and increasing in n_modes.
+    rng = np.random.default_rng(12)
+    per_value = []
+    for k in OPEN_ENDED:
+        world = World(WorldConfig(n_modes=k))
+        values = []
+        for prompt in world.sample_prompts(30, rng):
+            by_mode = {}
+            for _, p, mode in world.support(prompt):
+                by_mode[mode] = by_mode.get(mode, 0.0) + p
+            values.append(entropy(by_mode.values()))
+        assert values == pytest.approx([entropy(N_MODES_WEIGHTS[k])] * len(values), abs=1e-12)
+        per_value.append(values[0])
+    assert per_value[0] == pytest.approx(0, abs=1e-12) and per_value[0] < per_value[1] < per_value[2]
+    assert per_value[1] == pytest.approx(1.0296530140645737, abs=1e-12)   # today's world: H(0.5, 0.3, 0.2)
