@@ -5,6 +5,7 @@ afd-mini: Alignment from Demonstrations, the whole pipeline in one file.
     python afd_mini.py --quick              # every stage, small: a first contact in under a minute
     python afd_mini.py --preset=gpu         # sized for one modern GPU, same code path
     python afd_mini.py --seeds=5            # five seeds: mean ± std, and paired 95% intervals for every effect
+    python afd_mini.py --study=regimes      # the regime map: when each method shines (docs/RESULTS.md)
     python afd_mini.py --help               # every option with its default
 
 Read it top to bottom, the papers' pipeline in a world whose expert density is known exactly (data/): Config;
@@ -136,8 +137,11 @@ PRESETS = {
                 rl_iters=200, rl_prompts=64, group_size=8, rm_samples=4096, rm_steps=1000, rm_batch=128,
                 bon_prompts=512, bon_max_n=256, eval_samples=4),
 }
-# What every stage reads (the world and its datasets), and groups of options some stages share.
-EVERY_STAGE = (*Config.WORLD, "n_base", "n_demo", "n_pref", "n_eval", "dtype")
+# What every stage reads (the world and the base corpus), and groups of options some stages share. Each dataset is
+# drawn from a stream of its own (World.make_datasets), so pretraining reads no other: π_init is shared by runs
+# that differ only in the demonstrations; every later stage reads DATASETS.
+EVERY_STAGE = (*Config.WORLD, "n_base", "dtype")
+DATASETS = ("n_demo", "n_pref", "n_eval")
 POLICY_GRADIENT = ("rl_iters", "rl_prompts", "group_size", "ppo_epochs", "clip_eps", "pg_lr", "flat_tol")
 
 
@@ -666,9 +670,10 @@ def stage_rl_init_sft(run):
 # (control_sft, control_reward_models and control_best_of_n are sft, reward_models and best_of_n again in the
 # control world: STAGES.)
 
-def stage_evaluate(run):
-    """Every policy of methods.POLICIES on the held-out prompts: exactly by enumeration of the expert's support
-    (evaluation.py), the off-support remainder from eval_samples samples per prompt (with its standard error)."""
+def stage_evaluate(run, names=None):
+    """Every policy of methods.POLICIES (or those named) on the held-out prompts: exactly by enumeration of the
+    expert's support (evaluation.py), the off-support remainder from eval_samples samples per prompt (with its
+    standard error). Each policy's numbers are the same whichever others are evaluated."""
     cfg, world = run.cfg, run.world
     eval_prompts = run.data["eval_prompts"]
     prompts = [p for p in eval_prompts for _ in range(cfg.eval_samples)]
@@ -681,7 +686,7 @@ def stage_evaluate(run):
     floor_off = np.array([m == "off" for m in world.modes(floor_prompts, floor_responses)])
     sft, init = run.load("sft")[0], run.load("pretrain")[0]
     policies, calibration, points = {}, {}, {}
-    for name in (pbar := run.bar([p.name for p in POLICIES], "evaluate")):
+    for name in (pbar := run.bar(names or [p.name for p in POLICIES], "evaluate")):
         kind = POLICY[name].kind
         model = None if kind == "expert" else Extrapolated(sft, init, POLICY[name].alpha) \
             if kind == "extrapolated" else run.load(POLICY[name].checkpoint)[0]
@@ -738,13 +743,13 @@ def discriminator_calibration(run, name, policy, own, log_sft, off):
 # fingerprints (runner.py), so a stage that starts reading a new option must list it here.
 
 PRETRAIN = ("n_layer", "n_head", "n_embd", "pretrain_steps", "pretrain_batch", "pretrain_lr")
-SFT = ("sft_steps", "sft_batch", "sft_lr")
-ORACLE = (*POLICY_GRADIENT, "kl_coef")
+SFT = (*DATASETS, "sft_steps", "sft_batch", "sft_lr")
+ORACLE = (*DATASETS, *POLICY_GRADIENT, "kl_coef")
 ADV = (*ORACLE, "disc_steps", "disc_lr", "disc_warmup", "disc_nll", "disc_reward_first")   # + "disc" where the method takes --disc's form
-RM = ("rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
-BON = ("bon_prompts", "bon_max_n", "bon_plausibility")
-DPO = ("dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr", "dpo_warmup", "probe_prompts")
-SPIN = ("spin_kl_coef", "spin_lr", "spin_iters", "dpo_steps", "dpo_batch", "dpo_warmup", "probe_prompts")
+RM = (*DATASETS, "rm_samples", "rm_steps", "rm_batch", "rm_lr", "disc")
+BON = (*DATASETS, "bon_prompts", "bon_max_n", "bon_plausibility")
+DPO = (*DATASETS, "dpo_kl_coef", "dpo_steps", "dpo_batch", "dpo_lr", "dpo_warmup", "probe_prompts")
+SPIN = (*DATASETS, "spin_kl_coef", "spin_lr", "spin_iters", "dpo_steps", "dpo_batch", "dpo_warmup", "probe_prompts")
 RM_FILES = tuple(f"rm_{name}.pt" for name in LEARNED)
 CONTROL_RM_FILES = tuple(f"rm_{name}.pt" for name in CONTROL_LEARNED)
 POLICY_STAGES = tuple(dict.fromkeys(["pretrain", "sft"] + [p.checkpoint for p in POLICIES if p.checkpoint]))
@@ -771,13 +776,13 @@ STAGES = [  # name, computed by, the options it reads (+ the world's), the stage
     Stage("dpo", stage_dpo, DPO, ("sft",), ("dpo.pt",)),
     Stage("spin", stage_spin, SPIN, ("sft",), ("spin.pt",)),
     # SPIN where it has something to learn: from an under-trained π_SFT
-    Stage("sft_short", partial(stage_sft, name="sft_short"), ("sft_short_steps", "sft_batch", "sft_lr"), ("pretrain",),
+    Stage("sft_short", partial(stage_sft, name="sft_short"), (*DATASETS, "sft_short_steps", "sft_batch", "sft_lr"), ("pretrain",),
           ("sft_short.pt",)),
     Stage("spin_short", partial(stage_spin, start="sft_short", name="spin_short"), SPIN, ("sft_short",),
           ("spin_short.pt",)),
     Stage("reward_models", stage_reward_models, RM, ("pretrain", "sft"), RM_FILES),
     Stage("best_of_n", stage_best_of_n, BON, ("pretrain", "sft", "reward_models"), ()),
-    Stage("rl_init_sft", stage_rl_init_sft, (*POLICY_GRADIENT, "rm_kl_coef"), ("sft", "reward_models"),
+    Stage("rl_init_sft", stage_rl_init_sft, (*DATASETS, *POLICY_GRADIENT, "rm_kl_coef"), ("sft", "reward_models"),
           ("rl_init_sft.pt",)),
     # the control world (--control): the demonstrator without its signature, in seed_<s>/control/, π_init shared
     Stage("control_sft", stage_sft, SFT, ("pretrain",), ("sft.pt",), world="control"),
@@ -785,16 +790,56 @@ STAGES = [  # name, computed by, the options it reads (+ the world's), the stage
           world="control"),
     Stage("control_best_of_n", stage_best_of_n, BON, ("pretrain", "control_sft", "control_reward_models"), (),
           world="control"),
-    Stage("evaluate", stage_evaluate, ("eval_samples",), POLICY_STAGES, ()),
+    Stage("evaluate", stage_evaluate, (*DATASETS, "eval_samples"), POLICY_STAGES, ()),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 assert {p.checkpoint for p in POLICIES} - {None} <= set(STAGE_NAMES), "a policy of methods.py without its stage"
+
+# -----------------------------------------------------------------------------------------------------------
+# The regime map (--study=regimes; docs/RESULTS.md, "When each method shines"): the reverse-KL methods, their
+# exact-reward ceiling (rkl_oracle) and the loop's controls (the floor), each against π_SFT, as three knobs move one
+# at a time from the command's options: how many demonstrations, how big the model, how open-ended the task.
+# The values were fixed before any run (docs/RESULTS.md); each point runs only these policies' stages.
+
+REGIME_POLICIES = ("expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_oracle", "pg_control", "pg_frozen")
+REGIME_KNOBS = {   # each knob's values in order; {}: the command's own options (the defaults)
+    "demonstrations": ({"n_demo": 250}, {}, {"n_demo": 8000}),
+    "capacity": ({"n_layer": 1, "n_embd": 32}, {}, {"n_embd": 128}),
+    "open-endedness": ({"n_modes": 1}, {}, {"n_modes": 5}),
+}
+REGIME_CHECKPOINTS = tuple(dict.fromkeys(["pretrain", "sft"] + [POLICY[p].checkpoint for p in REGIME_POLICIES
+                                                                  if POLICY[p].checkpoint]))
+REGIME_STAGES = (*[s for s in STAGES if s.name in REGIME_CHECKPOINTS],
+                 Stage("evaluate", partial(stage_evaluate, names=REGIME_POLICIES), (*DATASETS, "eval_samples"),
+                       REGIME_CHECKPOINTS, ()))
+
+
+def point_name(values):
+    return "+".join(f"{k}={v}" for k, v in values.items()) or "default"
+
+
+REGIME_KEYS = ("forward_kl", "reverse_kl", "reverse_kl_on", "reverse_kl_support", "off_support", "mode_entropy",
+               "mode_freq", "gold_reward", "kl_sft")   # what the map keeps of each policy (docs/METRICS.md)
+
+
+def regime_summary(results, seed):
+    """One seed's numbers at one point of the map: each policy's measures (evaluation.exact_metrics) and the
+    stages' times."""
+    return {"seed": seed, "policies": {name: {k: p[k] for k in REGIME_KEYS if k in p}
+                                       for name, p in results["evaluate"]["policies"].items()},
+            "stage_seconds": {s: r["seconds"] for s, r in results.items()}}
+
+
+STUDIES = {"regimes": runner.Study(
+    points=tuple(dict((point_name(v), v) for values in REGIME_KNOBS.values() for v in values).items()),
+    knobs={knob: [point_name(v) for v in values] for knob, values in REGIME_KNOBS.items()},
+    stages=REGIME_STAGES, summary=regime_summary)}
 
 
 def main(argv=None):
     """python afd_mini.py [--key=value ...]: runner.main runs every stage of every seed and --sweep point (each
     skipped, reused from the stage cache or computed) and writes metrics.json and the report. The exit status."""
-    return runner.main(STAGES, Config, PRESETS, Run, EVERY_STAGE, argv)
+    return runner.main(STAGES, Config, PRESETS, Run, EVERY_STAGE, argv, STUDIES)
 
 
 if __name__ == "__main__":

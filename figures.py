@@ -22,8 +22,8 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no display, Agg by default
 from matplotlib.lines import Line2D
 
-from methods import ADVERSARIAL, ALPHAS, PAPER_REWARDS, POLICIES, REWARD_MODELS
-from metrics import fmt, get
+from methods import ADVERSARIAL, ALPHAS, PAPER_REWARDS, POLICIES, POLICY, REWARD_MODELS
+from metrics import REGIME_MEASURES, REGIME_METHODS, fmt, get, regime_map
 from objectives import generalized_jsd
 
 # every method, label and style comes from the one table, methods.py
@@ -435,3 +435,48 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
     "fig_curves.png": "a discriminator near 0.5 accuracy is being fooled; the policy's reward "
         "should rise while its KL to π_SFT stays bounded.",
 }
+
+
+def knob_labels(regimes, knob):
+    """Each point's label along a knob: the options that change along it (e.g. n_embd=128), '(default)' marked."""
+    points = regimes["knobs"][knob]
+    configs = [regimes["points"][p]["config"] for p in points]
+    keys = [k for k in configs[0] if k != "out_dir" and len({str(c[k]) for c in configs}) > 1]
+    return ["\n".join(f"{k}={c[k]}" for k in keys) + ("\n(default)" if p == "default" else "")
+            for p, c in zip(points, configs)]
+
+
+def fig_regimes(path, regimes, seeds=None):
+    """The regime map: for each knob (column) and measure (row), each method's paired difference from π_SFT (mean
+    over seeds, 95% interval) at each of the knob's values; 0 is π_SFT. rkl_oracle is the ceiling, the controls the
+    floor."""
+    table = regime_map(regimes, seeds)
+    knobs = list(regimes["knobs"])
+    fig = Figure(layout="constrained", figsize=(4.4 * len(knobs), 2.7 * len(REGIME_MEASURES)))
+    axes = fig.subplots(len(REGIME_MEASURES), len(knobs), squeeze=False)
+    for c, knob in enumerate(knobs):
+        points = regimes["knobs"][knob]
+        for r, (key, (better, label)) in enumerate(REGIME_MEASURES.items()):
+            ax = axes[r][c]
+            for i, m in enumerate(REGIME_METHODS):
+                cells = [table[p][m][key] for p in points]
+                y = np.array([x["mean"] if x["mean"] is not None else np.nan for x in cells])
+                lo = [y_ - x["ci95"][0] if x["ci95"] else 0 for y_, x in zip(y, cells)]
+                hi = [x["ci95"][1] - y_ if x["ci95"] else 0 for y_, x in zip(y, cells)]
+                colour, marker = POLICY_STYLE[m]
+                ax.errorbar(np.arange(len(points)) + 0.07 * (i - len(REGIME_METHODS) / 2), y, yerr=[lo, hi],
+                            color=colour, marker=marker, ms=4, capsize=2, lw=1,
+                            ls="--" if POLICY[m].kind in ("control", "oracle") else "-", label=POLICY_LABELS[m])
+            ax.axhline(0, color="C0", lw=1.2)   # π_SFT
+            ax.set_xticks(range(len(points)), knob_labels(regimes, knob), fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"{label}\n− π_SFT's" + {1: " (↑ better)", -1: " (↓ better)", 0: ""}[better],
+                              fontsize=8)
+            if r == 0:
+                ax.set_title(knob, fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    k = sorted({r["seed"] for p in regimes["points"].values() for r in p["runs"] if seeds is None or r["seed"] in seeds})
+    fig.suptitle(f"When each method shines: each method minus π_SFT (the blue line) as one knob moves "
+                 f"(mean over {len(k)} seeds, paired 95% interval)", fontsize=11)
+    _save(fig, path)

@@ -348,3 +348,69 @@ def sweep_metrics(points, tops):
             "points": [{"folder": name, "values": values, "seeds": top["seeds"],
                         "effects": [{k: e[k] for k in keep} for e in top["effects"]]}
                        for (name, values), top in zip(points, tops)]}
+
+
+# -----------------------------------------------------------------------------
+# the regime map (--study=regimes): when each method shines
+#
+# At every point of the study (a knob moved alone from the defaults) each method is compared with π_SFT of the same
+# seed; along a knob, the papers' answer to "when" is judged as the change of that advantage between the knob's two
+# ends, paired by seed (a difference of differences). docs/RESULTS.md, "When each method shines".
+
+REGIME_METHODS = ("rkl_seq", "rkl_tok", "js", "rkl_oracle", "pg_control", "pg_frozen")   # the ceiling, the floor
+REGIME_MEASURES = {   # measure: (which way is better: +1 higher, -1 lower, 0 neither), its label
+    "reverse_kl_on": (-1, "KL on the support, KL(π(·|on) ‖ β(·|on))"),
+    "off_support": (-1, "P(off-support)"),
+    "mode_entropy": (0, "mode entropy (nats)"),
+    "gold_reward": (1, "gold reward"),
+}
+DEV_SEEDS, HELDOUT_SEEDS = tuple(range(0, 5)), tuple(range(5, 10))   # chose on 0-4; judged on 5-9
+
+# Written before any run of the study (docs/RESULTS.md): (knob, the end where the advantage over π_SFT is predicted
+# larger, the other end, the papers' claim). Ends are indices into the knob's points (Study.knobs).
+REGIME_PREDICTIONS = [
+    ("demonstrations", 0, 2, "with fewer demonstrations the advantage over π_SFT grows"),
+    ("capacity", 0, 2, "with a smaller model the advantage over π_SFT grows"),
+    ("open-endedness", 2, 0, "with a more open-ended task the advantage over π_SFT grows (close-ended: none)"),
+]
+PREDICTED_METHODS = ("rkl_seq", "rkl_tok", "js", "rkl_oracle")
+PREDICTED_MEASURES = ("reverse_kl_on", "off_support", "gold_reward")
+
+
+def regime_diff(run, method, key):
+    """A method's measure minus π_SFT's, in one seed's run."""
+    return run["policies"][method][key] - run["policies"]["sft"][key]
+
+
+def regime_map(regimes, seeds=None):
+    """{point: {method: {measure: {mean, ci95, diffs}}}}: the paired difference method − π_SFT over the seeds
+    (those in `seeds`, else all) at every point of the study."""
+    out = {}
+    for folder, point in regimes["points"].items():
+        runs = [r for r in point["runs"] if seeds is None or r["seed"] in seeds]
+        out[folder] = {m: {key: (lambda d: {"mean": float(np.mean(d)) if d else None, "ci95": paired_interval(d),
+                                            "diffs": d})([regime_diff(r, m, key) for r in runs])
+                           for key in REGIME_MEASURES} for m in REGIME_METHODS}
+    return out
+
+
+def regime_predictions(regimes, seeds=None):
+    """Each prediction of REGIME_PREDICTIONS for each method and measure, judged over the seeds run at both ends
+    (those in `seeds`, else all): per seed, the advantage (the measure's better direction × (method − π_SFT)) at
+    the end predicted larger minus that at the other end; its mean, 95% interval, verdict (stats.verdict)."""
+    rows = []
+    for knob, hi, lo, claim in REGIME_PREDICTIONS:
+        ends = [regimes["knobs"][knob][i] for i in (hi, lo)]
+        by_seed = [{r["seed"]: r for r in regimes["points"][e]["runs"]} for e in ends]
+        common = sorted(s for s in by_seed[0] if s in by_seed[1] and (seeds is None or s in seeds))
+        for m in PREDICTED_METHODS:
+            for key in PREDICTED_MEASURES:
+                better = REGIME_MEASURES[key][0]
+                diffs = [better * (regime_diff(by_seed[0][s], m, key) - regime_diff(by_seed[1][s], m, key))
+                         for s in common]
+                rows.append({"knob": knob, "claim": claim, "method": m, "measure": key, "larger_at": ends[0],
+                             "smaller_at": ends[1], "seeds": common, "diffs": diffs,
+                             "diff_mean": float(np.mean(diffs)) if diffs else None, "ci95": paired_interval(diffs),
+                             "verdict": verdict(diffs) if diffs else "not checked",
+                             "seeds_holding": int(sum(d > 0 for d in diffs))})
+    return rows

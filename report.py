@@ -16,7 +16,8 @@ import exercises
 import figures
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
 from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
-from metrics import PREREGISTERED_N, _bon_at, _Missing, _is_number, aggregate, effects, fmt, get
+from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, _bon_at, _is_number, _Missing, aggregate, effects, fmt,
+                     get, regime_predictions)
 from stats import paired_interval, t_quantile_975
 
 def summary(metrics, out_dir):
@@ -293,6 +294,58 @@ def sweep_summary(sweep, out_dir):
     return "\n".join(lines + [f"outputs: {out_dir}/sweep.json, {out_dir}/fig_sweep.png, each point's folder"])
 
 
+# -----------------------------------------------------------------------------------------------------------
+# a study (--study=regimes): its per-seed numbers in one small JSON, its figure and its verdicts, which can be
+# redrawn from that JSON alone: python report.py --regimes docs/regimes.json docs/fig_regimes.png
+
+def _rounded(x, digits=6):
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v, digits) for v in x]
+    return x
+
+
+def regimes_json(runs, knobs):
+    """The study's per-seed numbers: {knobs: {knob: [point, ...]}, points: {point: {config, runs}}}."""
+    return {"knobs": knobs, "points": {
+        point: {"config": {k: v for k, v in rs[0]["config"].items() if k != "out_dir"},
+                "runs": [_rounded({k: r[k] for k in ("seed", "policies", "stage_seconds")}) for r in rs]}
+        for point, rs in runs.items() if rs}}
+
+
+def regimes_summary(regimes, where=""):
+    """The lines a study prints: each prediction's verdict on seeds 0-4, 5-9 and all, and the study's cost."""
+    sets = [("0-4", DEV_SEEDS), ("5-9", HELDOUT_SEEDS), ("all", None)]
+    judged = [regime_predictions(regimes, seeds) for _, seeds in sets]
+    lines = ["predictions (docs/RESULTS.md), the advantage over π_SFT at one end minus the other; verdict on seeds "
+             + " | ".join(name for name, _ in sets) + ":"]
+    for rows in zip(*judged):
+        r = rows[-1]
+        verdicts = " | ".join(f"{x['verdict']} ({x['seeds_holding']}/{len(x['seeds'])})" for x in rows)
+        lines.append(f"  {verdicts}   "
+                     f"{r['knob']}: {r['method']}, {r['measure']} ({r['larger_at']} vs {r['smaller_at']}; "
+                     f"all seeds {fmt(r['diff_mean'])})")
+    seconds = sum(sum(r["stage_seconds"].values()) for p in regimes["points"].values() for r in p["runs"])
+    lines.append(f"the study's stages took {seconds / 3600:.2f} h of process time (one process's, summed)")
+    return "\n".join(lines + ([f"outputs: {where}/regimes.json, {where}/fig_regimes.png, each point's folder"]
+                              if where else []))
+
+
+def write_study(name, out_dir, runs, knobs):
+    """A study's outputs in out_dir (runs: {point: [each seed's summary]}); the lines to print."""
+    assert name == "regimes", name   # the one study so far
+    regimes = regimes_json(runs, knobs)
+    path = os.path.join(out_dir, "regimes.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(regimes, f, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+    figures.fig_regimes(os.path.join(out_dir, "fig_regimes.png"), regimes)
+    return regimes_summary(regimes, out_dir)
+
+
 def load_runs(out_dir):
     """The per-seed metrics dicts saved under out_dir/seed_*/metrics.json."""
     runs = []
@@ -302,7 +355,14 @@ def load_runs(out_dir):
     return sorted(runs, key=lambda r: r.get("seed", 0))
 
 if __name__ == "__main__":
-    assert len(sys.argv) == 2, "usage: python report.py OUT_DIR"
+    if sys.argv[1:2] == ["--regimes"]:   # python report.py --regimes REGIMES.json [FIGURE.png]
+        with open(sys.argv[2], encoding="utf-8") as f:
+            regimes = json.load(f)
+        if len(sys.argv) > 3:
+            figures.fig_regimes(sys.argv[3], regimes)
+        print(regimes_summary(regimes))
+        sys.exit(0)
+    assert len(sys.argv) == 2, "usage: python report.py OUT_DIR, or python report.py --regimes REGIMES.json [FIG.png]"
     runs = load_runs(sys.argv[1])
     assert runs, f"no seed_*/metrics.json under {sys.argv[1]}"
     print(write_report(sys.argv[1], runs))

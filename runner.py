@@ -87,12 +87,28 @@ class RunOptions:
     cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
     clear_cache: bool = False     # empty the cache first
     sweep: str = ""               # KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2): every value × every seed, in out_dir/KNOB=v
+    study: str = ""               # one of the pipeline's studies (regimes): its points × every seed, in out_dir/<point>
 
     # Options that change no number: a run with other values of these can resume the same output directory.
     # (The device and the dtype do change numbers: the device enters every fingerprint (numerics), the dtype is
     # an option every stage reads; --control chooses which stages run.)
     RUN_ONLY: ClassVar[set] = {"out_dir", "seeds", "redo", "stop_after", "progress", "quick", "preset", "cache",
-                               "clear_cache", "sweep"}
+                               "clear_cache", "sweep", "study"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A set of runs the pipeline defines, run by --study=NAME as a sweep is: every point × every seed.
+    points: [(folder, {option: value})], each moved from the command's options; knobs: {knob: [folder, ...]}, the
+    points along each knob in order; stages: the stages each runs (a subset of the pipeline's, in order);
+    summary(results, seed): one seed's numbers (its metrics.json). report.write_study writes the study's outputs."""
+    points: tuple
+    knobs: dict
+    stages: tuple
+    summary: object
+
+
+STUDIES = {}   # the pipeline's studies, by name (main sets them)
 
 
 def result_config(cfg):
@@ -605,15 +621,25 @@ def launch(prog, parse, begin, work, end):
 # -----------------------------------------------------------------------------------------------------------
 # The command: every stage of every seed of every sweep point, then metrics.json and the report
 
-def main(stages, config_class, presets, run_class, always_reads, argv=None):
+def main(stages, config_class, presets, run_class, always_reads, argv=None, studies=None):
     """The pipeline's command line: its exit status. stages: its stage table, in order; config_class: its options
     (a RunOptions), whose module is the pipeline (its docstring's second paragraph is --help's text, its file the
     entry of the code hash); presets: {name: options}; run_class(cfg, seed): the Run its stages work in (its
-    .control_world: the control world's); always_reads: the options every stage reads."""
+    .control_world: the control world's); always_reads: the options every stage reads; studies: {name: Study}."""
     pipeline = sys.modules[config_class.__module__]
+    STUDIES.clear()
+    STUDIES.update(studies or {})
 
     def parse():
-        return parse_args(sys.argv[1:] if argv is None else argv, stages, config_class, presets)
+        cfg = parse_args(sys.argv[1:] if argv is None else argv, stages, config_class, presets)
+        if cfg.study:   # a known study, alone, and each of its points valid before any work
+            if cfg.study not in STUDIES:
+                raise UsageError(f"--study={cfg.study}: allowed studies are {', '.join(STUDIES) or 'none'}")
+            if cfg.sweep:
+                raise UsageError(f"--study={cfg.study} runs its own points; drop --sweep={cfg.sweep}")
+            for _, values in STUDIES[cfg.study].points:
+                cli.validate(dataclasses.replace(cfg, study="", **values), [s.name for s in stages])
+        return cfg
 
     def work(cfg, ranks):
         return run_seeds(cfg, ranks, stages, run_class, always_reads, pipeline.__file__)
@@ -629,11 +655,13 @@ def parse_args(argv, stages, config_class, presets):
 
 
 def points_of(cfg):
-    """The runs a command asks for: itself, or each point of its --sweep in a folder of its own (cli.sweep_points)."""
-    if not cfg.sweep:
+    """The runs a command asks for: itself, or each point of its --sweep (cli.sweep_points) or --study in a folder
+    of its own."""
+    if not cfg.sweep and not cfg.study:
         return [cfg]
-    return [dataclasses.replace(cfg, sweep="", out_dir=os.path.join(cfg.out_dir, name), **values)
-            for name, values in cli.sweep_points(cfg)]
+    points = STUDIES[cfg.study].points if cfg.study else cli.sweep_points(cfg)
+    return [dataclasses.replace(cfg, sweep="", study="", out_dir=os.path.join(cfg.out_dir, name), **values)
+            for name, values in points]
 
 
 def seeds_of(cfg):
@@ -644,7 +672,7 @@ def seeds_of(cfg):
 def output_dirs(cfg):
     """The output directories, checked and locked for the length of the run; the stage cache emptied if asked."""
     with contextlib.ExitStack() as stack:
-        if cfg.sweep:   # the sweep's own folder: locked; each point's: as a run's
+        if cfg.sweep or cfg.study:   # the sweep's own folder: locked; each point's: as a run's
             stack.enter_context(locked_out_dir(cfg.out_dir, [], {}, cfg.redo))
         for point in points_of(cfg):
             stack.enter_context(locked_out_dir(point.out_dir, seeds_of(point), result_config(point), cfg.redo))
@@ -657,14 +685,17 @@ def run_seeds(cfg, ranks, stages, run_class, always_reads, code):
     """This process's share of the runs (every seed of every point; all of them without torchrun), every stage of
     each (run_seed skips, reuses or computes it): each one's metrics.json, or None when stopped by --stop_after."""
     runs = []
+    study = STUDIES[cfg.study] if cfg.study else None
     for point, seed in ranks.share([(point, seed) for point in points_of(cfg) for seed in seeds_of(point)]):
         run = run_class(point, seed)
-        todo = [s for s in stages if point.control or s.world != "control"]
+        todo = [s for s in (study.stages if study else stages) if point.control or s.world != "control"]
         results = run_seed(todo, lambda s: run.control_world if s.world == "control" else run, point, seed,
                            always_reads, code, log)
         if results is None:   # --stop_after
             return None
-        runs.append(metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
+        runs.append(study.summary(results, seed) if study else
+                    metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
+        runs[-1]["config"] = dataclasses.asdict(point)
         write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
     return runs
 
@@ -673,6 +704,11 @@ def report_seeds(cfg, shares):
     """Every run's metrics (each rank's share) → each point's metrics.json, report.md and summary; for a sweep,
     sweep.json and its figure of every effect against the knob."""
     done = [m for share in shares for m in share]
+    if cfg.study:   # the study's own outputs from every point's runs
+        runs = {os.path.basename(p.out_dir): sorted((m for m in done if m["config"]["out_dir"] == p.out_dir),
+                                                    key=lambda m: m["seed"]) for p in points_of(cfg)}
+        print(report.write_study(cfg.study, cfg.out_dir, runs, STUDIES[cfg.study].knobs))
+        return
     tops = {}
     for point in points_of(cfg):
         runs = sorted((m for m in done if m["config"]["out_dir"] == point.out_dir), key=lambda m: m["seed"])
