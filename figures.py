@@ -466,7 +466,8 @@ def fig_regimes(path, regimes, seeds=None):
                 colour, marker = POLICY_STYLE[m]
                 ax.errorbar(np.arange(len(points)) + 0.07 * (i - len(REGIME_METHODS) / 2), y, yerr=[lo, hi],
                             color=colour, marker=marker, ms=4, capsize=2, lw=1,
-                            ls="--" if POLICY[m].kind in ("control", "oracle") else "-", label=POLICY_LABELS[m])
+                            ls="--" if POLICY[m].kind in ("control", "oracle") else "-",
+                            label=policy_label(m, regimes["points"][points[0]]))
             ax.axhline(0, color="C0", lw=1.2)   # π_SFT
             ax.set_xticks(range(len(points)), knob_labels(regimes, knob), fontsize=7)
             if c == 0:

@@ -16,8 +16,8 @@ import exercises
 import figures
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
 from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
-from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, _bon_at, _is_number, _Missing, aggregate, effects, fmt,
-                     get, regime_predictions)
+from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, REGIME_MEASURES, REGIME_METHODS, _bon_at, _is_number,
+                     _Missing, aggregate, effects, fmt, get, regime_map, regime_predictions)
 from stats import paired_interval, t_quantile_975
 
 def summary(metrics, out_dir):
@@ -330,8 +330,36 @@ def regimes_summary(regimes, where=""):
                      f"all seeds {fmt(r['diff_mean'])})")
     seconds = sum(sum(r["stage_seconds"].values()) for p in regimes["points"].values() for r in p["runs"])
     lines.append(f"the study's stages took {seconds / 3600:.2f} h of process time (one process's, summed)")
-    return "\n".join(lines + ([f"outputs: {where}/regimes.json, {where}/fig_regimes.png, each point's folder"]
+    return "\n".join(lines + ([f"outputs: {where}/regimes.json, regimes.md, fig_regimes.png, each point's folder"]
                               if where else []))
+
+
+def regimes_markdown(regimes):
+    """The study's tables: each knob's map (each method's paired difference from π_SFT, mean and 95% interval over
+    all seeds, at each point) and every prediction's verdict on seeds 0-4, 5-9 and all."""
+    table = regime_map(regimes)
+    out = []
+    for knob, points in regimes["knobs"].items():
+        out += [f"**{knob}** (method − π_SFT; mean over seeds, paired 95% interval)", "",
+                "| method | measure | " + " | ".join(points) + " |", "|---|---|" + "---|" * len(points)]
+        for m in REGIME_METHODS:
+            for key in REGIME_MEASURES:
+                cells = [table[p][m][key] for p in points]
+                out.append(f"| `{m}` | {key} | " + " | ".join(
+                    fmt(c["mean"]) + (f" [{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]" if c["ci95"] else "")
+                    for c in cells) + " |")
+        out.append("")
+    sets = [("0–4", DEV_SEEDS), ("5–9", HELDOUT_SEEDS), ("0–9", None)]
+    judged = [regime_predictions(regimes, seeds) for _, seeds in sets]
+    out += ["| knob | method | measure | advantage at one end − at the other | "
+            + " | ".join(f"seeds {n}" for n, _ in sets) + " |", "|---|---|---|---|" + "---|" * len(sets)]
+    for rows in zip(*judged):
+        r = rows[-1]
+        ci = f" [{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}]" if r["ci95"] else ""
+        out.append(f"| {r['knob']} | `{r['method']}` | {r['measure']} | {r['larger_at']} − {r['smaller_at']}: "
+                   f"{fmt(r['diff_mean'])}{ci} | " + " | ".join(
+                       f"{x['verdict']} ({x['seeds_holding']}/{len(x['seeds'])})" for x in rows) + " |")
+    return "\n".join(out) + "\n"
 
 
 def write_study(name, out_dir, runs, knobs):
@@ -343,6 +371,9 @@ def write_study(name, out_dir, runs, knobs):
         json.dump(regimes, f, separators=(",", ":"))
     os.replace(path + ".tmp", path)
     figures.fig_regimes(os.path.join(out_dir, "fig_regimes.png"), regimes)
+    with open(os.path.join(out_dir, "regimes.md.tmp"), "w", encoding="utf-8") as f:
+        f.write(regimes_markdown(regimes))
+    os.replace(os.path.join(out_dir, "regimes.md.tmp"), os.path.join(out_dir, "regimes.md"))
     return regimes_summary(regimes, out_dir)
 
 
@@ -360,7 +391,7 @@ if __name__ == "__main__":
             regimes = json.load(f)
         if len(sys.argv) > 3:
             figures.fig_regimes(sys.argv[3], regimes)
-        print(regimes_summary(regimes))
+        print(regimes_markdown(regimes))
         sys.exit(0)
     assert len(sys.argv) == 2, "usage: python report.py OUT_DIR, or python report.py --regimes REGIMES.json [FIG.png]"
     runs = load_runs(sys.argv[1])
