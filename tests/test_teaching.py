@@ -255,7 +255,8 @@ def check_ex8(doc):
               f"runs: `js_oracle`'s forward KL, which falls from {js_forward[0].ms} to {js_forward[1].ms} to "
               f"{js_forward[2].ms}, towards SFT's {sft_forward.ms}.")
     assert all(c.m <= 0.5 for p in NEAR for c in at(p, "kl_sft"))
-    changed = {(p, m) for p in NEAR for m in METRICS if any(clear(a, b) for a, b in itertools.combinations(at(p, m), 2))}
+    changed = {(p, m) for p in NEAR for m in METRICS
+               if any(clear(a, b) for a, b in itertools.combinations(at(p, m), 2))}
     assert changed == {("js_oracle", "forward_kl")}, f"clear changes among the policies near π_SFT: {changed}"
     assert down(js_forward) and js_forward[-1].m >= sft_forward.m
     oracle = at("rkl_oracle", "kl_sft")
@@ -517,3 +518,30 @@ def test_a_changed_sentence_fails():
     assert sentence in doc
     with pytest.raises(AssertionError, match="no longer says"):
         check_ex8(doc.replace(sentence, "Each step is clear for both;"))
+
+
+# -----------------------------------------------------------------------------
+# the teacher's documents: linked from TEACHING.md's top, and pointing only at what exists
+
+HANDOUTS = ["docs/HANDOUT.md", "docs/RUBRIC.md"]
+
+
+@teacher_only
+def test_teaching_md_links_the_handout_the_rubric_and_the_45_minute_lab():
+    doc = read("docs/TEACHING.md")
+    top = doc.split("\n## ", 1)[0]
+    for link in ("(HANDOUT.md)", "(RUBRIC.md)", "(#a-45-minute-lab)"):   # test_docs checks where they lead
+        assert link in top, f"TEACHING.md's top does not link {link}"
+    assert re.search(r"^### A 45-minute lab$", doc, re.M)
+
+
+@pytest.mark.parametrize("doc", HANDOUTS)
+def test_handout_and_rubric_point_only_at_what_exists(doc):
+    from test_docs import dangling_references
+    if not os.path.exists(os.path.join(ROOT, doc)):
+        pytest.skip(f"{doc} is not in this copy")
+    problems = dangling_references(read(doc), os.path.dirname(doc))
+    images = re.findall(r'<img src="([^"]+)"', read(doc))   # HTML images, for their size: test_docs skips them
+    problems += [f"<img src={src}>: no file {os.path.dirname(doc)}/{src}" for src in images
+                 if not os.path.isfile(os.path.join(ROOT, os.path.dirname(doc), src))]
+    assert not problems, f"{doc}:\n" + "\n".join(problems)
