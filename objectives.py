@@ -8,27 +8,30 @@ distributions over responses match. Which divergence is minimised decides the al
     pretrain
     → SFT = forward KL, KL(β ‖ π)                              sft_loss
     → reverse KL, KL(π ‖ β), by the oracle (log β known)       reverse_kl_mc as the reward (reverse_kl_reinforce_loss:
-                                                               the same estimator as one loss, tested and taught)
+                                                               the same estimator as one loss, tested and taught,
+                                                               not called by the pipeline)
       or by a discriminator's reward                           discriminator_loss, log_ratio_logit,
                                                                airl/gail/fairl_reward
-      and, not called by the pipeline: the forward KL's        importance_weight_reward, effective_sample_size
-      own reward e^h, and how many samples carry it
+      and the forward KL's own reward e^h (stages fkl_iw,      importance_weight_reward, effective_sample_size
+      fkl_iw_oracle), and how many samples carry it (logged)
       optimised by policy gradient                             ppo_clip_loss, kl_k1, kl_shaped_advantages (with
                                                                leave_one_out_advantages, rewards_to_go); taught,
                                                                not called by the pipeline: policy_gradient_loss
                                                                (PPO's first step), kl_k3
-    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, classifier_optimum, best_of_n,
-      and its KL bound; the preference reward model            best_of_n_kl; bradley_terry_loss
+    → reward extrapolation: Init-SFT classifier + Best-of-N    classifier_reward_loss, best_of_n, best_of_n_kl;
+      and its KL bound; the preference reward model            bradley_terry_loss; classifier_optimum (tested, not
+                                                               called: the pipeline computes the optima with
+                                                               log_ratio_family, γ = 1)
       and Best-of-N under a plausibility floor, a family of    plausible, best_of_n_plausible,
-      log-ratio rewards, the extrapolated policy               log_ratio_family, extrapolated_logits (model.py)
+      log-ratio rewards, the extrapolated policy               log_ratio_family, extrapolated_logits (sampling.py)
       π_SFT^{1+α} π_init^{−α}
     → preference pairs without a reward model (DPO), and       dpo_loss
       demonstrations against own samples (SPIN), and where an   spin_iterate_optimum (not called by the pipeline)
       iteration of SPIN ends
     → evaluate: KL both ways against the known expert, exact   (evaluation.py; sampled: forward_kl_mc, reverse_kl_mc)
       by enumeration of its support
-    A divergence between two next-token distributions          generalized_jsd (not called by the pipeline: the
-                                                               report's fig_intuition, figures.py)
+    A divergence between two next-token distributions          generalized_jsd (called only to draw the report's
+                                                               fig_intuition.png, figures.py)
 
 Models, sampling and optimisers live elsewhere; here is only the maths, each equation next to its code.
 
