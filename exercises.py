@@ -323,8 +323,10 @@ def not_written(error):
 # Checking: run an exercise's tests, say what broke in one line per test.
 
 def failure(report):
-    """(first line, file:line) of a failure: pytest's crash message, which for test_objectives.py's
-    assertions names the equation, and where it was raised; not the traceback."""
+    """(one line, file:line) of a failure: pytest's crash message, which for test_objectives.py's assertions
+    names the equation, with what was expected and what came back, and where it was raised; not the traceback.
+    An assertion's message is joined into one line, up to pytest's own explanation of the assert; another error
+    (a TypeError in the student's code) is its first line and where it was raised."""
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is None:   # a collection error (an import failed): the last line says what, the last frame where
         text = str(report.longrepr)
@@ -335,7 +337,18 @@ def failure(report):
             what += f" ({os.path.relpath(a or c, ROOT)}:{b or d})"
         return what, ""
     where = f"{os.path.relpath(crash.path, ROOT)}:{crash.lineno}"
-    return crash.message.strip().split("\n")[0].removeprefix("AssertionError: "), where
+    lines = crash.message.strip().split("\n")
+    if lines[0].startswith("AssertionError"):
+        message = []
+        for line in lines:
+            if line.startswith("assert "):   # pytest's explanation of the failed assert: not the message
+                break
+            message.append(line.strip())
+        return " ".join(l for l in message if l).removeprefix("AssertionError").removeprefix(": "), where
+    if lines[0].startswith("assert "):   # an assert without a message: pytest's explanation, its first line
+        return lines[0], where
+    inside = not where.startswith("..") and not RAISED.search(lines[0])   # in the project, not a sentinel
+    return lines[0] + f" (raised at {where})" * inside, where
 
 
 def run_tests(names):
