@@ -291,7 +291,7 @@ def best_of_n_curve(reward, gold, picks, N, logp=None, tau=math.inf):
     i·N + j): the candidate `reward` ranks highest among n (among the plausible ones, objectives.best_of_n_plausible,
     when tau is finite: logp = their log π_SFT), the mean gold reward of the picks, and the mean over the picks of
     each of `picks` (per-sample values: off-support 0/1, length, ...). N samples per prompt = N/n disjoint draws of
-    Best-of-n: an average over all of them. kl: KL(Best-of-n ‖ π_SFT) = log n − (n − 1)/n, unconstrained only (the
+    Best-of-n: an average over all of them. kl: KL(Best-of-n ‖ π_SFT) in closed form (objectives.best_of_n_kl), unconstrained only (the
     constrained choice is not the argmax of a reward of y alone; its KL is at most log n)."""
     res = {"n": [], "gold_reward": [], **({"kl": []} if tau == math.inf else {}), **{k: [] for k in picks}}
     n = 1

@@ -8,18 +8,27 @@ A coding exercise is a solution region of the real code (all in objectives.py), 
     # ---- exercise 1: end solution
 
 and its answer key is a handful of tests of tests/test_objectives.py, listed below with the exercise, with the
-exercises whose code those tests also call (needs). What an exercise asks the student to derive is stated in
-the real tree's docstrings as a paragraph after a marker line, which the student copy replaces by a pointer:
+exercises whose code those tests also call (needs). What an exercise asks the student to derive, or to think
+through, is stated in the real tree's docstrings as a paragraph after a marker line, which the student copy
+replaces by a pointer ("Derive it: EXERCISES.md, exercise 11.", "Think it through: …"):
 
     Derived in exercise 11 (not in the student copy):
     ...the result and its derivation, up to a blank line or the docstring's end...
+    Answered in exercise 7 (not in the student copy):
+    ...the answer to a Think question, likewise...
+
+The teacher's files (TEACHER_ONLY) are not copied: docs/TEACHING.md, and tests/teacher/, which holds the
+tests' wrong answers, the results the student copy must not state (checked in every file of a fresh copy) and
+the passages of other files that a student copy replaces (README's and docs/RESULTS.md's answer to a Derive
+question: TEACHER_ANSWERS's LEFT_OUT).
 
 An experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
 
     python exercises.py list                  # the exercises, easy to hard, and which are left in this copy
     python exercises.py student DIR [N ...]   # a copy of the project in DIR with exercises N... (default: all)
                                               # blanked: each region becomes one raise NotImplementedError line
-                                              # and each derived paragraph a pointer to EXERCISES.md
+                                              # and each derived or answered paragraph a pointer to
+                                              # EXERCISES.md, without the teacher's files
     python exercises.py check [N ...]         # run exercise N's tests (default: every coding exercise);
                                               # prints PASS, or first the one cause (an exercise to do first,
                                               # or the first failing test's message), then the other failures
@@ -139,7 +148,9 @@ END = re.compile(r"^\s*# ---- exercise (\d+): end solution$")
 SENTINEL = re.compile(r'raise NotImplementedError\("Exercise (\d+) \((\w+)\): ')   # in a source line
 RAISED = re.compile(r"NotImplementedError: Exercise (\d+) \((\w+)\): ")                # in a failure message
 MESSAGE = re.compile(r"Exercise (\d+) \((\w+)\): ")                                    # the error's own
-DERIVED = re.compile(r"^(\s*)Derived in exercise (\d+) \(not in the student copy\):$")   # in a docstring
+DERIVED = re.compile(r"^(\s*)(Derived|Answered) in exercise (\d+) \(not in the student copy\):$")   # docstrings
+POINTER = {"Derived": "Derive it: EXERCISES.md, exercise {}.",             # what the student copy says instead
+           "Answered": "Think it through: EXERCISES.md, exercise {}."}
 
 
 def sentinel(ex):
@@ -188,16 +199,17 @@ def regions(root=ROOT):
 
 
 def derived_paragraphs(lines):
-    """{marker line index: (exercise number, index past its paragraph)} of a source file's lines (0-based): the
-    paragraph runs to the first blank line or to the docstring's closing quotes on a line of their own."""
+    """{marker line index: (exercise number, index past its paragraph, "Derived" or "Answered")} of a source
+    file's lines (0-based): the paragraph runs to the first blank line or to the docstring's closing quotes on a
+    line of their own."""
     found = {}
     for i, line in enumerate(lines):
         m = DERIVED.match(line)
         if not m:
-            if "Derived in exercise" in line:
+            if re.search(r"(Derived|Answered) in exercise", line):
                 raise ValueError(f"line {i + 1}: not a marker in the format of exercises.py: {line.strip()}")
             continue
-        n, end = int(m[2]), i + 1
+        n, end = int(m[3]), i + 1
         if n not in BY_NUMBER or not BY_NUMBER[n].coding:
             raise ValueError(f"line {i + 1}: exercises.py has no coding exercise {n} to derive this")
         while end < len(lines) and lines[end].strip() not in ("", '"""'):
@@ -207,19 +219,21 @@ def derived_paragraphs(lines):
             end += 1
         if end == i + 1:
             raise ValueError(f"line {i + 1}: exercise {n}'s derived paragraph is empty")
-        found[i] = (n, end)
+        found[i] = (n, end, m[2])
     return found
 
 
-def derivations(root=ROOT):
-    """[(exercise number, path, first line, last line)] (1-based) of every derived paragraph of SOURCES, its
-    marker line included: what the student copy leaves out."""
+def derivations(root=ROOT, kinds=("Derived",)):
+    """[(exercise number, path, first line, last line)] (1-based) of every derived paragraph of SOURCES (with
+    kinds=("Derived", "Answered"), every answered one too), its marker line included: what the student copy
+    leaves out."""
     found = []
     for path in SOURCES:
         with open(os.path.join(root, path), encoding="utf-8") as f:
             lines = f.read().split("\n")
         try:
-            found += [(n, path, i + 1, end) for i, (n, end) in derived_paragraphs(lines).items()]
+            found += [(n, path, i + 1, end) for i, (n, end, kind) in derived_paragraphs(lines).items()
+                      if kind in kinds]
         except ValueError as e:
             raise ValueError(f"{path}:{e}") from None
     return found
@@ -237,13 +251,13 @@ def sentinels(root=ROOT):
 def blank(text, numbers):
     """text with the regions of exercises `numbers` replaced by their sentinel; the markers stay, so the
     student sees where to write, and the sentinel is indented like the marker, so the file still parses.
-    Their derived paragraphs, marker line included, become one line that points to EXERCISES.md."""
+    Their derived and answered paragraphs, marker line included, become one line that points to EXERCISES.md."""
     lines = text.split("\n")
     instead = {}   # line index → what replaces it (None: nothing)
-    for i, (n, past) in derived_paragraphs(lines).items():
+    for i, (n, past, kind) in derived_paragraphs(lines).items():
         if n in numbers:
             instead.update(dict.fromkeys(range(i, past)))
-            instead[i] = DERIVED.match(lines[i])[1] + f"Derive it: EXERCISES.md, exercise {n}."
+            instead[i] = DERIVED.match(lines[i])[1] + POINTER[kind].format(n)
     out, skipping = [], False
     for i, line in enumerate(lines):
         if i in instead:
@@ -278,12 +292,43 @@ def project_files(root):
     return files
 
 
-TEACHER_ONLY = ("docs/TEACHING.md",)   # the answers to every question: never in a student copy
+TEACHER_ONLY = ("docs/TEACHING.md",   # the answers to every question: never in a student copy
+                "tests/teacher/")     # the tests' wrong answers, the hidden results, the passages left out
+TEACHER_ANSWERS = "tests/teacher/answers.py"
+
+
+def teacher_only(rel):
+    """Whether the project file rel (relative to the root) is left out of a student copy."""
+    return any(rel == t or t.endswith("/") and rel.startswith(t) for t in TEACHER_ONLY)
+
+
+def teacher_answers(root=ROOT):
+    """The module TEACHER_ANSWERS of the project at root (its WRONG answers, HIDDEN results, LEFT_OUT
+    passages: its docstring), or None where it is not there: in a student copy."""
+    import importlib.util
+    path = os.path.join(root, TEACHER_ANSWERS)
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("teacher_answers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def left_out(text, rel, numbers, answers):
+    """text, the project file rel, as a student copy holds it: each passage of TEACHER_ANSWERS's LEFT_OUT that
+    states what one of the exercises `numbers` asks, replaced by what the copy says instead. (A passage no longer
+    there is no error here: tests/test_exercises.py checks that each is found.)"""
+    for n, path, pattern, instead in getattr(answers, "LEFT_OUT", []):
+        if path == rel and n in numbers:
+            text = re.sub(pattern, lambda m: instead, text)
+    return text
 
 
 def make_student_copy(dst, numbers=None, root=ROOT):
-    """Copy the project into dst (new or empty) with the regions of exercises `numbers` (all) blanked, and
-    without the teacher's guide (TEACHER_ONLY)."""
+    """Copy the project into dst (new or empty) with the regions of exercises `numbers` (all) blanked, without
+    the teacher's files (TEACHER_ONLY), and with the passages of other files that state what those exercises ask
+    replaced (TEACHER_ANSWERS's LEFT_OUT)."""
     numbers = set(numbers or [e.number for e in EXERCISES if e.coding])
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f"{dst} exists and is not empty: give a new directory")
@@ -291,14 +336,17 @@ def make_student_copy(dst, numbers=None, root=ROOT):
     derivations(root)                                        # as this does broken derived paragraphs
     if missing:
         raise ValueError(f"no solution region for exercise {', '.join(map(str, sorted(missing)))} in {root}")
+    answers = teacher_answers(root)
+    passages = {path for n, path, *_ in getattr(answers, "LEFT_OUT", []) if n in numbers}
     for rel in project_files(root):
-        if rel in TEACHER_ONLY:
+        if teacher_only(rel):
             continue
         target = os.path.join(dst, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if rel in SOURCES:
+        if rel in SOURCES or rel in passages:
             with open(os.path.join(root, rel), encoding="utf-8") as f:
-                text = blank(f.read(), numbers)
+                text = f.read()
+            text = blank(text, numbers) if rel in SOURCES else left_out(text, rel, numbers, answers)
             with open(target, "w", encoding="utf-8") as f:
                 f.write(text)
             shutil.copymode(os.path.join(root, rel), target)
@@ -323,8 +371,10 @@ def not_written(error):
 # Checking: run an exercise's tests, say what broke in one line per test.
 
 def failure(report):
-    """(first line, file:line) of a failure: pytest's crash message, which for test_objectives.py's
-    assertions names the equation, and where it was raised; not the traceback."""
+    """(one line, file:line) of a failure: pytest's crash message, which for test_objectives.py's assertions
+    names the equation, with what was expected and what came back, and where it was raised; not the traceback.
+    An assertion's message is joined into one line, up to pytest's own explanation of the assert; another error
+    (a TypeError in the student's code) is its first line and where it was raised."""
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is None:   # a collection error (an import failed): the last line says what, the last frame where
         text = str(report.longrepr)
@@ -335,7 +385,18 @@ def failure(report):
             what += f" ({os.path.relpath(a or c, ROOT)}:{b or d})"
         return what, ""
     where = f"{os.path.relpath(crash.path, ROOT)}:{crash.lineno}"
-    return crash.message.strip().split("\n")[0].removeprefix("AssertionError: "), where
+    lines = crash.message.strip().split("\n")
+    if lines[0].startswith("AssertionError"):
+        message = []
+        for line in lines:
+            if line.startswith("assert "):   # pytest's explanation of the failed assert: not the message
+                break
+            message.append(line.strip())
+        return " ".join(l for l in message if l).removeprefix("AssertionError").removeprefix(": "), where
+    if lines[0].startswith("assert "):   # an assert without a message: pytest's explanation, its first line
+        return lines[0], where
+    inside = not where.startswith("..") and not RAISED.search(lines[0])   # in the project, not a sentinel
+    return lines[0] + f" (raised at {where})" * inside, where
 
 
 def run_tests(names):
@@ -368,7 +429,7 @@ def run_tests(names):
 def check(numbers):
     """Print a verdict per exercise: PASS, or FAIL and first the one cause, then a line per other failing
     test. The cause is an exercise it needs that is not written yet or fails its own tests (do that one
-    first), or else the first line of the message of its first failing test, in the order of ex.tests.
+    first), or else the message of its first failing test (one line: failure), in the order of ex.tests.
     Return 0 if all pass."""
     exercises = [BY_NUMBER[n] for n in numbers]
     todo = {n for n, _, _ in sentinels()}
@@ -407,7 +468,7 @@ def first(ex, m, todo, outcome):
 
 
 def explain(ex, test, outcome, named):
-    """One line for a failing test: the first line of its message (alone, for the exercise's first cause; after
+    """One line for a failing test: its one-line message (alone, for the exercise's first cause; after
     the test's name once a cause is named), or the blanked exercise it ran into; None when that is an exercise
     ex.needs, which has its own line."""
     if test not in outcome:

@@ -175,7 +175,7 @@ def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, t
     if rl_point is not None:
         ax.errorbar(*rl_point[:2], xerr=rl_point[2], yerr=rl_point[3], fmt="*", ms=14,
                     color="C2", label="RL on Init-SFT reward")
-    # top axis: the N behind each KL, KL(Best-of-N ‖ π_SFT) = log N − (N−1)/N
+    # top axis: the N behind each KL, KL(Best-of-N ‖ π_SFT) = best_of_n_kl(N)
     any_rm = next(iter(bon.values()))
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
@@ -423,7 +423,7 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
         "panel (no signature) that gap shrinks. A curve that peaks and then falls is over-optimisation: "
         "fig_bon_picks shows what the larger N picks.",
     "fig_bon_picks.png": "as N grows, Best-of-N by a log-ratio reward picks longer, signed and off-support "
-        "responses (the ratio rewards SFT's own imitation errors); among the plausible candidates only it does not.",
+        "responses; among the plausible candidates only it does not.",
     "fig_extrapolation.png": "where the expert lies along the direction π_init → π_SFT: a gold reward that "
         "rises with α means the expert lies beyond π_SFT; the KLs say how far π_α moves from the expert.",
     "fig_calibration.png": "what each discriminator learned, log q_φ − log π_SFT, against its target "

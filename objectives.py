@@ -206,8 +206,13 @@ def kl_k1(logp, ref_logp):
     """k1 = log π − log π_ref = −log ratio, ratio = π_ref/π; per token, on samples from π. Same shape.
 
     Unbiased: E_{a~π(·|s)}[k1] = KL(π(·|s) ‖ π_ref(·|s)), reverse KL to the reference; summed over the
-    response, E_π[Σ_t k1] = KL(π ‖ π_ref) of trajectories. Single terms can be negative, and when π ≈ π_ref
-    the terms are large relative to their mean (they cancel only on average): high variance.
+    response, E_π[Σ_t k1] = KL(π ‖ π_ref) of trajectories.
+
+    Derived in exercise 7 (not in the student copy):
+    Single terms can be negative, and when π ≈ π_ref the terms are large relative to their mean (they cancel
+    only on average): high variance.
+
+    Answered in exercise 7 (not in the student copy):
     Where it enters: the REWARD, r ← r − λ Σ_t k1 (λ the KL coefficient, detached). By the identity in
     reverse_kl_reinforce_loss, the policy-gradient loss's expected gradient then gains exactly λ ∇KL(π ‖ π_ref).
     """
@@ -219,6 +224,8 @@ def kl_k1(logp, ref_logp):
 def kl_k3(logp, ref_logp):
     """k3 = (ratio − 1) − log ratio ≥ 0, ratio = π_ref/π; per token, on samples from π. Same shape.
     Unbiased for KL(π ‖ π_ref) like k1 (Schulman, "Approximating KL divergence", 2020).
+
+    Answered in exercise 7 (not in the student copy):
     Where it enters: the LOSS, + λ · mean of k3, differentiated directly (GRPO). Know which gradient that
     gives: at each visited state s, that of the FORWARD KL to the reference, KL(π_ref(·|s) ‖ π(·|s)),
     mass-covering, at the states π visits (their distribution is not differentiated); not ∇KL(π ‖ π_ref).
@@ -494,12 +501,17 @@ def log_ratio_family(logp_pos, logp_neg, gamma):
 def plausible(logp, tau):
     """Contrastive decoding's adaptive plausibility constraint (Li et al. 2023), applied to whole responses.
     logp (M, N): log π_SFT(y|x) of N candidates for each of M prompts → bool (M, N), True where eligible:
-        π_SFT(y|x) ≥ α · max_j π_SFT(y_j|x)   ⇔   log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ,   τ = −log α,
-    (take logs of both sides; α ∈ (0, 1] becomes τ ∈ [0, ∞)). Li et al. use α = 0.1 (τ = log 10 ≈ 2.3) per token,
-    over the vocabulary; here the candidates are the N sampled responses, and the max is over them. The floor is
-    relative to the best candidate of the same prompt, so it adapts: strict where π_SFT is confident, lenient
-    where it is not. The most likely candidate is always eligible; τ = math.inf: every candidate (α = 0);
-    τ = 0: only the most likely, ties included (α = 1).
+        log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ,   τ ≥ 0 (ValueError for a negative τ).
+    Here the candidates are the N sampled responses, and the max is over them. The floor is relative to the best
+    candidate of the same prompt, so it adapts: strict where π_SFT is confident, lenient where it is not. The most
+    likely candidate is always eligible.
+
+    Answered in exercise 14 (not in the student copy):
+    Li et al.'s form, π_SFT(y|x) ≥ α · max_j π_SFT(y_j|x), is the same constraint with τ = −log α (take logs of
+    both sides; α ∈ (0, 1] becomes τ ∈ [0, ∞)). Li et al. use α = 0.1 (τ = log 10 ≈ 2.3) per token, over the
+    vocabulary. τ = math.inf: every candidate (α = 0); τ = 0: only the most likely, ties included (α = 1).
+    A whole response's log-prob falls with its length, so the floor also favours short responses; pass
+    per-token mean log-probs to compare responses of different lengths per token (the caller's choice).
 
     Derived in exercise 14 (not in the student copy):
     Why a log-ratio reward needs it. r = log π_SFT − log π_init (classifier_optimum) is largest where π_init finds
@@ -507,8 +519,6 @@ def plausible(logp, tau):
     π_SFT draws now and then but itself rates unlikely, and π_init rates more unlikely still. With many
     candidates, Best-of-N finds such tail responses, picked for a small denominator rather than for what SFT
     learned. The constraint lets the reward rank only the responses π_SFT itself finds plausible.
-    A whole response's log-prob falls with its length, so the floor also favours short responses; pass
-    per-token mean log-probs to compare responses of different lengths per token (the caller's choice).
     """
     # ---- exercise 14 (plausible_best_of_n): begin solution
     if not tau >= 0:
@@ -654,9 +664,12 @@ def generalized_jsd(logits_p, logits_q, w):
         JSD_w(p ‖ q) = w KL(p ‖ m) + (1 − w) KL(q ‖ m),   m = w p + (1 − w) q.
     w = 0.5 is the symmetric Jensen–Shannon; JSD_w(p ‖ q) = JSD_{1−w}(q ‖ p).
     The ends are explicit cases, by convention (GKD, Agarwal et al. 2024):
-        w = 0 → KL(p ‖ q),   w = 1 → KL(q ‖ p);
-    with p the expert and q the policy, forward (mass-covering) and reverse (mode-seeking) KL.
+        w = 0 → KL(p ‖ q),   w = 1 → KL(q ‖ p).
     They are not the formula's limits: the formula tends to 0 at both ends.
+
+    Answered in exercise 13 (not in the student copy):
+    With p the expert and q the policy, w = 0 is the forward KL (mass-covering) and w = 1 the reverse KL
+    (mode-seeking).
 
     Derived in exercise 13 (not in the student copy):
     As w → 0, m → q and JSD_w ≈ w KL(p ‖ q) → 0; as w → 1, JSD_w ≈ (1 − w) KL(q ‖ p) → 0. It is

@@ -52,7 +52,7 @@ def _bon_table(world, world_std, title, tau):
     unconstrained and among the plausible candidates, and what its picks are."""
     demo = fmt(world["demonstrations"]["gold_reward"], get(world_std, "demonstrations", "gold_reward"))
     lines = [f"## {title}", "", "Gold reward of the response ranked best among N samples of π_SFT "
-             f"(KL(Best-of-N ‖ π_SFT) = log N − (N−1)/N). Demonstrations: {demo}. *exact*: computed from exact "
+             f"(KL(Best-of-N ‖ π_SFT) in closed form: `best_of_n_kl`). Demonstrations: {demo}. *exact*: computed from exact "
              "log-probabilities (the world's, or the models' own); *learned*: a trained reward model's.", ""]
     for table, what in [("bon", "every candidate"),
                         ("bon_plausible", "the plausible candidates only (within τ nats of the likeliest of the N; "

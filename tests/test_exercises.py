@@ -4,9 +4,13 @@ a blanked exercise.
 
 The student copy (every coding exercise blanked) is written once, by the command a teacher runs, and shared.
 The subprocess tests run pytest in it, in a copy with a mistake, or in the real tree (four runs of about 4 s,
-and two runs of afd_mini.py that stop at a blanked exercise), then `exercises.py check` in 11 copies holding
-the wrong answers of WRONG and in 9 copies with one exercise blanked each (about 4 s each on an idle machine);
-the rest read files.
+and two runs of afd_mini.py that stop at a blanked exercise), then `exercises.py check` in the copies holding
+the wrong answers of the teacher's WRONG (a dozen) and its RIGHT answers, and in 9 copies with one exercise
+blanked each (about 4 s each on an idle machine), and a short quick run in a copy whose exercises are done, for
+the leak test; the rest read files.
+
+The teacher's answers (the wrong answers, the hidden results: tests/teacher/answers.py) are not in a student
+copy: there, the tests that need them are skipped.
 """
 import ast
 import os
@@ -24,6 +28,9 @@ import exercises as ex
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODING = [e for e in ex.EXERCISES if e.coding]
 SOURCE = ex.SOURCES[0]
+ANSWERS = ex.teacher_answers(ROOT)   # None in a student copy
+teacher = pytest.mark.skipif(ANSWERS is None, reason=f"a student copy: no {ex.TEACHER_ANSWERS}")
+WRONG, RIGHT = (ANSWERS.WRONG, ANSWERS.RIGHT) if ANSWERS else ([], [])
 
 
 def python(args, cwd, timeout=300):
@@ -115,24 +122,17 @@ def test_derived_paragraphs_refuse_broken_markers(tmp_path):
     assert ex.derivations(str(tmp_path)) == [(11, SOURCE, 4, 6)]
     assert ex.blank("\n".join(good), {11}).split("\n")[3:5] == ["    Derive it: EXERCISES.md, exercise 11.", '    """']
     assert ex.blank("\n".join(good), {1}) == "\n".join(good)   # another exercise's: kept
+    answered = [*good[:3], marker.replace("Derived", "Answered"), *good[4:]]   # a Think question's answer
+    (tmp_path / SOURCE).write_text("\n".join(answered))
+    assert ex.derivations(str(tmp_path)) == [] and \
+        ex.derivations(str(tmp_path), kinds=("Answered",)) == [(11, SOURCE, 4, 6)]
+    assert ex.blank("\n".join(answered), {11}).split("\n")[3:5] == \
+        ["    Think it through: EXERCISES.md, exercise 11.", '    """']
+    broken["not a marker in the format"] = [*good[:3], "    Answered in exercise 11:", *good[4:]]
     for error, lines in broken.items():
         (tmp_path / SOURCE).write_text("\n".join(lines))
         with pytest.raises(ValueError, match=error):
             ex.derivations(str(tmp_path))
-
-
-# A phrase of each result an exercise asks the student to derive, which its derived paragraph states
-DERIVED_RESULTS = {
-    1: ["P (append the token) is the same for β and π, so it cancels"],
-    2: ["E_π[∇log π] = 0"],
-    4: ["Only score differences are learned"],
-    5: ["the same expected gradient as the whole return"],
-    6: ["Equivalently A_i = G/(G−1)·(r_i − group mean)", "(last sum: ∇Σ_y π = 0)"],
-    7: ["never negative (e^u ≥ 1 + u)", "= −Σ_a π_ref(a|s) ∇log π(a|s)"],
-    11: ["log n − (n − 1)/n", "π_BoN/π = n u^(n−1)"],
-    13: ["JSD_w ≈ w KL(p ‖ q)"],
-    14: ["Why a log-ratio reward needs it"],
-}
 
 
 def docstrings(root):
@@ -141,19 +141,22 @@ def docstrings(root):
             if isinstance(f, ast.FunctionDef)}
 
 
+@teacher
 @pytest.mark.slow
 def test_student_copy_leaves_out_what_the_exercises_derive(student):
     """The real tree's docstrings state each derived result; the student copy's, of every function with a
-    region or a derived paragraph, state none and point to EXERCISES.md; the answer key's messages never print
-    one (whitespace aside)."""
-    assert sorted({n for n, *_ in ex.derivations(ROOT)}) == sorted(DERIVED_RESULTS)
+    region or a derived or answered paragraph, state none and point to EXERCISES.md; the answer key's messages
+    never print one (whitespace aside)."""
+    derived_results = ANSWERS.DERIVED_RESULTS
+    assert sorted({n for n, *_ in ex.derivations(ROOT)}) == sorted(derived_results)
     lines = read(ROOT).split("\n")
     enclosing = lambda i: [m[1] for m in (re.match(r"\s*def (\w+)\(", l) for l in lines[:i]) if m][-1]
     owner = {enclosing(first): n for n, _, first, _ in ex.derivations(ROOT)}
-    blanked = {enclosing(r.begin) for r in ex.regions(ROOT)} | set(owner)
+    answered = {enclosing(first): n for n, _, first, _ in ex.derivations(ROOT, kinds=("Answered",))}
+    blanked = {enclosing(r.begin) for r in ex.regions(ROOT)} | set(owner) | set(answered)
     real, copy = docstrings(ROOT), docstrings(student)
     answer_key = " ".join(read(ROOT, ex.ANSWER_KEY).split())
-    for n, phrases in DERIVED_RESULTS.items():
+    for n, phrases in derived_results.items():
         for phrase in phrases:
             assert any(phrase in real[f] for f, m in owner.items() if m == n), \
                 f"exercise {n}'s derived paragraphs do not state {phrase!r}"
@@ -161,6 +164,8 @@ def test_student_copy_leaves_out_what_the_exercises_derive(student):
             assert " ".join(phrase.split()) not in answer_key, f"{ex.ANSWER_KEY} prints {phrase!r}"
     for f, n in owner.items():
         assert f"Derive it: EXERCISES.md, exercise {n}." in copy[f], f"{f}: no pointer to exercise {n}"
+    for f, n in answered.items():
+        assert f"Think it through: EXERCISES.md, exercise {n}." in copy[f], f"{f}: no pointer to exercise {n}"
 
 
 def exercises_md_sections():
@@ -228,17 +233,26 @@ def test_experiment_runs_are_valid_afd_mini_options_off_the_default():
 # -----------------------------------------------------------------------------
 # the student copy
 
+@teacher
 @pytest.mark.slow
 def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
+    """Every file but the teacher's, byte for byte, but the solution regions, the derived and answered
+    paragraphs and the LEFT_OUT passages, each replaced as the teacher's answers say."""
     files = ex.project_files(ROOT)
     assert "exercises.py" in files and "EXERCISES.md" in files
-    for rel in ex.TEACHER_ONLY:   # the teacher's guide holds the answers
+    assert ex.TEACHER_ANSWERS in files and ex.teacher_only(ex.TEACHER_ANSWERS)
+    for rel in ex.TEACHER_ONLY:   # the teacher's guide and answers
         assert not os.path.exists(os.path.join(student, rel)), f"{rel} is in the student copy"
+    passages = {path for _, path, *_ in getattr(ANSWERS, "LEFT_OUT", [])}
     for rel in files:
-        if rel in ex.TEACHER_ONLY:
+        if ex.teacher_only(rel):
             continue
         assert os.path.isfile(os.path.join(student, rel)), f"{rel} is missing from the student copy"
-        if rel != SOURCE:
+        if rel in passages:
+            left_out = ex.left_out(read(ROOT, rel), rel, {e.number for e in CODING}, ANSWERS)
+            assert left_out != read(ROOT, rel) and read(student, rel) == left_out, \
+                f"{rel}: the student copy should replace exactly its LEFT_OUT passages"
+        elif rel != SOURCE:
             with open(os.path.join(ROOT, rel), "rb") as a, open(os.path.join(student, rel), "rb") as b:
                 assert a.read() == b.read(), f"{rel} differs in the student copy"
     real, copy = read(ROOT).split("\n"), read(student).split("\n")
@@ -250,14 +264,15 @@ def test_student_copy_blanks_the_solutions_and_changes_nothing_else(student):
         assert copy[r.begin:r.end - 1] == [indent + ex.sentinel(ex.BY_NUMBER[r.number])]
     outside = lambda lines, regions: [l for i, l in enumerate(lines, 1)
                                       if not any(r.begin < i < r.end for r in regions)]
-    derived, skip = {first: (n, last) for n, _, first, last in ex.derivations(ROOT)}, 0
-    expected = []   # the real lines outside the regions, each derived paragraph one pointer line
+    derived, skip = {first: (n, last, kind) for kind in ex.POINTER
+                     for n, _, first, last in ex.derivations(ROOT, kinds=(kind,))}, 0
+    expected = []   # the real lines outside the regions, each derived or answered paragraph one pointer line
     for i, line in enumerate(real, 1):
         if i <= skip or any(r.begin < i < r.end for r in real_regions):
             continue
         if i in derived:
-            n, skip = derived[i]
-            line = line[:len(line) - len(line.lstrip())] + f"Derive it: EXERCISES.md, exercise {n}."
+            n, skip, kind = derived[i]
+            line = line[:len(line) - len(line.lstrip())] + ex.POINTER[kind].format(n)
         expected.append(line)
     assert outside(copy, copy_regions) == expected, "a line outside the regions and derived paragraphs changed"
     copied = {l.strip() for l in copy}
@@ -275,6 +290,85 @@ def test_student_copy_refuses_a_directory_in_use(student):
 def test_a_partial_student_copy_blanks_only_the_exercises_given(tmp_path):
     ex.make_student_copy(str(tmp_path / "some"), [5, 2])   # a teacher hands out exercises 2 and 5 only
     assert sorted(n for n, _, _ in ex.sentinels(str(tmp_path / "some"))) == [2, 2, 5]
+
+
+# -----------------------------------------------------------------------------
+# no answers in the student copy: the leak test
+
+def texts(root, rels):
+    """{rel: text} of the files rels under root that are text (UTF-8): figures, checkpoints and bytecode aside."""
+    found = {}
+    for rel in rels:
+        if rel.endswith((".png", ".pt", ".pyc")):
+            continue
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                found[rel] = f.read()
+        except UnicodeDecodeError:
+            continue
+    return found
+
+
+def leaks(found):
+    """'file:line: exercise N: pattern' for every HIDDEN pattern of the teacher's answers in {name: text}."""
+    return [f"{name}:{text[:m.start()].count(chr(10)) + 1}: exercise {n}: {m[0]!r}"
+            for n, patterns in ANSWERS.HIDDEN.items() for pattern in patterns
+            for name, text in found.items() for m in re.finditer(pattern, text)]
+
+
+def all_files(root):
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names]
+
+
+@teacher
+def test_each_hidden_result_and_each_passage_left_out_is_in_the_full_project():
+    """The leak test has teeth: each exercise's HIDDEN patterns match, in the full project outside the teacher's
+    answers, at least once (a pattern that matches nothing guards nothing), every LEFT_OUT passage is still in its
+    file (else a student copy would keep its new wording, or the passage moved), the files a student copy
+    rewrites are not the teacher's, and every exercise the answers hide a result of exists."""
+    project = texts(ROOT, [f for f in ex.project_files(ROOT) if f != ex.TEACHER_ANSWERS])
+    found = leaks(project)
+    for n in ANSWERS.HIDDEN:
+        assert n in ex.BY_NUMBER, f"the teacher's answers hide a result of exercise {n}, which does not exist"
+        assert any(f": exercise {n}: " in line for line in found), \
+            f"no HIDDEN pattern of exercise {n} matches any file of the project: update {ex.TEACHER_ANSWERS}"
+    for n, path, pattern, _ in ANSWERS.LEFT_OUT:
+        assert not ex.teacher_only(path) and re.search(pattern, project[path]), \
+            f"exercise {n}'s passage to leave out of {path} is no longer there: update {ex.TEACHER_ANSWERS}'s " \
+            f"LEFT_OUT (and check that the new wording does not state it): {pattern[:60]}…"
+    assert not any(ex.teacher_only(path) for path in ex.SOURCES)
+
+
+@teacher
+@pytest.mark.slow
+def test_a_student_copy_and_what_a_run_there_writes_hold_no_hidden_result(student, tmp_path):
+    """No HIDDEN pattern of the teacher's answers, for any exercise (what it asks to derive, think through or
+    predict), in any file of a fresh student copy (made by the teacher's command: docstrings, README, docs, tests,
+    the code), nor, once its exercises are done (the solution tree's regions written back), in any text file that
+    a --quick run writes there (report.md, metrics.json, the stages' files) nor in what it prints."""
+    copied = all_files(student)
+    assert set(copied) >= {"README.md", "EXERCISES.md", SOURCE, "report.py", "docs/RESULTS.md"}
+    found = leaks(texts(student, copied))
+    assert not found, "the student copy states what an exercise asks:\n" + "\n".join(found)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(student, copy)
+    lines, real = read(copy).split("\n"), read(ROOT).split("\n")
+    for mine, theirs in reversed(list(zip(ex.regions(copy), ex.regions(ROOT)))):   # the student's answers
+        lines[mine.begin:mine.end - 1] = real[theirs.begin:theirs.end - 1]
+    with open(os.path.join(copy, SOURCE), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    assert ex.sentinels(copy) == []
+    before = set(all_files(copy))
+    tiny = ["--pretrain_steps=5", "--sft_steps=5", "--sft_short_steps=2", "--rl_iters=1", "--rm_steps=2", "--dpo_steps=2",
+            "--n_layer=1", "--n_embd=16", "--n_base=300", "--n_demo=64", "--n_pref=64", "--n_eval=16", "--rl_prompts=4",
+            "--rm_samples=16", "--bon_prompts=4", "--bon_max_n=4", "--probe_prompts=4", "--eval_samples=1"]
+    ran = python(["afd_mini.py", "--quick", "--out_dir=out", "--progress=false", "--cache=off", *tiny], cwd=copy,
+                 timeout=1800)   # every stage and the report: 2 CPU-minutes (13 minutes on a loaded 2-core machine)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    written = [f for f in all_files(copy) if f not in before and "__pycache__" not in f]
+    assert "out/report.md" in written and "out/metrics.json" in written, written
+    found = leaks({**texts(copy, written), "(its output)": ran.stdout + ran.stderr})
+    assert not found, "a run in the student copy states what an exercise asks:\n" + "\n".join(found)
 
 
 # -----------------------------------------------------------------------------
@@ -327,19 +421,18 @@ def test_check_passes_every_exercise_in_the_real_tree():
 
 
 @pytest.mark.slow
+@teacher
 def test_check_names_the_broken_equation_and_the_missing_exercise(tmp_path):
     copy = str(tmp_path / "copy")
     ex.make_student_copy(copy, [2])
-    plant(copy, 1, "sft_loss", """
-        nll = -(logp * mask).sum()   # x * mask lets the NaN of padding through
-        return nll / mask.sum() if normalize == "tokens" else nll / logp.shape[0]
-        """)
-    plant(copy, 5, "rewards_to_go", "return _response(token_rewards.detach().cumsum(-1), mask)   # forwards")
+    for number, function, code in ANSWERS.PLANTED:   # sft_loss reads the padding; rewards_to_go sums forwards
+        plant(copy, number, function, code)
     checked = python(["exercises.py", "check", "1", "6", "9", "11"], cwd=copy)
     assert checked.returncode == 1
     blocks = verdicts(checked.stdout)
     assert blocks[1][0] == "exercise 1 (sft_loss): FAIL"
-    assert blocks[1][1][0] == "sft_loss('tokens') reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN)"
+    assert blocks[1][1][0] == "sft_loss('tokens') reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN): " \
+                              "expected 2, as without them, got nan"
     assert blocks[1][1][1].startswith("test_sft_loss_rejects_an_unknown_normalize: sft_loss(normalize='mean') ")
     assert blocks[1][1][-1] == \
         f"the whole traceback: python -m pytest {ex.ANSWER_KEY}::test_sft_loss_ignores_masked_positions_exactly"
@@ -380,104 +473,6 @@ def plant(root, number, function, code):
     raise AssertionError(f"exercise {number} has no region in {function}")
 
 
-# (exercise, function, the wrong answer, what the first line of its check must say)
-WRONG = [
-    (1, "sft_loss", """
-        nll = -_response(logp, mask).sum()
-        return nll / mask.sum() if normalize == "tokens" else nll / logp.shape[0]   # no ValueError
-        """, "sft_loss(normalize='mean') returns tensor(1.): it must raise ValueError"),
-    (1, "sft_loss", """
-        nll = -_response(logp, mask).sum(-1)
-        if normalize == "tokens":
-            return (nll / mask.sum(-1)).mean()   # each response's mean first
-        if normalize == "sequences":
-            return nll.mean()
-        raise ValueError(normalize)
-        """, "sft_loss('tokens') averages within each response first"),
-    (1, "sft_loss", """
-        nll = -(logp * mask).sum()
-        if normalize == "tokens":
-            return nll / mask.sum()
-        if normalize == "sequences":
-            return nll / logp.shape[0]
-        raise ValueError(normalize)
-        """, "sft_loss('tokens') reads prompt/padding positions"),
-    (2, "forward_kl_mc", "return policy_logp_seq - expert_logp_seq",
-     "forward_kl_mc: log π − log β, the wrong way round"),
-    (2, "reverse_kl_mc", "return (policy_logp_seq - expert_logp_seq).clamp_min(0)",
-     "reverse_kl_mc: a negative term made non-negative"),
-    (4, "bradley_terry_loss", "return -torch.log(torch.sigmoid(score_chosen - score_rejected)).mean()",
-     "bradley_terry_loss is inf at s_c − s_r = -150 in float32"),
-    (4, "bradley_terry_loss", "return torch.log1p(torch.exp(score_rejected - score_chosen)).mean()",
-     "bradley_terry_loss is inf at s_c − s_r = -150 in float32"),
-    (5, "rewards_to_go", """
-        r = _response(token_rewards, mask)   # not detached
-        return _response(r.flip(-1).cumsum(-1).flip(-1), mask)
-        """, "rewards_to_go carries a gradient back to token_rewards"),
-    (5, "rewards_to_go", "return _response(token_rewards.detach().flip(-1).cumsum(-1).flip(-1), mask)",
-     "rewards_to_go: a reward off the response leaks into R_t"),
-    (5, "rewards_to_go", "return _response(token_rewards.detach(), mask).flip(-1).cumsum(-1).flip(-1)",
-     "rewards_to_go is [6.0, 0.0] off the response, not 0"),
-    (5, "rewards_to_go", """
-        r, out = _response(token_rewards.detach(), mask), torch.zeros_like(token_rewards)
-        for t in range(r.shape[-1]):
-            out[:, t] = r[:, t:].sum(-1)
-        return _response(out, mask)
-        """, "rewards_to_go has a Python loop"),
-    (6, "leave_one_out_advantages", """
-        r = rewards.view(-1, group_size)   # not detached
-        return (r - (r.sum(-1, keepdim=True) - r) / (group_size - 1)).view(-1)
-        """, "leave_one_out_advantages carries a gradient back to the rewards"),
-    (6, "leave_one_out_advantages", """
-        r = rewards.detach().view(-1, group_size)
-        return (r - r.mean(-1, keepdim=True)).view(-1)
-        """, "leave_one_out_advantages subtracts the group mean including r_i itself"),
-    (6, "reverse_kl_reinforce_loss", """
-        reward = reverse_kl_mc(sequence_logprob(logp, mask), expert_logp_seq)
-        return policy_gradient_loss(logp, mask, leave_one_out_advantages(reward, group_size))
-        """, "reverse_kl_reinforce_loss: E[∇surrogate] = −∇KL(π‖β), it would increase the KL"),
-    (7, "kl_k3", """
-        ratio = torch.exp(ref_logp) / torch.exp(logp)
-        return ratio - 1 - torch.log(ratio)
-        """, "kl_k3 is [nan, nan, "),
-    (9, "discriminator_loss", """
-        terms = torch.cat([F.softplus(-logits_expert).flatten(), F.softplus(logits_policy).flatten()])
-        weights = None if mask_expert is None else torch.cat([mask_expert.flatten(), mask_policy.flatten()])
-        return _mean(terms, weights)
-        """, "averages the two classes together"),
-    (9, "discriminator_loss", "return _mean(F.softplus(logits_expert), mask_expert) "
-                              "+ _mean(F.softplus(-logits_policy), mask_policy)",
-     "labels the classes the wrong way round: the first argument"),
-    (9, "discriminator_loss", """
-        d_expert, d_policy = torch.sigmoid(logits_expert), torch.sigmoid(logits_policy)
-        return _mean(-torch.log(d_expert), mask_expert) + _mean(-torch.log(1 - d_policy), mask_policy)
-        """, "discriminator_loss of a demonstration is inf at h = -100 in float32"),
-    (9, "airl_reward", "return logits", "airl_reward carries a gradient back to the discriminator's logits"),
-    (9, "airl_reward", """
-        d = torch.sigmoid(logits.detach())
-        return torch.log(d) - torch.log(1 - d)
-        """, "airl_reward is -inf at h = -100 in float32"),
-    (9, "gail_reward", "return F.softplus(logits)", "gail_reward carries a gradient back to the discriminator's"),
-    (9, "gail_reward", "return -torch.log(1 - torch.sigmoid(logits.detach()))",
-     "gail_reward is inf at h = 20 in float32"),
-    (11, "best_of_n_kl", "return math.log(n)", "best_of_n_kl(2) = 0.693"),
-    (13, "generalized_jsd", """
-        log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-        if w == 0:
-            return _kl(log_p, log_q)
-        if w == 1:
-            return _kl(log_q, log_p)
-        log_m = torch.log(w * log_p.exp() + (1 - w) * log_q.exp())
-        return w * _kl(log_p, log_m) + (1 - w) * _kl(log_q, log_m)
-        """, "generalized_jsd(w=0.3) is nan where probabilities underflow in float32"),
-    (13, "generalized_jsd", """
-        log_p, log_q = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-        log_m = torch.logsumexp(torch.stack([log_p + math.log(w), log_q + math.log(1 - w)]), 0)
-        return w * _kl(log_p, log_m) + (1 - w) * _kl(log_q, log_m)
-        """, "generalized_jsd(w=0) raises ValueError (math domain error): the ends are explicit cases"),
-]
-
-
 def copies(wrong):
     """The wrong answers grouped into as few copies as first fit gives: at most one per exercise in a copy, and
     none in an exercise that another planted one needs (its check would say to do that one first)."""
@@ -492,18 +487,55 @@ def copies(wrong):
     return groups
 
 
+def one_line_with_expected_and_got(line):
+    """Whether a check's line states what was expected and what came back, in one line and in its own words (not
+    a traceback, nor PyTorch's or Python's raw error)."""
+    raw = re.match(r"(\w+Error|Traceback|E )", line) or "\n" in line
+    return not raw and re.search(r"\bexpected\b.+\bgot\b", line) is not None
+
+
+def test_one_line_with_expected_and_got_tells_a_message_from_a_raw_error():
+    assert one_line_with_expected_and_got("kl_k1 must keep its gradient: expected a tensor that requires grad "
+                                          "(its input does), got one that does not")
+    assert not one_line_with_expected_and_got("element 0 of tensors does not require grad and does not have a grad_fn")
+    assert not one_line_with_expected_and_got("RuntimeError: The size of tensor a (5) must match the size of "
+                                              "tensor b (3) at non-singleton dimension 2 (expected 3, got 5)")
+    assert not one_line_with_expected_and_got("plausible(τ = 2.0) on")
+
+
+@teacher
 @pytest.mark.slow
 @pytest.mark.parametrize("group", copies(WRONG), ids=lambda g: "+".join(f"{n}.{f}" for n, f, *_ in g))
 def test_a_wrong_answer_fails_its_check_naming_its_cause_first(group, tmp_path):
+    """Every wrong answer of the teacher's WRONG, planted in a copy of the project (several in one copy, each in
+    an exercise of its own): its check fails, and the first line under its verdict names the cause, in one line
+    with what was expected and what came back; no line of the check is a traceback's."""
     copy_project(str(tmp_path))
     for number, function, code, _ in group:
         plant(str(tmp_path), number, function, code)
     checked = python(["exercises.py", "check", *(str(n) for n, *_ in group)], cwd=str(tmp_path))
     blocks = verdicts(checked.stdout)
-    wrong = [f"exercise {n} ({function}): expected first {cause!r}, got {blocks.get(n)}"
+    wrong = [f"exercise {n} ({function}): expected first {cause!r}, in one line with expected and got; "
+             f"got {blocks.get(n)}"
              for n, function, _, cause in group
-             if n not in blocks or not blocks[n][0].endswith(": FAIL") or cause not in blocks[n][1][0]]
+             if n not in blocks or not blocks[n][0].endswith(": FAIL") or cause not in blocks[n][1][0]
+             or not one_line_with_expected_and_got(blocks[n][1][0])]
     assert not wrong, "\n".join(wrong) + "\n" + checked.stdout + checked.stderr
+    assert not any("Traceback" in line or line.startswith("E ") for line in checked.stdout.splitlines())
+
+
+@teacher
+@pytest.mark.slow
+@pytest.mark.parametrize("right", RIGHT, ids=lambda r: f"{r[0]}.{r[1]}")
+def test_a_right_answer_in_another_form_passes_its_check(right, tmp_path):
+    """The teacher's RIGHT answers, written otherwise than the solution tree (the plausibility floor in Li et al.'s
+    own form), pass their checks."""
+    number, function, code = right
+    copy_project(str(tmp_path))
+    plant(str(tmp_path), number, function, code)
+    checked = python(["exercises.py", "check", str(number)], cwd=str(tmp_path))
+    assert checked.returncode == 0 and ": PASS (" in verdicts(checked.stdout)[number][0], \
+        checked.stdout + checked.stderr
 
 
 @pytest.mark.slow

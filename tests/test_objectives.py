@@ -21,9 +21,11 @@ Bugs that the enumeration cannot see, and the tests that guard against them:
 """
 
 import ast
+import functools
 import inspect
 import itertools
 import math
+import re
 import textwrap
 from types import SimpleNamespace
 
@@ -122,12 +124,109 @@ def fit_logits(loss_fn, shape):
     return h.detach()
 
 
+def show(x, k=6):
+    """A number or a tensor in one short line: its values to 4 significant digits (the first k of a larger
+    tensor), and its shape unless it is a short vector."""
+    if not isinstance(x, torch.Tensor):
+        return f"{x:.6g}" if isinstance(x, float) else repr(x)
+    values = x.detach().flatten().tolist()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:k])
+    text = f"[{text}{', …' if len(values) > k else ''}]"
+    return text if x.dim() == 1 and len(values) <= k else f"{text} (shape {tuple(x.shape)})"
+
+
 def assert_close(actual, expected, msg, atol=1e-8, rtol=1e-6):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
+    """torch.testing.assert_close, failing in one line: msg, then what was expected and what came back (the shape or
+    dtype where those differ, else the values and the largest difference)."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{msg}: expected shape {tuple(expected.shape)}, got shape {tuple(actual.shape)}")
+    if actual.dtype != expected.dtype:
+        raise AssertionError(f"{msg}: expected dtype {expected.dtype}, got {actual.dtype}")
+    try:
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+    except AssertionError:
+        diff = (actual.detach() - expected.detach()).abs().nan_to_num(math.inf)
+        flat, where = int(diff.flatten().argmax()), []
+        for n in reversed(diff.shape):   # the index of the largest difference
+            flat, i = divmod(flat, n)
+            where.insert(0, i)
+        where = tuple(where)
+        largest = f"; largest difference {diff.max().item():.3g}" + (f" at index {where}" if where else "")
+        raise AssertionError(f"{msg}: expected {show(expected)}, got {show(actual)}"
+                             + (largest if actual.numel() > 1 else "")) from None
 
 
 def assert_differs(a, b, msg):
     assert (a - b).abs().max() > 1e-3, msg
+
+
+# What each exercise's function returns, checked on every call the answer key makes (the autouse fixture
+# `contracts` below): a result of the wrong shape, a lost gradient or a RuntimeError inside the function (a shape
+# that does not broadcast) fails there, in one line that says what was expected and what came back, not as
+# PyTorch's error further on ("element 0 of tensors does not require grad", "the size of tensor a must match").
+# name: (its result in words, its shape from its arguments' shapes, whether it must keep the gradient of its
+# inputs). The ones that keep no gradient are either constants by definition (rewards, advantages: their own
+# tests check that they are detached) or not differentiated anywhere.
+_both = lambda a, b, *rest, **kw: torch.broadcast_shapes(a.shape, b.shape)
+CONTRACTS = {
+    "sft_loss": ("a scalar", lambda *a, **kw: (), True),
+    "forward_kl_mc": ("one term per sequence", _both, False),
+    "reverse_kl_mc": ("one term per sequence", _both, True),
+    "leave_one_out_advantages": ("one advantage per reward", lambda r, *a, **kw: r.shape, False),
+    "rewards_to_go": ("token_rewards' shape", lambda r, *a, **kw: r.shape, False),
+    "reverse_kl_reinforce_loss": ("a scalar", lambda *a, **kw: (), True),
+    "kl_k1": ("one value per token", _both, True),
+    "kl_k3": ("one value per token", _both, True),
+    "discriminator_loss": ("a scalar", lambda *a, **kw: (), True),
+    "airl_reward": ("one reward per logit", lambda h, *a, **kw: h.shape, False),
+    "gail_reward": ("one reward per logit", lambda h, *a, **kw: h.shape, False),
+    "bradley_terry_loss": ("a scalar", lambda *a, **kw: (), True),
+    "plausible": ("one flag per candidate", lambda logp, *a, **kw: logp.shape, False),
+    "best_of_n_plausible": ("one index per prompt", lambda r, *a, **kw: r.shape[:-1], False),
+    "generalized_jsd": ("one value per position", lambda p, q, *a, **kw: _both(p, q)[:-1], True),
+}
+
+
+def _shapes(args):
+    return ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else repr(a) for a in args)
+
+
+def contract(name, f):
+    """f, checked against CONTRACTS[name] on each call."""
+    words, shape_of, keeps_grad = CONTRACTS[name]
+
+    @functools.wraps(f)
+    def checked(*args, **kwargs):
+        expected = tuple(shape_of(*args, **kwargs))
+        called = f"{name} on inputs of shape {_shapes(args)}"
+        try:
+            out = f(*args, **kwargs)
+        except NotImplementedError:   # a blanked exercise (a RuntimeError too): exercises.py check says so
+            raise
+        except (RuntimeError, IndexError) as e:   # a shape that does not broadcast, a dimension out of range
+            error = str(e).strip().split("\n")[0]
+            hint = " (a sum, softmax or index over the wrong dimension?)" * bool(re.search(r"size|dim|shape", error))
+            raise AssertionError(f"{called}: expected {words}, shape {expected}, got {type(e).__name__}: {error}"
+                                 + hint) from None
+        if not isinstance(out, torch.Tensor):
+            raise AssertionError(f"{called}: expected a tensor of shape {expected} ({words}), got "
+                                 f"{type(out).__name__} {out!r}" + (" (did you use .item()?)" * keeps_grad))
+        if tuple(out.shape) != expected:
+            raise AssertionError(f"{called}: expected {words}, shape {expected}, got shape {tuple(out.shape)}")
+        needs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        if keeps_grad and needs and torch.is_grad_enabled() and not out.requires_grad:
+            raise AssertionError(f"{name} must keep its gradient: expected a tensor that requires grad (its input "
+                                 f"does), got one that does not (did you .detach() or use .item()?)")
+        return out
+    return checked
+
+
+@pytest.fixture(autouse=True)
+def contracts(monkeypatch):
+    """Every exercise's function checked on each call (CONTRACTS); the calls inside objectives.py too."""
+    for name in CONTRACTS:
+        monkeypatch.setattr(obj, name, contract(name, getattr(obj, name)))
 
 
 TREE = make_tree(3)   # 15 responses, 7 states
@@ -151,18 +250,22 @@ def test_sft_loss_ignores_masked_positions_exactly():
                          [False, True, False, False]])
     tokens = obj.sft_loss(logp, mask, "tokens").item()
     assert tokens != (3 / 2 + 3 / 1) / 2, \
-        "sft_loss('tokens') averages within each response first: divide the batch's summed NLL by its response tokens"
-    assert tokens == 6 / 3, "sft_loss('tokens'): Σ NLL / #response tokens"
-    assert obj.sft_loss(logp, mask, "sequences").item() == 6 / 2, "sft_loss('sequences'): Σ NLL / B"
+        f"sft_loss('tokens') averages within each response first: divide the batch's summed NLL by its response " \
+        f"tokens (expected 6/3 = 2, got (3/2 + 3/1)/2 = {tokens:.6g})"
+    assert tokens == 6 / 3, f"sft_loss('tokens'): Σ NLL / #response tokens: expected 6/3 = 2, got {tokens:.6g}"
+    sequences = obj.sft_loss(logp, mask, "sequences").item()
+    assert sequences == 6 / 2, f"sft_loss('sequences'): Σ NLL / B: expected 6/2 = 3, got {sequences:.6g}"
     garbage = torch.where(mask, logp.detach(), float("nan"))   # padding: NaN
     garbage[:, 0] = 1e4                                       # prompt: a huge, wrong log-prob
     garbage.requires_grad_(True)
     for normalize in ("tokens", "sequences"):
-        loss = obj.sft_loss(garbage, mask, normalize)
-        assert loss.item() == obj.sft_loss(logp, mask, normalize).item(), \
-            f"sft_loss({normalize!r}) reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN)"
+        loss, clean = obj.sft_loss(garbage, mask, normalize), obj.sft_loss(logp, mask, normalize)
+        assert loss.item() == clean.item(), \
+            f"sft_loss({normalize!r}) reads prompt/padding positions (NaN and 1e4 there; 0 · NaN = NaN): " \
+            f"expected {clean.item():.6g}, as without them, got {loss.item():.6g}"
         g = grad(loss, garbage)
-        assert (g[~mask] == 0).all(), f"sft_loss({normalize!r}) sends gradient to masked positions"
+        assert (g[~mask] == 0).all(), \
+            f"sft_loss({normalize!r}) sends gradient to masked positions: expected 0 there, got {show(g[~mask])}"
 
 
 def test_sft_loss_rejects_an_unknown_normalize():
@@ -175,8 +278,10 @@ def test_sft_loss_rejects_an_unknown_normalize():
         except NotImplementedError:   # a blanked exercise: exercises.py check says so
             raise
         except Exception as e:
-            assert False, f"sft_loss(normalize={bad!r}) raises {type(e).__name__}, not the ValueError of its docstring"
-        assert False, f"sft_loss(normalize={bad!r}) returns {got!r}: it must raise ValueError for any other normalize"
+            assert False, f"sft_loss(normalize={bad!r}) raises {type(e).__name__}, not the ValueError of its " \
+                          f"docstring: expected ValueError, got {type(e).__name__}: {e}"
+        assert False, f"sft_loss(normalize={bad!r}) returns {got!r}: it must raise ValueError for any other " \
+                      f"normalize (expected ValueError, got {show(got)})"
 
 
 def test_sft_loss_is_forward_kl():
@@ -201,9 +306,10 @@ def test_kl_mc_estimators_hand_example():
         expected = log_beta - log_pi if own == "β" else log_pi - log_beta
         assert not torch.allclose(got, -expected), \
             f"{name}: log {other} − log {own}, the wrong way round: its samples come from {own}, " \
-            f"so log {own} goes first"
+            f"so log {own} goes first (expected {show(expected)}, got {show(got)})"
         assert not torch.allclose(got, expected.abs()) and not torch.allclose(got, expected.clamp_min(0)), \
-            f"{name}: a negative term made non-negative: single terms can be negative, only their mean is a KL"
+            f"{name}: a negative term made non-negative: single terms can be negative, only their mean is a KL " \
+            f"(expected {show(expected)}, got {show(got)})"
         assert_close(got, expected, f"{name}: the term of each sequence != log {own} − log {other}")
 
 
@@ -257,11 +363,13 @@ def test_leave_one_out_advantages_hand_example():
     r = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
     got = obj.leave_one_out_advantages(r, 3)
     assert not torch.allclose(got, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0])), \
-        "leave_one_out_advantages subtracts the group mean including r_i itself: the baseline is the others' mean"
+        f"leave_one_out_advantages subtracts the group mean including r_i itself: the baseline is the others' " \
+        f"mean (rewards {show(r)}, groups of 3: expected [-1.5, 0, 1.5, 0, 0, 0], got {show(got)})"
     assert_close(got, torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]),
                  "leave_one_out_advantages: A_i != r_i − mean of the other group members")
     assert not obj.leave_one_out_advantages(r.clone().requires_grad_(True), 3).requires_grad, \
-        "leave_one_out_advantages carries a gradient back to the rewards: detach them (advantages are constants)"
+        "leave_one_out_advantages carries a gradient back to the rewards: detach them (advantages are constants; " \
+        "expected a result that does not require grad, got one that does)"
 
 
 def test_rewards_to_go_hand_example():
@@ -269,19 +377,25 @@ def test_rewards_to_go_hand_example():
     mask = torch.tensor([[False, True, True, True, False]])
     got = obj.rewards_to_go(r, mask)
     assert torch.equal(got[~mask], torch.zeros(2)), \
-        f"rewards_to_go is {got[~mask].tolist()} off the response, not 0: mask the result after summing"
+        f"rewards_to_go is {got[~mask].tolist()} off the response, not 0: mask the result after summing " \
+        f"(expected [0, 0] there, got {show(got[~mask])})"
+    right = "rewards [9, 1, 2, 3, 9] on mask [F, T, T, T, F]: expected [0, 6, 5, 3, 0]"
     assert not torch.allclose(got, torch.tensor([[0.0, 15.0, 14.0, 12.0, 0.0]])), \
-        "rewards_to_go: a reward off the response leaks into R_t: mask the rewards before summing"
+        f"rewards_to_go: a reward off the response leaks into R_t: mask the rewards before summing ({right}, got " \
+        f"{show(got[0])})"
     assert not torch.allclose(got, torch.tensor([[0.0, 1.0, 3.0, 6.0, 0.0]])), \
-        "rewards_to_go sums the rewards up to t, Σ_{t'≤t}, not the rewards to go, Σ_{t'≥t}"
+        f"rewards_to_go sums the rewards up to t, Σ_{{t'≤t}}, not the rewards to go, Σ_{{t'≥t}} ({right}, got " \
+        f"{show(got[0])})"
     assert_close(got, torch.tensor([[0.0, 6.0, 5.0, 3.0, 0.0]]),
                  "rewards_to_go: R_t != Σ_{t'≥t} r_t' over the response, 0 elsewhere")
     assert not obj.rewards_to_go(r.clone().requires_grad_(True), mask).requires_grad, \
-        "rewards_to_go carries a gradient back to token_rewards: detach it (R_t is a constant for the loss)"
+        "rewards_to_go carries a gradient back to token_rewards: detach it (R_t is a constant for the loss; " \
+        "expected a result that does not require grad, got one that does)"
     loops = [node for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(obj.rewards_to_go))))
              if isinstance(node, (ast.For, ast.While, ast.comprehension))]
     assert not loops, f"rewards_to_go has a Python loop (line {loops[0].lineno} of the function): write it " \
-                      f"with tensor operations (a reversed cumulative sum: flip, cumsum, flip)"
+                      f"with tensor operations (a reversed cumulative sum: flip, cumsum, flip; expected no loop, " \
+                      f"got {len(loops)})"
 
 
 def test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient():
@@ -295,8 +409,10 @@ def test_reverse_kl_reinforce_gradient_is_reverse_kl_gradient():
         loss = obj.reverse_kl_reinforce_loss(logp[idx], tree.mask[idx], logp_beta[idx], group)
         expected = expected + p[idx].prod() * loss
     g = grad(expected, theta)
-    assert not torch.allclose(g, -grad(kl(logp_pi, logp_beta), theta)), \
-        "reverse_kl_reinforce_loss: E[∇surrogate] = −∇KL(π‖β), it would increase the KL: the reward's sign is wrong"
+    wanted = grad(kl(logp_pi, logp_beta), theta)
+    assert not torch.allclose(g, -wanted), \
+        f"reverse_kl_reinforce_loss: E[∇surrogate] = −∇KL(π‖β), it would increase the KL: the reward's sign is " \
+        f"wrong (expected ∇KL(π‖β) = {show(wanted, 4)}, got {show(g, 4)})"
     assert_close(g, grad(kl(logp_pi, logp_beta), theta),
                  "reverse_kl_reinforce_loss: E[∇surrogate] != ∇KL(π‖β)")
     assert_differs(g, grad(kl(logp_beta, logp_pi), theta), "test has no teeth: ∇KL(π‖β) == ∇KL(β‖π) here")
@@ -333,7 +449,8 @@ def test_kl_k1_k3_unbiased_for_reverse_kl_to_reference_and_k3_nonnegative():
     assert_close((p[:, None] * k1).sum(), kl_true, "kl_k1: E_π[Σ_t k1] != KL(π‖π_ref)")
     assert_close((p[:, None] * k3).sum(), kl_true, "kl_k3: E_π[Σ_t k3] != KL(π‖π_ref)")
     u = torch.linspace(-30, 30, 2001)
-    assert (obj.kl_k3(torch.zeros_like(u), u) >= 0).all() and (k3 >= 0).all(), "kl_k3: a negative value"
+    lowest = min(obj.kl_k3(torch.zeros_like(u), u).min().item(), k3.min().item())
+    assert lowest >= 0, f"kl_k3: a negative value: expected k3 ≥ 0 everywhere, got {lowest:.4g}"
     assert (k1 < 0).any(), "test has no teeth: no negative k1 term to contrast with k3"
     # k1 in the reward: the policy gradient with reward −Σ_t k1 carries ∇KL(π‖π_ref)
     g = expected_pg_grad(theta, TREE, -obj.sequence_logprob(k1, TREE.mask))
@@ -361,10 +478,10 @@ def test_kl_k3_is_exact_where_both_probabilities_underflow_in_float32():
     logp = torch.tensor([-110.0, -130.0, -0.5], dtype=torch.float32)
     ref_logp = torch.tensor([-111.0, -128.0, -0.7], dtype=torch.float32)
     k3 = obj.kl_k3(logp, ref_logp)
+    u = (ref_logp - logp).double()
     assert torch.isfinite(k3).all(), \
         f"kl_k3 is {k3.tolist()} at log π = {logp.tolist()} in float32: compute log ratio = ref_logp − logp " \
-        f"first, then exp (e^{{−110}} / e^{{−111}} is 0/0)"
-    u = (ref_logp - logp).double()
+        f"first, then exp (e^{{−110}} / e^{{−111}} is 0/0): expected {show(u.exp() - 1 - u)}, got {show(k3)}"
     assert_close(k3.double(), u.exp() - 1 - u, atol=1e-6, rtol=1e-5,
                  msg="kl_k3 in float32 != (ratio − 1) − log ratio at small probabilities")
 
@@ -629,8 +746,10 @@ def test_log_ratio_logit_starts_at_zero_sums_over_tokens_and_trains_q_only():
     h_seq = sum_tokens(h)
     loss = obj.discriminator_loss(h_seq[:5], h_seq[5:])
     g_q, g_pi = torch.autograd.grad(loss, [q, theta], allow_unused=True)
-    assert g_q is not None and g_q.abs().sum() > 0, "the discriminator loss must train q_φ"
-    assert g_pi is None or torch.equal(g_pi, torch.zeros_like(g_pi)), "the discriminator loss must not move π"
+    assert g_q is not None and g_q.abs().sum() > 0, \
+        f"the discriminator loss must train q_φ: expected a gradient on q_φ, got {show(g_q, 4)}"
+    assert g_pi is None or torch.equal(g_pi, torch.zeros_like(g_pi)), \
+        f"the discriminator loss must not move π: expected no gradient on π, got {show(g_pi, 4)}"
 
 
 def test_token_level_log_ratio_discriminator_is_exact_only_without_a_state_ratio():
@@ -668,8 +787,9 @@ def softplus(z):
     return math.log1p(math.exp(z))
 
 
-@pytest.mark.parametrize("loss", [obj.discriminator_loss, obj.classifier_reward_loss])
-def test_discriminator_loss_without_masks_averages_each_class(loss):
+@pytest.mark.parametrize("name", ["discriminator_loss", "classifier_reward_loss"])
+def test_discriminator_loss_without_masks_averages_each_class(name):
+    loss = getattr(obj, name)   # at run time: the contracts fixture has checked it
     h_pos = torch.tensor([2.0, -1.0])                          # 2 demonstrations (or positives)
     h_neg = torch.tensor([0.5, -3.0, 1.0, 0.0, -0.5, 4.0])     # 6 policy samples (or negatives): 3× as many
     pos_terms = [softplus(-2.0), softplus(1.0)]                # −log D = softplus(−h), label 1
@@ -685,11 +805,15 @@ def test_discriminator_loss_without_masks_averages_each_class(loss):
     assert min(abs(expected - v) for v in wrong.values()) > 1e-3, "test has no teeth: a wrong loss agrees here"
     got = loss(h_pos, h_neg).item()
     for cause, value in wrong.items():
-        assert abs(got - value) > 1e-9, f"{loss.__name__}, 2 demonstrations against 6 policy samples, {cause}"
+        assert abs(got - value) > 1e-9, \
+            f"{loss.__name__}, 2 demonstrations against 6 policy samples, {cause} (expected {expected:.6g}, " \
+            f"got {got:.6g})"
     assert_close(loss(h_pos, h_neg), torch.tensor(expected),
                  f"{loss.__name__} without masks: != mean_β softplus(−h) + mean_π softplus(h), each class on its own")
-    assert abs(loss(h_neg, h_pos).item() - expected) > 1e-3, \
-        f"{loss.__name__}: the first argument must be the class labelled 1"
+    swapped_got = loss(h_neg, h_pos).item()
+    assert abs(swapped_got - expected) > 1e-3, \
+        f"{loss.__name__}: the first argument must be the class labelled 1 (with the arguments swapped, " \
+        f"expected a value other than {expected:.6g}, got {swapped_got:.6g})"
 
 
 def test_discriminator_loss_and_rewards_are_exact_at_extreme_logits_in_float32():
@@ -707,20 +831,23 @@ def test_discriminator_loss_and_rewards_are_exact_at_extreme_logits_in_float32()
                 ("gail_reward", obj.gail_reward(x), softplus(h), "−log(1 − D) = softplus(h)")):
             got = got.detach().double().reshape(())
             assert torch.isfinite(got), \
-                f"{what} is {got.item()} at h = {h:g} in float32: {how}; do not take the log of σ(h)"
+                f"{what} is {got.item()} at h = {h:g} in float32: {how}; do not take the log of σ(h) " \
+                f"(expected {expected:.6g}, got {got.item()})"
             assert abs(got.item() - expected) <= 1e-6 + 1e-5 * abs(expected), \
-                f"{what} at h = {h:g} in float32: {got.item():.6g} != {expected:.6g} ({how})"
+                f"{what} at h = {h:g} in float32: {got.item():.6g} != {expected:.6g} ({how}): expected " \
+                f"{expected:.6g}, got {got.item():.6g}"
 
 
 def test_airl_and_gail_rewards_are_constants():
     h = torch.tensor([0.5, -1.0], requires_grad=True)
     for reward in (obj.airl_reward, obj.gail_reward):
         assert not reward(h).requires_grad, f"{reward.__name__} carries a gradient back to the discriminator's " \
-                                            f"logits: detach them (a reward is a constant for the policy's loss)"
+                                            f"logits: detach them (a reward is a constant for the policy's loss; " \
+                                            f"expected a result that does not require grad, got one that does)"
 
 
-@pytest.mark.parametrize("loss", [obj.discriminator_loss, obj.classifier_reward_loss])
-def test_discriminator_fit_on_replicated_samples_recovers_log_ratio(loss):
+@pytest.mark.parametrize("name", ["discriminator_loss", "classifier_reward_loss"])
+def test_discriminator_fit_on_replicated_samples_recovers_log_ratio(name):
     """Equal class weights whatever the batch sizes: a tabular logit per response, fit without masks on 20
     "demonstrations", copies of each response in proportion to β, against 60 "samples" in proportion to π.
     Each class's mean is then exactly its expectation, so the optimum is log β − log π; a pooled mean or a sum
@@ -729,9 +856,9 @@ def test_discriminator_fit_on_replicated_samples_recovers_log_ratio(loss):
     pi = torch.tensor([0.1, 0.2, 0.3, 0.4])
     ids_beta = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 5, 3, 2]))     # 20 β
     ids_pi = torch.repeat_interleave(torch.arange(4), torch.tensor([6, 12, 18, 24]))     # 60 π
-    h = fit_logits(lambda t: loss(t[ids_beta], t[ids_pi]), (4,))
+    h = fit_logits(lambda t: getattr(obj, name)(t[ids_beta], t[ids_pi]), (4,))
     assert_close(h, beta.log() - pi.log(), atol=1e-6, rtol=0,
-                 msg=f"{loss.__name__} without masks, 20 vs 60: optimal logit != log β − log π")
+                 msg=f"{name} without masks, 20 vs 60: optimal logit != log β − log π")
 
 
 def test_bradley_terry_loss_hand_example():
@@ -745,13 +872,14 @@ def test_bradley_terry_loss_is_exact_at_extreme_score_gaps_in_float32():
     for gap in (-150.0, -100.0, -50.0, -20.0, 20.0, 50.0, 100.0, 150.0):   # s_c − s_r
         chosen, rejected = torch.tensor([gap], dtype=torch.float32), torch.zeros(1, dtype=torch.float32)
         loss = obj.bradley_terry_loss(chosen, rejected)
+        expected = softplus(-gap)   # −log σ(z) = log(1 + e^{−z}), in float64 here
         assert torch.isfinite(loss), \
             f"bradley_terry_loss is {loss.item()} at s_c − s_r = {gap:g} in float32: −log σ(z) = softplus(−z), " \
-            f"not the log of a sigmoid that underflows (nor log(1 + exp(−z)), which overflows)"
-        expected = softplus(-gap)   # −log σ(z) = log(1 + e^{−z}), in float64 here
+            f"not the log of a sigmoid that underflows (nor log(1 + exp(−z)), which overflows): expected " \
+            f"{expected:.6g}, got {loss.item()}"
         assert abs(loss.item() - expected) <= 1e-6 + 1e-5 * expected, \
             f"bradley_terry_loss at s_c − s_r = {gap:g} in float32: {loss.item():.6g} " \
-            f"!= softplus({-gap:g}) = {expected:.6g}"
+            f"!= softplus({-gap:g}) = {expected:.6g}: expected {expected:.6g}, got {loss.item():.6g}"
 
 
 def test_best_of_n_distribution_by_enumeration_and_kl_bound():
@@ -768,7 +896,8 @@ def test_best_of_n_distribution_by_enumeration_and_kl_bound():
     assert_close(p_bon, closed, "best_of_n: enumerated Best-of-N distribution != F(y)^n − F(y⁻)^n")
     exact = kl(p_bon.log(), p.log()).item()
     assert exact < obj.best_of_n_kl(n), \
-        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)} should bound the exact KL, {exact:.6g}, of a base policy with atoms"
+        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)} should bound the exact KL, {exact:.6g}, of a base policy with " \
+        f"atoms: expected more than {exact:.6g}, got {obj.best_of_n_kl(n):.6g}"
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 16])
@@ -778,7 +907,8 @@ def test_best_of_n_kl_matches_enumeration_without_atoms(n):
     p_bon = cdf[1:] ** n - cdf[:-1] ** n
     exact = (p_bon * torch.log(p_bon * k)).sum().item()
     assert abs(exact - obj.best_of_n_kl(n)) < 1e-6, \
-        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)}, enumeration gives {exact}"
+        f"best_of_n_kl({n}) = {obj.best_of_n_kl(n)}, enumeration gives {exact}: expected {exact:.6g}, " \
+        f"got {obj.best_of_n_kl(n):.6g}"
 
 
 # -----------------------------------------------------------------------------
@@ -795,13 +925,17 @@ def test_generalized_jsd_ends_equal_kl_div_with_the_right_argument_order():
     kl_qp = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
     assert_differs(kl_pq, kl_qp, "test has no teeth: KL(p‖q) == KL(q‖p) here")
     for w in (0.0, 1.0):
+        want = (kl_pq if w == 0 else kl_qp).flatten()[0].item()
         try:
             end = obj.generalized_jsd(LOGITS_P, LOGITS_Q, w)
         except (ValueError, ZeroDivisionError) as e:   # math.log(0), a division by w(1 − w)
-            assert False, f"generalized_jsd(w={w:g}) raises {type(e).__name__} ({e}): the ends are explicit cases"
+            assert False, f"generalized_jsd(w={w:g}) raises {type(e).__name__} ({e}): the ends are explicit cases " \
+                          f"(expected {'KL(p‖q)' if w == 0 else 'KL(q‖p)'}, {want:.4g} at position 0, got " \
+                          f"{type(e).__name__})"
         assert torch.isfinite(end).all() and (end.abs() > 1e-6).all(), \
             f"generalized_jsd(w={w:g}) is {end.flatten()[0].item():.3g}, the formula's value there: the ends " \
-            f"are explicit cases, KL(p‖q) at w = 0 and KL(q‖p) at w = 1"
+            f"are explicit cases, KL(p‖q) at w = 0 and KL(q‖p) at w = 1 (expected {want:.4g} at position 0, " \
+            f"got {end.flatten()[0].item():.4g})"
     assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), kl_pq, "generalized_jsd(w=0) != KL(p‖q)")
     assert_close(obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0), kl_qp, "generalized_jsd(w=1) != KL(q‖p)")
 
@@ -835,15 +969,18 @@ def test_generalized_jsd_is_exact_where_probabilities_underflow_in_float32():
         got = obj.generalized_jsd(logits_p, logits_q, w)
         assert torch.isfinite(got).all(), \
             f"generalized_jsd(w={w:g}) is {got.item()} where probabilities underflow in float32 (logits 200 " \
-            f"apart): work with log-probabilities, and get log m by logsumexp, not by log of a sum of exps"
+            f"apart): work with log-probabilities, and get log m by logsumexp, not by log of a sum of exps " \
+            f"(expected {expected.item():.6g}, got {got.item()})"
         assert_close(got.double().reshape(()), expected, atol=1e-6, rtol=1e-4,
                      msg=f"generalized_jsd(w={w:g}) in float32, logits 200 apart: != its float64 value")
 
 def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
     eps = 1e-5
     near_0, near_1 = (obj.generalized_jsd(LOGITS_P, LOGITS_Q, b) for b in (eps, 1 - eps))
-    assert (near_0 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0)).all(), "JSD_w should → 0 as w → 0"
-    assert (near_1 < 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, 1.0)).all(), "JSD_w should → 0 as w → 1"
+    for near, w, end in ((near_0, eps, 0.0), (near_1, 1 - eps, 1.0)):
+        bound = 1e-3 * obj.generalized_jsd(LOGITS_P, LOGITS_Q, end)
+        assert (near < bound).all(), f"JSD_w should → 0 as w → {end:g}: expected generalized_jsd(w={w:g}) below " \
+                                     f"{show(bound, 3)}, got {show(near, 3)}"
     scale = eps * (1 - eps)
     assert_close(near_0 / scale, obj.generalized_jsd(LOGITS_P, LOGITS_Q, 0.0), rtol=1e-3, atol=0,
                  msg="generalized_jsd's docstring: JSD_w/(w(1−w)) should → KL(p‖q) as w → 0")
@@ -855,27 +992,36 @@ def test_generalized_jsd_interior_tends_to_zero_not_to_the_end_kls():
 # reward extrapolation, continued: the plausibility floor, the reward family, the extrapolated policy
 
 def test_plausible_floor_is_relative_to_each_prompts_best_candidate():
-    """eligible ⇔ log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ, per prompt (row), boundary included. Fails for a
-    floor from the batch's overall best (row 1 would lose every candidate), a strict inequality (τ = 0 would
-    keep none), a floor above the best (+ τ)."""
-    logp = torch.tensor([[-1.0, -2.0, -3.5, -1.0],        # two candidates tie for the most likely
-                         [-10.0, -12.0, -11.5, -30.0]])   # every candidate below row 0's floor
+    """eligible ⇔ log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ, per prompt (row), boundary included: at τ = 0
+    the most likely candidates, ties included, are exactly on it. Elsewhere no candidate is within a tenth of a
+    nat of a floor, so that the same constraint written on probabilities instead of log-probabilities, whose
+    float rounding differs on a boundary, passes too. Fails for a floor from the batch's overall best (row 1 would lose every candidate),
+    a strict inequality (τ = 0 would keep none), a floor above the best (+ τ)."""
+    logp = torch.tensor([[-1.0, -2.0, -3.5, -1.0],          # two candidates tie for the most likely
+                         [-10.0, -11.75, -12.25, -30.0]])   # every candidate below row 0's floor
     T, F_ = True, False
-    cases = {2.0: [[T, T, F_, T], [T, T, T, F_]],         # row 1: −12 ≥ −10 − 2, the boundary is eligible
-             0.0: [[T, F_, F_, T], [T, F_, F_, F_]],      # only the most likely, ties included
-             math.inf: [[T, T, T, T], [T, T, T, T]]}      # every candidate
+    cases = {2.0: [[T, T, F_, T], [T, T, F_, F_]],          # row 1: −11.75 ≥ −10 − 2 > −12.25
+             0.0: [[T, F_, F_, T], [T, F_, F_, F_]],        # only the most likely, ties included
+             math.inf: [[T, T, T, T], [T, T, T, T]]}        # every candidate
+    wrong = {   # what the wrong floors give: τ → {cause: eligible}
+        2.0: {"a floor from the whole batch's best, not each prompt's own": [[T, T, F_, T], [F_, F_, F_, F_]],
+              "a floor above the best (+ τ)": [[F_, F_, F_, F_], [F_, F_, F_, F_]]},
+        0.0: {"a strict inequality: the best candidate must be eligible, ties included":
+              [[F_, F_, F_, F_], [F_, F_, F_, F_]],
+              "a floor from the whole batch's best, not each prompt's own": [[T, F_, F_, T], [F_, F_, F_, F_]]}}
     for tau, expected in cases.items():
-        assert obj.plausible(logp, tau).tolist() == expected, f"plausible(τ = {tau}) on\n{logp}"
-    alpha = 0.2   # contrastive decoding's form, p ≥ α · max p, away from any boundary: τ = −log α
-    p = logp.exp()
-    assert torch.equal(obj.plausible(logp, -math.log(alpha)), p >= alpha * p.amax(-1, keepdim=True)), \
-        "plausible: log p ≥ max log p − τ should be p ≥ α · max p with α = e^{−τ}"
+        got = obj.plausible(logp, tau).tolist()
+        cause = next((c for c, v in wrong.get(tau, {}).items() if v == got),
+                     "eligible ⇔ log π_SFT(y|x) ≥ max_j log π_SFT(y_j|x) − τ, per prompt")
+        assert got == expected, f"plausible(τ = {tau}) on logp = {logp.tolist()}: {cause}: expected {expected}, " \
+                                f"got {got}"
     try:
-        obj.plausible(logp, -1.0)
+        got = obj.plausible(logp, -1.0)
     except ValueError:
         pass
     else:
-        raise AssertionError("plausible(τ = −1) must raise ValueError: τ = −log α is never negative")
+        raise AssertionError(f"plausible(τ = −1) must raise ValueError: a floor above the best candidate keeps "
+                             f"none (expected ValueError, got {got.tolist()})")
 
 
 def test_best_of_n_plausible_hand_examples():
@@ -888,23 +1034,36 @@ def test_best_of_n_plausible_hand_examples():
                          [-4.0, -4.0, -9.0, -4.5, -3.0]])
     rewards = torch.tensor([[0.5, 9.0, 2.0, 2.0, 0.5],
                             [1.0, 1.0, 7.0, 0.0, -1.0]])
+    wrong = {   # what wrong picks give: τ → {picks: cause}
+        2.0: {(1, 2): "the highest reward of all candidates: mask the ineligible ones",
+              (3, 1): "the last of tied rewards: the first wins, like best_of_n",
+              (2, 4): "a floor from the whole batch's best, not each prompt's own"},
+        0.0: {(1, 2): "the highest reward of all candidates: mask the ineligible ones",
+              (4, 4): "the last of tied rewards: the first wins, like best_of_n"}}
     for tau, expected in {2.0: [2, 0], 0.0: [0, 4], math.inf: [1, 2]}.items():
-        assert obj.best_of_n_plausible(rewards, logp, tau).tolist() == expected, f"best_of_n_plausible(τ = {tau})"
+        got = obj.best_of_n_plausible(rewards, logp, tau).tolist()
+        cause = wrong.get(tau, {}).get(tuple(got), "the highest reward among the eligible, the first on ties")
+        assert got == expected, f"best_of_n_plausible(τ = {tau}) on rewards = {rewards.tolist()}, logp = " \
+                                f"{logp.tolist()}: {cause}: expected {expected}, got {got}"
     assert obj.best_of_n(rewards).tolist() == [1, 2]
     # rewards of −inf: the pick is still an eligible candidate (index 0 is not: 8 nats below the best)
-    assert obj.best_of_n_plausible(torch.tensor([[-math.inf, -math.inf, -math.inf]]),
-                                   torch.tensor([[-9.0, -1.0, -1.5]]), 1.0).tolist() == [1], \
-        "best_of_n_plausible: picked an ineligible candidate when every eligible reward is −inf"
+    got = obj.best_of_n_plausible(torch.tensor([[-math.inf, -math.inf, -math.inf]]),
+                                  torch.tensor([[-9.0, -1.0, -1.5]]), 1.0).tolist()
+    assert got == [1], f"best_of_n_plausible: picked an ineligible candidate when every eligible reward is −inf " \
+                       f"(logp [-9, -1, -1.5], τ = 1: expected [1], got {got})"
 
 
 def test_best_of_n_plausible_without_a_floor_is_best_of_n():
     g = torch.Generator().manual_seed(50)
     rewards = torch.randint(0, 3, (200, 6), generator=g).double()   # many ties in reward
     logp = -torch.rand(200, 6, generator=g) * 20
-    assert torch.equal(obj.best_of_n_plausible(rewards, logp, math.inf), obj.best_of_n(rewards)), \
-        "best_of_n_plausible(τ = inf) != best_of_n (first on ties)"
-    assert not torch.equal(obj.best_of_n_plausible(rewards, logp, 1.0), obj.best_of_n(rewards)), \
-        "test has no teeth: a floor of 1 nat changes no pick"
+    unconstrained, plain = obj.best_of_n_plausible(rewards, logp, math.inf), obj.best_of_n(rewards)
+    differ = (unconstrained != plain).sum().item()
+    assert differ == 0, f"best_of_n_plausible(τ = inf) != best_of_n (first on ties): expected the same pick in " \
+                        f"all 200 rows, got {differ} rows that differ"
+    assert not torch.equal(obj.best_of_n_plausible(rewards, logp, 1.0), plain), \
+        "best_of_n_plausible(τ = 1) ignores the floor: expected other picks than best_of_n's in some of 200 rows, " \
+        "got best_of_n's in all"
 
 
 def test_log_ratio_family_ends():
