@@ -17,9 +17,9 @@ replaces by a pointer ("Derive it: EXERCISES.md, exercise 11.", "Think it throug
     Answered in exercise 7 (not in the student copy):
     ...the answer to a Think question, likewise...
 
-The teacher's files (TEACHER_ONLY) are not copied: docs/TEACHING.md, and tests/teacher/, which holds the
-tests' wrong answers, the results the student copy must not state (checked in every file of a fresh copy) and
-the passages of other files that a student copy replaces (README's and docs/RESULTS.md's answer to a Derive
+The teacher's files (TEACHER_ONLY) are not copied: docs/TEACHING.md, docs/RUBRIC.md, tests/test_teaching.py, and
+tests/teacher/, which holds the tests' wrong answers, the results the student copy must not state (checked in
+every file of a fresh copy) and the passages of other files that a student copy replaces (README's and docs/RESULTS.md's answer to a Derive
 question: TEACHER_ANSWERS's LEFT_OUT).
 
 An experiment is a run of afd_mini.py with one option changed, and a prediction written down before it.
@@ -293,6 +293,8 @@ def project_files(root):
 
 
 TEACHER_ONLY = ("docs/TEACHING.md",   # the answers to every question: never in a student copy
+                "docs/RUBRIC.md",     # what a full answer to each Derive, Think and Predict item holds
+                "tests/test_teaching.py",   # TEACHING.md's predictions, quoted and checked
                 "tests/teacher/")     # the tests' wrong answers, the hidden results, the passages left out
 TEACHER_ANSWERS = "tests/teacher/answers.py"
 
