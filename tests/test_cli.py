@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A_FILE = "__a_file__"   # replaced by the path of an existing file
 INVALID = dict(
     out_dir=A_FILE, seed="-1", seeds="0", device="tpu", dtype="float16", preset="huge", quick="maybe", redo="sfft", control="maybe",
-    stop_after="sfft", progress="maybe", cache=A_FILE, clear_cache="maybe", sweep="q=0.5", q="1.5", q_base="-0.1",
+    stop_after="sfft", progress="maybe", cache=A_FILE, clear_cache="maybe", sweep="q=0.5", study="regimez", q="1.5", q_base="-0.1",
     base_signature_p="2", signature_p="1.5", n_modes="6", eps="0", letters="", min_len="0", max_len="1", max_operand="-1",
     n_base="0", n_demo="8", n_pref="8", n_eval="0", max_new_tokens="5", n_layer="0", n_head="3", n_embd="30",
     pretrain_steps="0", pretrain_batch="0", pretrain_lr="0", sft_steps="0", sft_batch="0", sft_lr="-1",
