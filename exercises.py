@@ -41,6 +41,8 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+import console
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["objectives.py"]               # the files with solution regions
 ANSWER_KEY = "tests/test_objectives.py"   # the tests the coding exercises name
@@ -265,7 +267,7 @@ def project_files(root):
     git checkout (a student copy) every file but caches and run outputs."""
     try:
         listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                                cwd=root, capture_output=True, text=True, check=True).stdout.split("\0")
+                                cwd=root, capture_output=True, encoding="utf-8", check=True).stdout.split("\0")
         files = [f for f in listed if f and os.path.isfile(os.path.join(root, f))]   # not deleted ones
         if files:   # none: root is a folder git ignores, such as a student copy inside the project
             return files
@@ -452,6 +454,7 @@ def coding_numbers(args):
 
 
 def main(argv):
+    console.utf8_output()
     usage = "usage: python exercises.py list | student DIR [N ...] | check [N ...]"
     try:
         if argv[:1] == ["list"] and len(argv) == 1:

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+import console
 import exercises
 import figures
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
@@ -271,7 +272,7 @@ def write_report(out_dir, runs):
         notes.append("No control world in the metrics: the signature comparison is not made.")
     judged = effects(runs)
     path = os.path.join(out_dir, "report.md")
-    with open(path + ".tmp", "w") as f:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(_markdown(runs, mean, std, judged, drawn, notes, err_label))
     os.replace(path + ".tmp", path)
     return path
@@ -350,11 +351,12 @@ def load_runs(out_dir):
     """The per-seed metrics dicts saved under out_dir/seed_*/metrics.json."""
     runs = []
     for path in glob.glob(os.path.join(out_dir, "seed_*", "metrics.json")):
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             runs.append(json.load(f))
     return sorted(runs, key=lambda r: r.get("seed", 0))
 
 if __name__ == "__main__":
+    console.utf8_output()
     if sys.argv[1:2] == ["--regimes"]:   # python report.py --regimes REGIMES.json [FIGURE.png]
         with open(sys.argv[2], encoding="utf-8") as f:
             regimes = json.load(f)

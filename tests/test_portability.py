@@ -1,0 +1,83 @@
+"""What a class's laptops need: output in UTF-8 under any code page (console.py, and every text file opened with its
+encoding)."""
+import ast
+import io
+import os
+
+import pytest
+
+import console
+import exercises
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = "KL(β‖π) — π_SFT"   # what the summary prints: not one of β, ‖, π is in cp1252
+
+
+# -----------------------------------------------------------------------------
+# UTF-8 output
+
+class Terminal(io.BytesIO):
+    def isatty(self):
+        return True
+
+
+def test_a_redirected_cp1252_stream_is_switched_to_utf8():
+    """Windows' cp1252, stdout redirected to a file (`python afd_mini.py > run.log`): printing the summary raised
+    UnicodeEncodeError. utf8_stream makes that stream UTF-8."""
+    with pytest.raises(UnicodeEncodeError):
+        io.TextIOWrapper(io.BytesIO(), encoding="cp1252").write(TEXT)
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    assert console.utf8_stream(stream) is stream
+    stream.write(TEXT)
+    stream.flush()
+    assert stream.buffer.getvalue().decode("utf-8") == TEXT
+
+
+def test_a_cp1252_terminal_keeps_its_encoding_and_replaces_what_it_cannot_show():
+    stream = console.utf8_stream(io.TextIOWrapper(Terminal(), encoding="cp1252"))
+    stream.write(TEXT)
+    stream.flush()
+    assert stream.encoding == "cp1252" and stream.buffer.getvalue() == b"KL(???) \x97 ?_SFT"
+
+
+def test_utf8_and_encodingless_streams_are_left_as_they_are():
+    utf8 = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    assert console.utf8_stream(utf8).errors == "strict"
+    text = io.StringIO()
+    assert console.utf8_stream(text) is text and console.utf8_stream(None) is None
+
+
+def default_encoding_calls(source):
+    """The line numbers of the calls in Python source that read or write text in the platform's default encoding
+    (cp1252 on Windows): open() in a text mode, Path.read_text and write_text, subprocess's text=True (or
+    universal_newlines=True), none of them with an encoding."""
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+        if name == "open" and isinstance(node.func, ast.Name):
+            mode = node.args[1] if len(node.args) > 1 else keywords.get("mode")
+            if not (isinstance(mode, ast.Constant) and "b" in mode.value):
+                yield node.lineno
+        elif (name == "read_text" and not node.args) or (name == "write_text" and len(node.args) < 2):
+            yield node.lineno
+        elif any(isinstance(keywords.get(k), ast.Constant) and keywords[k].value is True
+                 for k in ("text", "universal_newlines")):
+            yield node.lineno
+
+
+def test_every_text_file_the_project_opens_names_its_encoding():
+    """report.md was written in the default encoding: cp1252 on Windows, which cannot write π. Every module that
+    runs on a student's laptop (the tests excepted) names the encoding of every text it reads or writes."""
+    planted = ('open(p, "w")\nopen(p)\nPath(p).read_text()\nPath(p).write_text(s)\nrun(c, text=True)\n'
+               'open(p, "rb")\nopen(p, "w", encoding="utf-8")\nPath(p).write_text(s, encoding="utf-8")\n'
+               'run(c, capture_output=True, encoding="utf-8")\n')
+    assert list(default_encoding_calls(planted)) == [1, 2, 3, 4, 5], "the check has no teeth"
+    found = []
+    for rel in exercises.project_files(ROOT):
+        if rel.endswith(".py") and not rel.startswith("tests/"):
+            with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+                found += [f"{rel}:{line}" for line in default_encoding_calls(f.read())]
+    assert not found, "text read or written in the platform's encoding (give encoding=\"utf-8\"): " + ", ".join(found)
+
