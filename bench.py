@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import console
-from model import GPT, IGNORE_INDEX, autocast, get_device, to_batch, token_logprobs
+from model import GPT, IGNORE_INDEX, MPS_UNTESTED, autocast, get_device, to_batch, token_logprobs
 from objectives import sft_loss
 from sampling import sample
 
@@ -179,6 +179,8 @@ def main():
         return eval_noise(args.eval_noise, args.repeats, args.policies.split(","), args.json)
     import afd_mini
     device = get_device(args.device)
+    if device.type == "mps":
+        print(MPS_UNTESTED, file=sys.stderr)
     run = afd_mini.Run(afd_mini.Config(device=device.type, progress=False), 0)   # the default run's world and data
     cfg, config, eos = run.cfg, run.gpt_config(), run.world.eos_id   # config: the model of --preset=default
     torch.manual_seed(0)

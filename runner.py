@@ -41,6 +41,7 @@ import exercises
 import metrics
 import report
 from cli import UsageError
+from model import MPS_UNTESTED
 
 
 class StageError(Exception):
@@ -645,6 +646,8 @@ def main(stages, config_class, presets, run_class, always_reads, argv=None, stud
         return cfg
 
     def work(cfg, ranks):
+        if cfg.device == "mps" and ranks.rank == 0:
+            log(MPS_UNTESTED)
         return run_seeds(cfg, ranks, stages, run_class, always_reads, pipeline.__file__)
 
     return launch(os.path.splitext(os.path.basename(pipeline.__file__))[0], parse, output_dirs, work, report_seeds)

@@ -1,13 +1,17 @@
 """What a class's laptops need: output in UTF-8 under any code page (console.py, and every text file opened with its
-encoding)."""
+encoding), --device=auto never on the untested MPS path."""
 import ast
 import io
 import os
 
 import pytest
+import torch
 
+import afd_mini
 import console
 import exercises
+import model
+import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "KL(β‖π) — π_SFT"   # what the summary prints: not one of β, ‖, π is in cp1252
@@ -80,4 +84,33 @@ def test_every_text_file_the_project_opens_names_its_encoding():
             with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
                 found += [f"{rel}:{line}" for line in default_encoding_calls(f.read())]
     assert not found, "text read or written in the platform's encoding (give encoding=\"utf-8\"): " + ", ".join(found)
+
+
+# -----------------------------------------------------------------------------
+# the device
+
+@pytest.mark.parametrize("cuda, mps, auto", [(False, True, "cpu"), (True, True, "cuda"), (False, False, "cpu")])
+def test_auto_picks_cuda_else_the_cpu_never_mps(monkeypatch, cuda, mps, auto):
+    """Every Apple-silicon laptop has MPS, whose path has never run: auto takes it only if asked, --device=mps."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert model.get_device("auto").type == auto
+    if mps:
+        assert model.get_device("mps").type == "mps"
+    else:
+        with pytest.raises(ValueError, match="'mps' is unknown or unavailable here; use one of: auto, "):
+            model.get_device("mps")
+
+
+@pytest.mark.parametrize("device", ["mps", "auto"])
+def test_a_run_on_mps_says_in_one_line_that_the_path_is_untested(tmp_path, monkeypatch, capsys, device):
+    """On a Mac (MPS there, no CUDA), --device=mps prints MPS_UNTESTED once; auto runs on the CPU, without it. The
+    stages are left out (run_seeds stops at once, as --stop_after does)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(runner, "run_seeds", lambda *args: None)
+    assert afd_mini.main([f"--device={device}", "--quick", f"--out_dir={tmp_path}"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ([model.MPS_UNTESTED] if device == "mps" else []), lines
+    assert "--device=mps is untested" in model.MPS_UNTESTED
 
