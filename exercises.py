@@ -29,6 +29,11 @@ afd_mini.py runs every stage whose exercises are written; a stage that meets a b
 one line that names it (not_written, which runner.py calls); the report skips a figure whose exercise is
 blanked. Standard library only at import time; pytest is imported by check alone.
 """
+import sys
+
+if sys.version_info < (3, 10):   # first, in one line: on 3.9 the checks pass, then the pipeline dies after SFT
+    print("afd-mini needs Python 3.10 or newer; this is Python %d.%d.%d" % sys.version_info[:3], file=sys.stderr)
+    sys.exit(2)
 
 import contextlib
 import io
@@ -37,7 +42,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import traceback
 from dataclasses import dataclass
 

@@ -1,8 +1,11 @@
 """What a class's laptops need: output in UTF-8 under any code page (console.py, and every text file opened with its
-encoding), --device=auto never on the untested MPS path."""
+encoding), --device=auto never on the untested MPS path, and Python
+3.10 or newer asked for in one line."""
 import ast
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -114,3 +117,35 @@ def test_a_run_on_mps_says_in_one_line_that_the_path_is_untested(tmp_path, monke
     assert lines == ([model.MPS_UNTESTED] if device == "mps" else []), lines
     assert "--device=mps is untested" in model.MPS_UNTESTED
 
+
+# -----------------------------------------------------------------------------
+# the Python version
+
+CHECKED = ["afd_mini.py", "exercises.py"]   # the commands a student runs first
+
+
+@pytest.mark.parametrize("path", CHECKED)
+def test_the_version_check_comes_first_and_parses_on_python_3_9(path):
+    """On 3.9 the checks passed, then the pipeline died after SFT (zip(strict=True)). The check must run there: the
+    file parses as Python 3.9, and nothing but its docstring and `import sys` comes before it."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read(), feature_version=(3, 9))
+    before = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and "sys.version_info < (3, 10)" in ast.unparse(node.test):
+            break
+        before.append(ast.unparse(node) if not isinstance(node, ast.Expr) else "docstring")
+    else:
+        pytest.fail(f"{path} does not check sys.version_info < (3, 10)")
+    assert before == ["docstring", "import sys"], before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CHECKED)
+def test_python_3_9_is_refused_in_one_line_with_exit_status_2(path):
+    code = ("import runpy, sys; sys.version_info = (3, 9, 0, 'final', 0); sys.argv = [sys.argv[1]]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, path)], capture_output=True,
+                         encoding="utf-8", timeout=120)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert res.stderr.splitlines() == ["afd-mini needs Python 3.10 or newer; this is Python 3.9.0"], res.stderr
