@@ -21,6 +21,10 @@ from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, _bon_at, _is_num
                      get, regime_predictions)
 from stats import paired_interval, t_quantile_975
 
+QUICK_NOTE = ("--quick is a smoke test: its models are too small to learn the task, so these numbers mean nothing; "
+              "run without --quick for numbers")   # the summary's last line after a --quick run
+
+
 def summary(metrics, out_dir):
     """The lines afd_mini.py prints at the end: every policy, Best-of-N, and the verdict on every effect."""
     w = max(len(name) for name in [*metrics["policies"], *metrics["bon"]]) + 1
@@ -39,6 +43,8 @@ def summary(metrics, out_dir):
     for e in final.values():
         lines.append(f"  {e['verdict']:<14} {e['effect']} ({e['seeds_holding']}/{e['seeds']} seeds)")
     lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
+    if get(metrics, "config", "preset") == "quick":
+        lines.append(QUICK_NOTE)
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------

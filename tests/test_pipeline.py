@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import afd_mini
+import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow   # every test runs afd_mini.py (most in a subprocess): the full suite only (pytest.ini)
@@ -64,6 +65,11 @@ def test_a_cp1252_console_redirected_to_a_file_gets_utf8(quick_run):
     assert "KL(β‖π)" in printed(out)[0] and "  init_sft " in "\n".join(printed(out))
     with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
         assert "π_SFT" in f.read()
+
+
+def test_quick_ends_saying_its_numbers_are_a_smoke_test(quick_run):
+    out, _, _ = quick_run
+    assert printed(out)[-1] == report.QUICK_NOTE
 
 
 def test_progress_off_a_terminal_is_a_few_plain_lines(quick_run):
