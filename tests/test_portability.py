@@ -1,9 +1,10 @@
 """What a class's laptops need: output in UTF-8 under any code page (console.py, and every text file opened with its
-encoding), --device=auto never on the untested MPS path, and Python
+encoding), lab commands that bash and PowerShell both run, --device=auto never on the untested MPS path, and Python
 3.10 or newer asked for in one line."""
 import ast
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,37 @@ def test_every_text_file_the_project_opens_names_its_encoding():
             with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
                 found += [f"{rel}:{line}" for line in default_encoding_calls(f.read())]
     assert not found, "text read or written in the platform's encoding (give encoding=\"utf-8\"): " + ", ".join(found)
+
+
+# -----------------------------------------------------------------------------
+# the lab's commands
+
+def shell_specific(text):
+    """Each line of the markdown text's code blocks that bash and PowerShell do not run alike, with why: anything
+    but one plain `python ...` command (no &&, &, ;, |, redirection, subshell, line continuation)."""
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S):
+        for line in block.splitlines():
+            special = re.search(r"[&;|<>()`\\]", line)
+            if not line.startswith("python "):
+                yield f"{line!r}: not a python command"
+            elif special:
+                yield f"{line!r}: {special[0]!r} means something else in one of the shells"
+
+
+def test_the_lab_commands_run_in_bash_and_powershell():
+    """The lab used bash's `( ... ) > runs.log 2>&1 &` and && chains, which PowerShell does not run: the session
+    plan's command blocks are plain python commands, one a line."""
+    planted = "```bash\n(python afd_mini.py && python afd_mini.py --q=0.5) > runs.log 2>&1 &\n```\n" \
+              "```\npython afd_mini.py --seed=K --out_dir=runs/K\npython afd_mini.py > runs.log\n```\n"
+    assert len(list(shell_specific(planted))) == 2, "the check has no teeth"
+    path = os.path.join(ROOT, "docs", "TEACHING.md")
+    if not os.path.exists(path):
+        pytest.skip("no docs/TEACHING.md (a student copy)")
+    with open(path, encoding="utf-8") as f:
+        plan = f.read().split("## Session plan")[1].split("\n## ")[0]
+    assert plan.count("python afd_mini.py --seed=K") >= 2, "test has no teeth: the lab's commands are gone"
+    problems = list(shell_specific(plan))
+    assert not problems, "docs/TEACHING.md's session plan:\n" + "\n".join(problems)
 
 
 # -----------------------------------------------------------------------------
