@@ -16,10 +16,11 @@ import numpy as np
 import console
 import exercises
 import figures
+import metrics
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
 from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
-from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, _bon_at, _is_number, _Missing, aggregate, combine, effects,
-                     fmt, get, regime_predictions)
+from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, _bon_at, _is_number, _Missing, aggregate, effects, fmt,
+                     get, regime_predictions)
 from stats import paired_interval, t_quantile_975
 
 QUICK_NOTE = ("--quick is a smoke test: its models are too small to learn the task, so these numbers mean nothing; "
@@ -438,7 +439,7 @@ def pool(out_dir, args):
         raise PoolError(f"{out_dir} holds a run of its own (seed_*/metrics.json); pool into a new directory")
     runs = pooled_runs(run_dirs(args))
     os.makedirs(out_dir, exist_ok=True)
-    top = combine(runs)
+    top = metrics.combine(runs)
     runner.write_json(os.path.join(out_dir, "metrics.json"), top)
     write_report(out_dir, runs)
     return summary(top, out_dir)
