@@ -16,9 +16,14 @@ stage reads and writes: the pipeline itself. The maths is in objectives.py, the 
 sampling.py), what every stage shares (Run, seeds, optimiser steps) in common.py, the exact evaluation in
 evaluation.py, the methods' table in methods.py; running, resuming and caching stages in runner.py.
 """
+import sys
+
+if sys.version_info < (3, 10):   # first, in one line: zip(strict=True) and others would fail later, after SFT
+    print("afd-mini needs Python 3.10 or newer; this is Python %d.%d.%d" % sys.version_info[:3], file=sys.stderr)
+    sys.exit(2)
+
 import copy
 import math
-import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar

@@ -45,7 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, IGNORE_INDEX, autocast, get_device, to_batch, token_logprobs
+import console
+from model import GPT, IGNORE_INDEX, MPS_UNTESTED, autocast, get_device, to_batch, token_logprobs
 from objectives import sft_loss
 from sampling import sample
 
@@ -153,6 +154,7 @@ def score_fn(logprobs_fn, model, tokens, mask, device):
 
 
 def main():
+    console.utf8_output()
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -177,6 +179,8 @@ def main():
         return eval_noise(args.eval_noise, args.repeats, args.policies.split(","), args.json)
     import afd_mini
     device = get_device(args.device)
+    if device.type == "mps":
+        print(MPS_UNTESTED, file=sys.stderr)
     run = afd_mini.Run(afd_mini.Config(device=device.type, progress=False), 0)   # the default run's world and data
     cfg, config, eos = run.cfg, run.gpt_config(), run.world.eos_id   # config: the model of --preset=default
     torch.manual_seed(0)
@@ -324,7 +328,7 @@ def pipeline(device):
                 status = afd_mini.main([f"--out_dir={os.path.join(tmp, str(len(walls)))}", *common, *extra])
             assert status == 0, f"{name}: afd_mini exited with {status}"
             walls[name] = time.perf_counter() - t0
-        with open(os.path.join(tmp, "0", "seed_0", "metrics.json")) as f:
+        with open(os.path.join(tmp, "0", "seed_0", "metrics.json"), encoding="utf-8") as f:
             stages = json.load(f)["stage_seconds"]
     return {"stage_seconds": stages, "wall_seconds": walls}
 
@@ -369,7 +373,7 @@ def load_run(seed_dir):
     import os
 
     import afd_mini
-    with open(os.path.join(seed_dir, "config.json")) as f:
+    with open(os.path.join(seed_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     seed = int(os.path.basename(os.path.normpath(seed_dir)).removeprefix("seed_"))
     cfg = afd_mini.Config(**{**config, "out_dir": os.path.dirname(os.path.normpath(seed_dir)), "progress": False})

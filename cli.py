@@ -67,7 +67,7 @@ def parse_args(argv, config_class, presets, usage, stages):
     values = {**fields, **presets[preset], "preset": preset}
     if config_file is not None:
         try:
-            with open(config_file) as f:
+            with open(config_file, encoding="utf-8") as f:
                 from_file = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--config={config_file}: cannot read a JSON object from it ({e})") from None

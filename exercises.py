@@ -38,6 +38,11 @@ afd_mini.py runs every stage whose exercises are written; a stage that meets a b
 one line that names it (not_written, which runner.py calls); the report skips a figure whose exercise is
 blanked. Standard library only at import time; pytest is imported by check alone.
 """
+import sys
+
+if sys.version_info < (3, 10):   # first, in one line: on 3.9 the checks pass, then the pipeline dies after SFT
+    print("afd-mini needs Python 3.10 or newer; this is Python %d.%d.%d" % sys.version_info[:3], file=sys.stderr)
+    sys.exit(2)
 
 import contextlib
 import io
@@ -46,9 +51,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import traceback
 from dataclasses import dataclass
+
+import console
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["objectives.py"]               # the files with solution regions
@@ -279,7 +285,7 @@ def project_files(root):
     git checkout (a student copy) every file but caches and run outputs."""
     try:
         listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                                cwd=root, capture_output=True, text=True, check=True).stdout.split("\0")
+                                cwd=root, capture_output=True, encoding="utf-8", check=True).stdout.split("\0")
         files = [f for f in listed if f and os.path.isfile(os.path.join(root, f))]   # not deleted ones
         if files:   # none: root is a folder git ignores, such as a student copy inside the project
             return files
@@ -515,6 +521,7 @@ def coding_numbers(args):
 
 
 def main(argv):
+    console.utf8_output()
     usage = "usage: python exercises.py list | student DIR [N ...] | check [N ...]"
     try:
         if argv[:1] == ["list"] and len(argv) == 1:

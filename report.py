@@ -3,6 +3,7 @@ report.py: report.md and its figures, from the per-seed metrics of afd_mini.py (
 and judges them; figures.py draws). Also the summary a run prints at the end.
 
 Rebuild a report from saved metrics with: python report.py OUT_DIR
+Pool a class's runs (each student's --seed) into one report: python report.py pool OUT_DIR RUN_DIR ... (pool)
 """
 import glob
 import json
@@ -12,13 +13,19 @@ import sys
 
 import numpy as np
 
+import console
 import exercises
 import figures
+import metrics
 from figures import CAPTIONS, RM_LABELS, RM_NAMES, _policy_order, policy_label
 from methods import ADVERSARIAL, LEARNED_VS_OPTIMUM, REWARD_MODEL
 from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, REGIME_MEASURES, REGIME_METHODS, _bon_at, _is_number,
                      _Missing, aggregate, effects, fmt, get, regime_map, regime_predictions)
 from stats import paired_interval, t_quantile_975
+
+QUICK_NOTE = ("--quick is a smoke test: its models are too small to learn the task, so these numbers mean nothing; "
+              "run without --quick for numbers")   # the summary's last line after a --quick run
+
 
 def summary(metrics, out_dir):
     """The lines afd_mini.py prints at the end: every policy, Best-of-N, and the verdict on every effect."""
@@ -38,6 +45,8 @@ def summary(metrics, out_dir):
     for e in final.values():
         lines.append(f"  {e['verdict']:<14} {e['effect']} ({e['seeds_holding']}/{e['seeds']} seeds)")
     lines.append(f"outputs: {out_dir}/metrics.json, {out_dir}/report.md")
+    if get(metrics, "config", "preset") == "quick":
+        lines.append(QUICK_NOTE)
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------
@@ -271,7 +280,7 @@ def write_report(out_dir, runs):
         notes.append("No control world in the metrics: the signature comparison is not made.")
     judged = effects(runs)
     path = os.path.join(out_dir, "report.md")
-    with open(path + ".tmp", "w") as f:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(_markdown(runs, mean, std, judged, drawn, notes, err_label))
     os.replace(path + ".tmp", path)
     return path
@@ -381,11 +390,110 @@ def load_runs(out_dir):
     """The per-seed metrics dicts saved under out_dir/seed_*/metrics.json."""
     runs = []
     for path in glob.glob(os.path.join(out_dir, "seed_*", "metrics.json")):
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             runs.append(json.load(f))
     return sorted(runs, key=lambda r: r.get("seed", 0))
 
+# -----------------------------------------------------------------------------------------------------------
+# a class's runs pooled (python report.py pool OUT_DIR RUN_DIR ...): each student runs --seed=K, their number, and
+# the class's K seeds make one report with paired intervals, where one seed's verdict is a coin flip
+
+class PoolError(Exception):
+    """Run directories that cannot be pooled: one line on stderr, exit status 2."""
+
+
+def _has_runs(directory):
+    return bool(glob.glob(os.path.join(glob.escape(directory), "seed_*", "metrics.json")))
+
+
+def run_dirs(args):
+    """The RUN_DIR arguments as directories. A glob pattern (runs/*) is expanded here, for the shells that leave it
+    as it is (PowerShell, cmd), to its matches that hold a finished run: not the pooled folder of an earlier
+    pooling (runs/class), which holds none; a directory named twice counts once."""
+    dirs = []
+    for arg in args:
+        if not any(c in arg for c in "*?["):
+            dirs.append(arg)
+            continue
+        found = [d for d in sorted(glob.glob(arg)) if _has_runs(d)]
+        if not found:
+            raise PoolError(f"{arg}: matches no directory that holds a finished run (seed_*/metrics.json)")
+        dirs += found
+    once = {}
+    for d in dirs:
+        once.setdefault(os.path.realpath(d), d)
+    return list(once.values())
+
+
+def config_differences(a, b):
+    """The options in which two runs' configurations differ, in order: those that change results (runner.RunOptions.
+    RUN_ONLY, the device and the seed left out) and the preset, which names the difference of a --quick run."""
+    import runner   # here, not at the top: runner imports this module
+    ignored = (runner.RunOptions.RUN_ONLY - {"preset"}) | {"device", "seed"}
+    a, b = ({k: v for k, v in run.get("config", {}).items() if k not in ignored} for run in (a, b))
+    return [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def pooled_runs(dirs):
+    """Every finished seed of dirs, sorted by seed: each seed once, all of one configuration (config_differences);
+    else PoolError naming the seed, or the option and the two directories."""
+    runs, where = [], {}
+    for d in dirs:
+        try:
+            found = load_runs(d)
+        except (OSError, ValueError) as e:
+            raise PoolError(f"{d}: a seed_*/metrics.json does not load ({type(e).__name__}: {e})") from None
+        if not found:
+            raise PoolError(f"{d}: no finished run in it (seed_*/metrics.json); finish that run, or leave it out")
+        for run in found:
+            if run["seed"] in where:
+                raise PoolError(f"seed {run['seed']} is in both {where[run['seed']]} and {d}: each student runs "
+                                "their own --seed=K")
+            differ = config_differences(runs[0], run) if runs else []
+            if differ:
+                k, more = differ[0], len(differ) - 1
+                raise PoolError(f"{where[runs[0]['seed']]} and {d} are runs of different configurations (--{k}="
+                                f"{runs[0]['config'].get(k)} and --{k}={run['config'].get(k)}"
+                                + f", and {more} more option{'s' * (more > 1)}" * (more > 0)
+                                + "): pool runs of one configuration")
+            where[run["seed"]] = d
+            runs.append(run)
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def pool(out_dir, args):
+    """A class's runs (args: directories or glob patterns, run_dirs) pooled into out_dir as one run of their seeds:
+    out_dir/metrics.json (metrics.combine) and report.md (write_report), with paired intervals over the students'
+    seeds. out_dir must not hold a run of its own (it would be overwritten). Returns the summary to print."""
+    import runner
+    if _has_runs(out_dir):
+        raise PoolError(f"{out_dir} holds a run of its own (seed_*/metrics.json); pool into a new directory")
+    runs = pooled_runs(run_dirs(args))
+    os.makedirs(out_dir, exist_ok=True)
+    top = metrics.combine(runs)
+    runner.write_json(os.path.join(out_dir, "metrics.json"), top)
+    write_report(out_dir, runs)
+    return summary(top, out_dir)
+
+
+def pool_command(args):
+    """python report.py pool OUT_DIR RUN_DIR ...: prints the pooled summary; the exit status (2: refused, in one
+    line on stderr)."""
+    try:
+        if len(args) < 2:
+            raise PoolError("usage: python report.py pool OUT_DIR RUN_DIR ... (directories, or a pattern: runs/*)")
+        print(pool(args[0], args[1:]))
+        return 0
+    except PoolError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+    except OSError as e:   # OUT_DIR under a file, a read-only disk
+        print(f"report: error: {e.filename}: cannot write there ({e.strerror}); use another OUT_DIR", file=sys.stderr)
+    return 2
+
 if __name__ == "__main__":
+    console.utf8_output()
+    if sys.argv[1:2] == ["pool"]:   # python report.py pool OUT_DIR RUN_DIR ...
+        sys.exit(pool_command(sys.argv[2:]))
     if sys.argv[1:2] == ["--regimes"]:   # python report.py --regimes REGIMES.json [FIGURE.png]
         with open(sys.argv[2], encoding="utf-8") as f:
             regimes = json.load(f)
@@ -393,7 +501,8 @@ if __name__ == "__main__":
             figures.fig_regimes(sys.argv[3], regimes)
         print(regimes_markdown(regimes))
         sys.exit(0)
-    assert len(sys.argv) == 2, "usage: python report.py OUT_DIR, or python report.py --regimes REGIMES.json [FIG.png]"
+    assert len(sys.argv) == 2, ("usage: python report.py OUT_DIR, or python report.py pool OUT_DIR RUN_DIR ..., or "
+                                "python report.py --regimes REGIMES.json [FIG.png]")
     runs = load_runs(sys.argv[1])
     assert runs, f"no seed_*/metrics.json under {sys.argv[1]}"
     print(write_report(sys.argv[1], runs))

@@ -36,10 +36,12 @@ import torch
 from tqdm import tqdm
 
 import cli
+import console
 import exercises
 import metrics
 import report
 from cli import UsageError
+from model import MPS_UNTESTED
 
 
 class StageError(Exception):
@@ -123,7 +125,7 @@ def seed_dir(out_dir, seed):
 def write_json(path, obj):
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1)
         os.replace(tmp, path)   # atomic: an interrupted write never leaves half a file
     finally:
@@ -232,7 +234,7 @@ def readable(path):
     """Whether a result file loads: JSON parses, a checkpoint unpickles."""
     try:
         if path.endswith(".json"):
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 json.load(f)
         else:
             torch.load(path, map_location="cpu", weights_only=False)
@@ -249,7 +251,7 @@ def restore(run, stage, key, fp, root, log):
         return None
     files = [*stage.writes, stage.name + ".json"]   # the stage's json last: it marks the stage finished
     try:
-        with open(os.path.join(entry, "entry.json")) as f:
+        with open(os.path.join(entry, "entry.json"), encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, ValueError):
         meta = None
@@ -338,7 +340,7 @@ def read_results(run, stage):
     """<stage>.json of a finished stage; one line naming the file and the fix if it does not parse."""
     path = os.path.join(run.dir, stage.name + ".json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise StageError(f"{path} is unreadable ({type(e).__name__}); recompute it with --redo={stage.name}") \
@@ -429,7 +431,7 @@ def check_out_dir(out_dir, seeds, config, redo):
         path = os.path.join(seed_dir(out_dir, seed), "config.json")
         if os.path.exists(path):
             try:
-                with open(path) as f:
+                with open(path, encoding="utf-8") as f:
                     old = json.load(f)
             except (OSError, ValueError):
                 raise UsageError(f"{path} is unreadable (corrupt or truncated); use --redo=all to recompute "
@@ -450,7 +452,7 @@ def lock_out_dir(out_dir):
         return None
     try:
         os.makedirs(out_dir, exist_ok=True)
-        f = open(os.path.join(out_dir, ".lock"), "w")
+        f = open(os.path.join(out_dir, ".lock"), "w", encoding="utf-8")
     except OSError as e:   # /proc/x, a read-only disk: bad input, found here because only writing tells
         if disk_full(e, out_dir):
             raise
@@ -582,7 +584,8 @@ def launch(prog, parse, begin, work, end):
     rank that fails stops the others at the next one. Returns the exit status."""
     ranks = Ranks()
     UNWRITABLE.clear()   # a run of its own (a notebook's second): a cache fixed since the last one is tried again
-    quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if ranks.rank else contextlib.nullcontext()
+    quiet = (contextlib.redirect_stdout(open(os.devnull, "w", encoding="utf-8")) if ranks.rank
+             else contextlib.nullcontext())
     with contextlib.ExitStack() as stack:
         stack.enter_context(quiet)
         cfg = None
@@ -626,6 +629,7 @@ def main(stages, config_class, presets, run_class, always_reads, argv=None, stud
     (a RunOptions), whose module is the pipeline (its docstring's second paragraph is --help's text, its file the
     entry of the code hash); presets: {name: options}; run_class(cfg, seed): the Run its stages work in (its
     .control_world: the control world's); always_reads: the options every stage reads; studies: {name: Study}."""
+    console.utf8_output()   # π, β, ‖ on a console or in a log file of any encoding (Windows' cp1252)
     pipeline = sys.modules[config_class.__module__]
     STUDIES.clear()
     STUDIES.update(studies or {})
@@ -642,6 +646,8 @@ def main(stages, config_class, presets, run_class, always_reads, argv=None, stud
         return cfg
 
     def work(cfg, ranks):
+        if cfg.device == "mps" and ranks.rank == 0:
+            log(MPS_UNTESTED)
         return run_seeds(cfg, ranks, stages, run_class, always_reads, pipeline.__file__)
 
     return launch(os.path.splitext(os.path.basename(pipeline.__file__))[0], parse, output_dirs, work, report_seeds)

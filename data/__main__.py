@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 
+import console
 from data import World
 
 
@@ -23,6 +24,7 @@ def show(world, prompt, text):
 
 
 def main():
+    console.utf8_output()
     world = World()
     cfg = world.cfg
     print(f"world: {cfg}")

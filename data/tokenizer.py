@@ -87,12 +87,12 @@ def _merge(word, pair):
 def save_ranks(ranks, path=RANKS_PATH):
     in_rank_order = sorted(ranks.items(), key=lambda kv: kv[1])
     lines = [f"{base64.b64encode(token).decode('ascii')} {rank}" for token, rank in in_rank_order]
-    Path(path).write_text("\n".join(lines) + "\n")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def load_ranks(path=RANKS_PATH):
     ranks = {}
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         token, rank = line.split()
         ranks[base64.b64decode(token)] = int(rank)
     return ranks

@@ -43,7 +43,7 @@ def test_every_bad_option_is_one_line_exit_2_and_writes_nothing(key, tmp_path, c
     stdout, no exception escaping (no traceback), no output directory. Constraints between options included:
     --group_size=1 and --rm_batch=1 used to pass and fail minutes later inside a stage."""
     a_file = tmp_path / "a_file"
-    a_file.write_text("not a directory")
+    a_file.write_text("not a directory", encoding="utf-8")
     out = tmp_path / "out"
     value = str(a_file) if INVALID[key] == A_FILE else INVALID[key]
     argv = [f"--{key}={value}"] + ([f"--out_dir={out}"] if key != "out_dir" else [])
@@ -58,7 +58,7 @@ def test_every_bad_option_is_one_line_exit_2_and_writes_nothing(key, tmp_path, c
 @pytest.mark.slow
 def test_a_bad_option_from_the_shell_has_no_traceback(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), "--rm_batch=1",
-                          f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+                          f"--out_dir={tmp_path / 'out'}"], capture_output=True, encoding="utf-8", timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
@@ -85,7 +85,7 @@ def test_non_finite_numbers_and_a_directory_under_a_file_are_refused(arg, words,
     """Infinite and NaN values parse as floats; --pg_lr=inf used to create the output directory and die in
     torch.multinomial. A directory under a file used to raise NotADirectoryError."""
     a_file = tmp_path / "a_file"
-    a_file.write_text("not a directory")
+    a_file.write_text("not a directory", encoding="utf-8")
     out = tmp_path / "out"
     argv = [arg.replace("FILE", str(a_file))] + ([f"--out_dir={out}"] if "out_dir" not in arg else [])
     assert afd_mini.main(argv) == 2
@@ -93,7 +93,7 @@ def test_non_finite_numbers_and_a_directory_under_a_file_are_refused(arg, words,
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and captured.out == "", captured.err
     assert all(w in lines[0] for w in words), lines[0]
-    assert not out.exists() and a_file.read_text() == "not a directory"
+    assert not out.exists() and a_file.read_text(encoding="utf-8") == "not a directory"
 
 
 PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc here")

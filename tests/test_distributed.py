@@ -18,14 +18,14 @@ QUICK = ["--quick", "--progress=false"]
 def afd(*args, env=None, launcher=()):
     return subprocess.run([*launcher, sys.executable if not launcher else os.path.join(ROOT, "afd_mini.py"),
                            *([os.path.join(ROOT, "afd_mini.py")] if not launcher else []), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+                          capture_output=True, encoding="utf-8", timeout=600, env={**os.environ, **(env or {})})
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
 
 def without_timing(path):
-    m = json.load(open(path))
+    m = json.load(open(path, encoding="utf-8"))
     m.pop("stage_seconds", None)
     m.get("std", {}).pop("stage_seconds", None)
     m["config"] = {k: v for k, v in m["config"].items() if k != "out_dir"}
@@ -66,11 +66,11 @@ def test_a_sweep_runs_every_value_and_seed_and_reuses_what_the_knob_does_not_cha
     out, cache = tmp_path / "sweep", tmp_path / "cache"
     res = afd(*QUICK, "--seeds=2", "--sweep=eval_samples=1,2", f"--out_dir={out}", f"--cache={cache}")
     assert res.returncode == 0, res.stderr
-    sweep = json.load(open(out / "sweep.json"))
+    sweep = json.load(open(out / "sweep.json", encoding="utf-8"))
     assert sweep["knobs"] == ["eval_samples"] and [p["values"] for p in sweep["points"]] == \
         [{"eval_samples": 1}, {"eval_samples": 2}]
     for p in sweep["points"]:
-        top = json.load(open(out / p["folder"] / "metrics.json"))
+        top = json.load(open(out / p["folder"] / "metrics.json", encoding="utf-8"))
         assert p["seeds"] == [0, 1] and top["config"]["eval_samples"] == p["values"]["eval_samples"]
         assert [e["verdict"] for e in p["effects"]] == [e["verdict"] for e in top["effects"]]
     assert (out / "fig_sweep.png").stat().st_size > 1000 and "verdicts at eval_samples=1 | eval_samples=2" in res.stdout

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import afd_mini
+import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow   # every test runs afd_mini.py (most in a subprocess): the full suite only (pytest.ini)
@@ -27,24 +28,48 @@ POLICY_KEYS = ["forward_kl", "reverse_kl", "reverse_kl_support", "reverse_kl_off
                "off_support", "mode_freq", "mode_entropy", "distinct", "gold_reward", "length", "se", "sampled"]
 
 
-def afd(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+def afd(*args, cwd=ROOT, env=None, stdout=subprocess.PIPE):
+    """afd_mini.py in a subprocess; env: variables to set in its environment; stdout: where its output goes."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), *args], cwd=cwd, stdout=stdout,
+                          stderr=subprocess.PIPE, encoding="utf-8", timeout=600, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """--quick, stopped after SFT, then rerun to the end: (out_dir, mtimes after the first call, second call).
-    The second call shows progress as a log file gets it (stderr is a pipe here). Both fill the test session's
-    stage cache (conftest.py)."""
+    The second call shows progress as a log file gets it (stderr is a pipe here), and runs as on a Windows
+    console of code page cp1252 with its output redirected to a file (`> stdout.log`, in out_dir): cp1252 streams
+    (PYTHONIOENCODING), stdout a file. Both fill the test session's stage cache (conftest.py)."""
     out = str(tmp_path_factory.mktemp("quick"))
     first = afd("--quick", f"--out_dir={out}", "--stop_after=sft", "--progress=false")
     assert first.returncode == 0, first.stderr
     seed_dir = os.path.join(out, "seed_0")
     mtimes = {f: os.stat(os.path.join(seed_dir, f)).st_mtime_ns for f in os.listdir(seed_dir)}
-    second = afd("--quick", f"--out_dir={out}")
+    with open(os.path.join(out, "stdout.log"), "wb") as log:
+        second = afd("--quick", f"--out_dir={out}", env={"PYTHONIOENCODING": "cp1252"}, stdout=log)
     assert second.returncode == 0, second.stderr
     return out, mtimes, second
+
+
+def printed(out):
+    """What the quick run's second call printed (its stdout.log), read as UTF-8."""
+    with open(os.path.join(out, "stdout.log"), encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def test_a_cp1252_console_redirected_to_a_file_gets_utf8(quick_run):
+    """On Windows (cp1252) writing report.md and printing the summary into a file (`> runs.log`) raised
+    UnicodeEncodeError, after the whole run. Here the run ends with status 0 (quick_run), and what it printed
+    and report.md are UTF-8."""
+    out, _, _ = quick_run
+    assert "KL(β‖π)" in printed(out)[0] and "  init_sft " in "\n".join(printed(out))
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        assert "π_SFT" in f.read()
+
+
+def test_quick_ends_saying_its_numbers_are_a_smoke_test(quick_run):
+    out, _, _ = quick_run
+    assert printed(out)[-1] == report.QUICK_NOTE
 
 
 def test_progress_off_a_terminal_is_a_few_plain_lines(quick_run):
@@ -67,7 +92,7 @@ def finite_leaves(tree, path="metrics"):
 
 def test_quick_run_writes_the_metrics_contract(quick_run):
     out, _, _ = quick_run
-    with open(os.path.join(out, "metrics.json")) as f:
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
     for name in ["expert", "init", "sft", "rkl_seq", "rkl_tok", "js", "rkl_seq_scalar", "rkl_oracle", "js_oracle",
                  "pg_control", "pg_frozen", "fkl_fairl", "fkl_iw", "fkl_oracle", "fkl_iw_oracle", "dpo", "spin",
@@ -115,7 +140,7 @@ def test_policies_are_far_from_the_expert_both_ways(quick_run):
     β(off) < π(off) both bounds fall as β(off) grows and rise with π(off), so kl(a_lo ‖ eps) and
     kl(eps ‖ a_lo) are lower bounds. A sign flip or an argument swap makes the reported KL negative."""
     out, _, _ = quick_run
-    with open(os.path.join(out, "seed_0", "metrics.json")) as f:
+    with open(os.path.join(out, "seed_0", "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
     eps, n = m["config"]["eps"], m["config"]["n_eval"] * m["config"]["eval_samples"]
     checked = []
@@ -132,7 +157,7 @@ def test_policies_are_far_from_the_expert_both_ways(quick_run):
 
 def test_best_of_n_by_gold_reward_never_decreases(quick_run):
     out, _, _ = quick_run
-    with open(os.path.join(out, "metrics.json")) as f:
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         gold = json.load(f)["bon"]["gold"]
     assert gold["n"][0] == 1 and len(gold["n"]) >= 3
     assert all(b >= a - 1e-12 for a, b in zip(gold["gold_reward"], gold["gold_reward"][1:])), gold
@@ -150,7 +175,7 @@ def test_resume_skips_finished_stages(quick_run):
 
 def metrics_without_timing(out):
     """seed 0's metrics.json but its stage times and the options that change no number (afd_mini.Config.RUN_ONLY)."""
-    with open(os.path.join(out, "seed_0", "metrics.json")) as f:
+    with open(os.path.join(out, "seed_0", "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
     del m["stage_seconds"]
     m["config"] = {k: v for k, v in m["config"].items() if k not in afd_mini.Config.RUN_ONLY}
@@ -178,11 +203,11 @@ def test_a_run_of_reused_stages_writes_the_metrics_of_a_fresh_run(quick_run, tmp
 
 def entry_of(cache, stage_json):
     """The cache entry holding the result that stage_json (a finished stage's .json) records."""
-    with open(stage_json) as f:
+    with open(stage_json, encoding="utf-8") as f:
         fp = json.load(f)["fingerprint"]
     for name in os.listdir(cache):
         path = os.path.join(cache, name, "entry.json")
-        if os.path.exists(path) and json.load(open(path))["fingerprint"] == fp:
+        if os.path.exists(path) and json.load(open(path, encoding="utf-8"))["fingerprint"] == fp:
             return os.path.join(cache, name)
     raise AssertionError(f"no cache entry for {stage_json}")
 
@@ -195,15 +220,16 @@ def test_corrupt_or_other_code_cache_entries_are_ignored_with_a_notice(quick_run
     sft = entry_of(cache, os.path.join(out, "seed_0", "sft.json"))
     with open(os.path.join(pretrain, "pretrain.pt"), "r+b") as f:
         f.truncate(100)
-    meta = json.load(open(os.path.join(sft, "entry.json")))
-    with open(os.path.join(sft, "entry.json"), "w") as f:
+    meta = json.load(open(os.path.join(sft, "entry.json"), encoding="utf-8"))
+    with open(os.path.join(sft, "entry.json"), "w", encoding="utf-8") as f:
         json.dump({**meta, "fingerprint": "0" * 16}, f)   # as an entry written by other code looks
     res = afd("--quick", f"--out_dir={tmp_path / 'out'}", f"--cache={cache}", "--stop_after=sft", "--progress=false")
     assert res.returncode == 0, res.stderr
     assert f"seed 0 · pretrain: cache entry {pretrain} is corrupt, ignored" in res.stderr, res.stderr
     assert f"seed 0 · sft: cache entry {sft} is from another code version, ignored" in res.stderr, res.stderr
     assert "reused" not in res.stderr
-    recomputed, original = (json.load(open(os.path.join(d, "seed_0", "sft.json"))) for d in (tmp_path / "out", out))
+    recomputed, original = (json.load(open(os.path.join(d, "seed_0", "sft.json"), encoding="utf-8"))
+                            for d in (tmp_path / "out", out))
     assert recomputed["curve"] == original["curve"]
 
 
@@ -225,7 +251,7 @@ def test_recomputing_a_stage_forgets_the_stages_after_it(tmp_path):
     first = afd("--quick", f"--out_dir={tmp_path}", "--stop_after=pretrain", "--progress=false")
     assert first.returncode == 0, first.stderr
     stale = tmp_path / "seed_0" / "rkl_seq.json"   # a result computed from the π_SFT about to be replaced
-    stale.write_text("{}")
+    stale.write_text("{}", encoding="utf-8")
     again = afd("--quick", f"--out_dir={tmp_path}", "--redo=pretrain", "--stop_after=pretrain", "--progress=false")
     assert again.returncode == 0, again.stderr
     assert not stale.exists(), "a stage after a recomputed one must not be taken as done"
@@ -237,14 +263,14 @@ def test_bench_measures_the_evaluation_noise_and_the_discriminators(quick_run):
     out, _, _ = quick_run
     bench = [sys.executable, os.path.join(ROOT, "bench.py"), "--json"]
     noise = subprocess.run([*bench, f"--eval_noise={os.path.join(out, 'seed_0')}", "--repeats=2",
-                            "--policies=sft,rkl_seq"], capture_output=True, text=True, timeout=600)
+                            "--policies=sft,rkl_seq"], capture_output=True, encoding="utf-8", timeout=600)
     assert noise.returncode == 0, noise.stderr
     table = json.loads(noise.stdout)["metrics"]
     for p in ("sft", "rkl_seq"):
         assert table[p]["off_support"]["exact_sd"] < 1e-9 and table[p]["mode_entropy"]["exact_sd"] < 1e-9
         assert table[p]["reverse_kl"]["sampled_sd"] > 0   # other samples, other Monte Carlo estimates
     disc = subprocess.run([*bench, f"--discriminators={os.path.join(out, 'seed_0')}"], capture_output=True,
-                          text=True, timeout=600)
+                          encoding="utf-8", timeout=600)
     assert disc.returncode == 0, disc.stderr
     rows = json.loads(disc.stdout)
     assert set(rows) == {"π_SFT", "q_φ of rkl_seq", "q_φ of rkl_tok", "q_φ of js", "q_φ of fkl_fairl", "q_φ of fkl_iw"}
@@ -253,7 +279,7 @@ def test_bench_measures_the_evaluation_noise_and_the_discriminators(quick_run):
 
 def test_report_and_figures(quick_run):
     out, _, _ = quick_run
-    report = open(os.path.join(out, "report.md")).read()
+    report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     import re
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(links) >= 6, "report.md should embed every figure"
@@ -266,8 +292,8 @@ def test_three_seeds_aggregate_and_judge_the_effects(quick_run):
     out, _, _ = quick_run
     res = afd("--quick", f"--out_dir={out}", "--seeds=3", "--progress=false")   # seed 0 resumes, 1 and 2 run
     assert res.returncode == 0, res.stderr
-    runs = [json.load(open(os.path.join(out, f"seed_{s}", "metrics.json"))) for s in (0, 1, 2)]
-    top = json.load(open(os.path.join(out, "metrics.json")))
+    runs = [json.load(open(os.path.join(out, f"seed_{s}", "metrics.json"), encoding="utf-8")) for s in (0, 1, 2)]
+    top = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
     assert top["seeds"] == [0, 1, 2]
     fields = {"effect", "condition", "verdict", "seeds_holding", "seeds", "diff_mean", "ci95"}
     judged = [e for e in top["effects"] if e["verdict"] != "not checked"]
@@ -280,7 +306,7 @@ def test_three_seeds_aggregate_and_judge_the_effects(quick_run):
     mass = next(e for e in top["effects"] if e["effect"].endswith("than rkl_oracle"))
     diffs = [r["policies"]["rkl_oracle"]["forward_kl"] - r["policies"]["sft"]["forward_kl"] for r in runs]
     assert mass["diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
-    text = open(os.path.join(out, "report.md")).read()
+    text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "/3 seeds" in text and "95% confidence intervals of the mean over 3 seeds" in text
     assert "expected effects over 3 seeds (paired 95% intervals)" in res.stdout
     for name in ["sft", "rkl_oracle"]:
@@ -295,7 +321,7 @@ def test_three_seeds_aggregate_and_judge_the_effects(quick_run):
 def test_a_config_file_must_be_an_object_of_known_options(tmp_path):
     for text, words in [("[1, 2]", ["JSON object", "list"]), ('{"pretrain_stesp": 3}', ["pretrain_stesp"])]:
         path = tmp_path / "config.json"
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
         res = afd(f"--config={path}", f"--out_dir={tmp_path / 'out'}")
         lines = res.stderr.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1, res.stderr
@@ -341,7 +367,7 @@ def test_a_model_with_non_finite_weights_stops_its_stage_in_one_line(quick_run, 
 def test_without_the_control_world_its_stages_do_not_run(quick_run, tmp_path):
     res = afd("--quick", f"--out_dir={tmp_path}", "--progress=false", "--control=false")
     assert res.returncode == 0, res.stderr
-    m = json.load(open(tmp_path / "seed_0" / "metrics.json"))
+    m = json.load(open(tmp_path / "seed_0" / "metrics.json", encoding="utf-8"))
     assert "control" not in m and not (tmp_path / "seed_0" / "control").exists()
     assert "control_sft" not in res.stderr and "seed 0 · evaluate: reused" in res.stderr
 
@@ -366,6 +392,6 @@ def test_the_gpu_precision_path_runs_on_a_cpu(tmp_path, monkeypatch):
                           "--cache=off"]) == 0
     assert torch.bfloat16 in seen, "the models never ran in bf16: the precision path was not exercised"
     assert losses == {torch.float32}, f"a loss in {losses - {torch.float32}}"
-    m = json.load(open(tmp_path / "metrics.json"))
+    m = json.load(open(tmp_path / "metrics.json", encoding="utf-8"))
     for path, value in finite_leaves(m):
         assert math.isfinite(value), f"{path} = {value} is not finite"

@@ -30,7 +30,7 @@ def test_write_report_writes_markdown_and_figures(tmp_path, monkeypatch):
     runs = [fake_run(0), fake_run(1)]
     path = report.write_report(str(tmp_path), runs)
     assert path == os.path.join(str(tmp_path), "report.md")
-    text = open(path).read()
+    text = open(path, encoding="utf-8").read()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == sorted(["fig_intuition.png", "fig_modes.png", "fig_divergence_plane.png",
                                     "fig_bon.png", "fig_bon_picks.png", "fig_extrapolation.png",
@@ -53,7 +53,7 @@ def test_write_report_without_optional_parts(tmp_path, monkeypatch):
     run = fake_run(0, control=False)
     del run["calibration_points"]
     path = report.write_report(str(tmp_path), [run])
-    text = open(path).read()
+    text = open(path, encoding="utf-8").read()
     assert "fig_calibration.png skipped" in text and "No control world" in text
     assert "±" not in text.split("## Expected effects")[0]  # one seed: no spread shown
     assert not (tmp_path / "fig_calibration.png").exists()
@@ -62,8 +62,8 @@ def test_write_report_without_optional_parts(tmp_path, monkeypatch):
 def test_load_runs_reads_the_seed_folders(tmp_path):
     for seed in [1, 0]:
         (tmp_path / f"seed_{seed}").mkdir()
-        (tmp_path / f"seed_{seed}" / "metrics.json").write_text(json.dumps(fake_run(seed)))
-    (tmp_path / "metrics.json").write_text("{}")  # the pipeline's aggregate: not a seed
+        (tmp_path / f"seed_{seed}" / "metrics.json").write_text(json.dumps(fake_run(seed)), encoding="utf-8")
+    (tmp_path / "metrics.json").write_text("{}", encoding="utf-8")  # the pipeline's aggregate: not a seed
     runs = report.load_runs(str(tmp_path))
     assert [r["seed"] for r in runs] == [0, 1]
     assert runs[1] == json.loads(json.dumps(fake_run(1)))

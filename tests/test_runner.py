@@ -101,7 +101,7 @@ def loaded_by(module):
     """The files of this project that `import module` loads, listed by Python itself."""
     listing = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('\\n'.join(sorted(m.__file__ "
                               "for m in list(sys.modules.values()) if getattr(m, '__file__', None))))"],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+                             cwd=ROOT, capture_output=True, encoding="utf-8", check=True).stdout.split("\n")
     return {os.path.realpath(f) for f in listing if os.path.isabs(f) and os.path.realpath(f).startswith(ROOT + os.sep)}
 
 
@@ -125,7 +125,7 @@ def test_editing_an_objective_changes_the_code_version(tmp_path):
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "out*"))
     version = runner.code_version(str(copy / "afd_mini.py"))
     assert version == runner.code_version(os.path.join(ROOT, "afd_mini.py"))
-    with open(copy / "objectives.py", "a") as f:
+    with open(copy / "objectives.py", "a", encoding="utf-8") as f:
         f.write("\n# a student's edit\n")
     runner.code_version.cache_clear()
     assert runner.code_version(str(copy / "afd_mini.py")) != version
@@ -142,7 +142,8 @@ def test_a_caption_or_report_edit_reuses_every_stage_and_an_objectives_edit_reco
     def run(out):
         res = subprocess.run([sys.executable, "afd_mini.py", "--quick", "--pretrain_steps=5", "--sft_steps=5",
                               "--stop_after=sft", "--progress=false", f"--cache={tmp_path / 'cache'}",
-                              f"--out_dir={tmp_path / out}"], cwd=copy, capture_output=True, text=True, timeout=300)
+                              f"--out_dir={tmp_path / out}"], cwd=copy, capture_output=True, encoding="utf-8",
+                             timeout=300)
         assert res.returncode == 0, res.stderr
         return res.stderr
 
@@ -156,12 +157,12 @@ def test_a_caption_or_report_edit_reuses_every_stage_and_an_objectives_edit_reco
     edit("figures.py", '"fig_modes.png": "expected: ', '"fig_modes.png": "expected here: ')
     edit("report.py", '["## Notes", ""]', '["## Notes and caveats", ""]')
     for name in ["cli.py", "runner.py", "metrics.py", "exercises.py"]:
-        with open(copy / name, "a") as f:
+        with open(copy / name, "a", encoding="utf-8") as f:
             f.write("\n# an edit on the runner's side\n")
     err = run("second")
     for stage in stages:
         assert f"seed 0 · {stage}: reused, same inputs as {tmp_path / 'first' / 'seed_0'}" in err, err
-    with open(copy / "objectives.py", "a") as f:
+    with open(copy / "objectives.py", "a", encoding="utf-8") as f:
         f.write("\n# a student's edit\n")
     err = run("third")
     assert "reused" not in err, err
@@ -235,7 +236,7 @@ def test_a_stage_that_sees_a_non_finite_number_fails_in_one_line(tmp_path):
     not os.path.isdir("/proc/self"), reason="no /proc here"))])
 def test_a_cache_that_cannot_be_written_is_one_notice_and_the_run_goes_on(where, tmp_path):
     """It used to be a notice at every stage of every seed (36 lines)."""
-    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
     cache = str(tmp_path / "a_file" / "cache") if where == "under_a_file" else where
     calls, lines = [], []
     for out in ("one", "two"):   # two seeds' worth of stages
@@ -267,7 +268,7 @@ def test_the_pipeline_with_an_unwritable_cache_says_so_once_per_run(tmp_path, ca
 def test_a_second_run_on_a_locked_output_directory_is_refused_and_a_crash_leaves_no_lock(tmp_path):
     held = runner.lock_out_dir(str(tmp_path))
     res = subprocess.run([sys.executable, os.path.join(ROOT, "afd_mini.py"), f"--out_dir={tmp_path}", "--quick"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, encoding="utf-8", timeout=120)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "in use by another afd_mini run" in lines[0], res.stderr
     assert not (tmp_path / "seed_0").exists()
@@ -284,7 +285,7 @@ def test_a_finished_run_releases_its_lock_in_the_same_process(tmp_path):
     argv = [f"--out_dir={tmp_path}", "--quick", "--stop_after=pretrain", "--progress=false", "--cache=off"]
     assert afd_mini.main(argv) == 0
     assert afd_mini.main(argv) == 0
-    assert json.load(open(tmp_path / "seed_0" / "config.json"))["n_layer"] == 2
+    assert json.load(open(tmp_path / "seed_0" / "config.json", encoding="utf-8"))["n_layer"] == 2
 
 
 # -----------------------------------------------------------------------------
