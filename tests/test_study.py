@@ -146,4 +146,4 @@ def test_a_tiny_study_end_to_end(tmp_path, capsys):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "report.py"), "--regimes", str(out / "regimes.json"),
                           str(tmp_path / "again.png")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "demonstrations: rkl_seq, off_support" in res.stdout and (tmp_path / "again.png").exists()
+    assert "| demonstrations | `rkl_seq` | off_support |" in res.stdout and (tmp_path / "again.png").exists()
