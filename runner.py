@@ -699,9 +699,8 @@ def run_seeds(cfg, ranks, stages, run_class, always_reads, code):
                            always_reads, code, log)
         if results is None:   # --stop_after
             return None
-        runs.append(study.summary(results, seed) if study else
+        runs.append({**study.summary(results, seed), "config": dataclasses.asdict(point)} if study else
                     metrics.assemble(results, seed, run.world_seconds, dataclasses.asdict(point)))
-        runs[-1]["config"] = dataclasses.asdict(point)
         write_json(os.path.join(run.dir, "metrics.json"), runs[-1])
     return runs
 
