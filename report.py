@@ -325,13 +325,19 @@ def regimes_json(runs, knobs):
         for point, rs in runs.items() if rs}}
 
 
+SEED_SETS = [("0–4", DEV_SEEDS), ("5–9", HELDOUT_SEEDS), ("0–9", None)]   # development, held out, all
+
+
+def judged_on_seed_sets(regimes):
+    """Each prediction's rows (metrics.regime_predictions) on every set of SEED_SETS, one tuple per prediction."""
+    return list(zip(*(regime_predictions(regimes, seeds) for _, seeds in SEED_SETS)))
+
+
 def regimes_summary(regimes, where=""):
-    """The lines a study prints: each prediction's verdict on seeds 0-4, 5-9 and all, and the study's cost."""
-    sets = [("0-4", DEV_SEEDS), ("5-9", HELDOUT_SEEDS), ("all", None)]
-    judged = [regime_predictions(regimes, seeds) for _, seeds in sets]
+    """The lines a study prints: each prediction's verdict on seeds 0–4, 5–9 and 0–9, and the study's cost."""
     lines = ["predictions (docs/RESULTS.md), the advantage over π_SFT at one end minus the other; verdict on seeds "
-             + " | ".join(name for name, _ in sets) + ":"]
-    for rows in zip(*judged):
+             + " | ".join(name for name, _ in SEED_SETS) + ":"]
+    for rows in judged_on_seed_sets(regimes):
         r = rows[-1]
         verdicts = " | ".join(f"{x['verdict']} ({x['seeds_holding']}/{len(x['seeds'])})" for x in rows)
         lines.append(f"  {verdicts}   "
@@ -358,11 +364,9 @@ def regimes_markdown(regimes):
                     fmt(c["mean"]) + (f" [{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]" if c["ci95"] else "")
                     for c in cells) + " |")
         out.append("")
-    sets = [("0–4", DEV_SEEDS), ("5–9", HELDOUT_SEEDS), ("0–9", None)]
-    judged = [regime_predictions(regimes, seeds) for _, seeds in sets]
     out += ["| knob | method | measure | advantage at one end − at the other | "
-            + " | ".join(f"seeds {n}" for n, _ in sets) + " |", "|---|---|---|---|" + "---|" * len(sets)]
-    for rows in zip(*judged):
+            + " | ".join(f"seeds {n}" for n, _ in SEED_SETS) + " |", "|---|---|---|---|" + "---|" * len(SEED_SETS)]
+    for rows in judged_on_seed_sets(regimes):
         r = rows[-1]
         ci = f" [{fmt(r['ci95'][0])}, {fmt(r['ci95'][1])}]" if r["ci95"] else ""
         out.append(f"| {r['knob']} | `{r['method']}` | {r['measure']} | {r['larger_at']} − {r['smaller_at']}: "
