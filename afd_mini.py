@@ -835,10 +835,26 @@ def regime_summary(results, seed):
             "stage_seconds": {s: r["seconds"] for s, r in results.items()}}
 
 
-STUDIES = {"regimes": runner.Study(
-    points=tuple(dict((point_name(v), v) for values in REGIME_KNOBS.values() for v in values).items()),
-    knobs={knob: [point_name(v) for v in values] for knob, values in REGIME_KNOBS.items()},
-    stages=REGIME_STAGES, summary=regime_summary)}
+# -----------------------------------------------------------------------------------------------------------
+# The smallest model that learns the task (--study=smallest; docs/TEACHING.md, for slow laptops): π_SFT alone, at
+# model sizes below the default 4 × 64, in order of their parameters. "Learns": π_SFT's off-support rate below
+# 0.15 (metrics.smallest_learner, fixed before the study ran: chosen on seeds 0-4, judged on 5-9).
+
+SMALLEST_SIZES = ({"n_layer": 1, "n_embd": 32}, {"n_layer": 2, "n_embd": 32}, {"n_layer": 1, "n_embd": 64},
+                  {"n_layer": 2, "n_embd": 64})
+SMALLEST_STAGES = (*[s for s in STAGES if s.name in ("pretrain", "sft")],
+                   Stage("evaluate", partial(stage_evaluate, names=("sft",)), (*DATASETS, "eval_samples"),
+                         ("pretrain", "sft"), ()))
+
+STUDIES = {
+    "regimes": runner.Study(
+        points=tuple(dict((point_name(v), v) for values in REGIME_KNOBS.values() for v in values).items()),
+        knobs={knob: [point_name(v) for v in values] for knob, values in REGIME_KNOBS.items()},
+        stages=REGIME_STAGES, summary=regime_summary),
+    "smallest": runner.Study(
+        points=tuple((point_name(v), v) for v in SMALLEST_SIZES), knobs={"size": [point_name(v) for v in SMALLEST_SIZES]},
+        stages=SMALLEST_STAGES, summary=regime_summary),
+}
 
 
 def main(argv=None):

@@ -414,3 +414,32 @@ def regime_predictions(regimes, seeds=None):
                              "verdict": verdict(diffs) if diffs else "not checked",
                              "seeds_holding": int(sum(d > 0 for d in diffs))})
     return rows
+
+# -----------------------------------------------------------------------------------------------------------
+# The smallest model that learns the task (--study=smallest, afd_mini.SMALLEST_SIZES): for a class on slow laptops.
+# The rule was fixed before the study ran.
+
+LEARNS_BELOW = 0.15   # π_SFT learns the task: its off-support rate P(off-support) below this
+
+
+def smallest_learner(study, threshold=LEARNS_BELOW):
+    """study: {"knobs": {"size": [point, ...]} from fewest parameters up, "points": {point: {"runs": [...]}}}.
+    Chosen on seeds 0-4: the first point whose π_SFT has a mean off-support rate below threshold. Judged on
+    seeds 5-9: threshold − off-support per seed, stats.verdict (holds: the 95% interval of the mean lies below the
+    threshold). Every point's mean and interval on 0-4, 5-9 and 0-9 in rows."""
+    rows = []
+    for point in study["knobs"]["size"]:
+        off = {r["seed"]: r["policies"]["sft"]["off_support"] for r in study["points"][point]["runs"]}
+        row = {"point": point}
+        for name, seeds in (("dev", DEV_SEEDS), ("heldout", HELDOUT_SEEDS), ("all", None)):
+            x = [v for s, v in sorted(off.items()) if seeds is None or s in seeds]
+            ci = paired_interval(x)
+            row[name] = {"mean": float(np.mean(x)) if x else None, "ci95": ci, "seeds": len(x)}
+        rows.append(row)
+    chosen = next((r for r in rows if r["dev"]["seeds"] and r["dev"]["mean"] < threshold), None)
+    if chosen is None:
+        return {"threshold": threshold, "chosen": None, "verdict": "none learns on seeds 0-4", "rows": rows}
+    held = [threshold - r["policies"]["sft"]["off_support"] for r in study["points"][chosen["point"]]["runs"]
+            if r["seed"] in HELDOUT_SEEDS]
+    return {"threshold": threshold, "chosen": chosen["point"],
+            "verdict": verdict(held) if held else "not judged (no seed of 5-9)", "rows": rows}

@@ -375,19 +375,41 @@ def regimes_markdown(regimes):
     return "\n".join(out) + "\n"
 
 
+def smallest_markdown(study):
+    """The smallest-model study's table: π_SFT's off-support rate at each size, on each set of seeds, its cost."""
+    s = metrics.smallest_learner(study)
+    lines = [f"π_SFT learns the task where its off-support rate is below {s['threshold']}: chosen on seeds 0–4, "
+             "the smallest size that does; judged on 5–9 (holds: the 95% interval lies below).", "",
+             "| size | " + " | ".join(f"off-support, seeds {n}" for n, _ in SEED_SETS)
+             + " | pretraining + SFT (s per seed) |", "|---|" + "---|" * (len(SEED_SETS) + 1)]
+    for row in s["rows"]:
+        runs = study["points"][row["point"]]["runs"]
+        secs = np.mean([r["stage_seconds"].get("pretrain", 0) + r["stage_seconds"].get("sft", 0) for r in runs])
+        cells = [f"{fmt(row[k]['mean'])} [{fmt(row[k]['ci95'][0])}, {fmt(row[k]['ci95'][1])}]"
+                 if row[k]["ci95"] else fmt(row[k]["mean"]) for k in ("dev", "heldout", "all")]
+        lines.append(f"| {row['point']} | " + " | ".join(cells) + f" | {secs:.0f} |")
+    lines += ["", f"Chosen on seeds 0–4: {s['chosen'] or 'none'}; on seeds 5–9: {s['verdict']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def write_study(name, out_dir, runs, knobs):
     """A study's outputs in out_dir (runs: {point: [each seed's summary]}); the lines to print."""
-    assert name == "regimes", name   # the one study so far
-    regimes = regimes_json(runs, knobs)
-    path = os.path.join(out_dir, "regimes.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(regimes, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
-    figures.fig_regimes(os.path.join(out_dir, "fig_regimes.png"), regimes)
-    with open(os.path.join(out_dir, "regimes.md.tmp"), "w", encoding="utf-8") as f:
-        f.write(regimes_markdown(regimes))
-    os.replace(os.path.join(out_dir, "regimes.md.tmp"), os.path.join(out_dir, "regimes.md"))
-    return regimes_summary(regimes, out_dir)
+    assert name in ("regimes", "smallest"), name
+    study = regimes_json(runs, knobs)
+    _write_text(os.path.join(out_dir, f"{name}.json"), json.dumps(study, separators=(",", ":")))
+    if name == "smallest":
+        table = smallest_markdown(study)
+        _write_text(os.path.join(out_dir, "smallest.md"), table)
+        return table + f"outputs: {out_dir}/smallest.json, smallest.md, each size's folder"
+    figures.fig_regimes(os.path.join(out_dir, "fig_regimes.png"), study)
+    _write_text(os.path.join(out_dir, "regimes.md"), regimes_markdown(study))
+    return regimes_summary(study, out_dir)
 
 
 def load_runs(out_dir):

@@ -89,7 +89,7 @@ class RunOptions:
     cache: str = "auto"           # finished stages shared across output directories: auto | off | a directory
     clear_cache: bool = False     # empty the cache first
     sweep: str = ""               # KNOB=v1,v2,... (or KNOB=v1,v2/KNOB2=w1,w2): every value × every seed, in out_dir/KNOB=v
-    study: str = ""               # one of the pipeline's studies (regimes): its points × every seed, in out_dir/<point>
+    study: str = ""               # one of the pipeline's studies (regimes, smallest): its points × every seed, in out_dir/<point>
 
     # Options that change no number: a run with other values of these can resume the same output directory.
     # (The device and the dtype do change numbers: the device enters every fingerprint (numerics), the dtype is

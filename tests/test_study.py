@@ -147,3 +147,35 @@ def test_a_tiny_study_end_to_end(tmp_path, capsys):
                           str(tmp_path / "again.png")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "| demonstrations | `rkl_seq` | off_support |" in res.stdout and (tmp_path / "again.png").exists()
+
+
+# --study=smallest: the smallest model whose π_SFT learns the task (a class on slow laptops)
+
+def _smallest(off_by_point):
+    """A smallest-model study from {point: [off-support rate of seed 0, 1, ...]}."""
+    return {"knobs": {"size": list(off_by_point)},
+            "points": {p: {"runs": [{"seed": s, "policies": {"sft": {"off_support": x}}, "stage_seconds": {}}
+                                    for s, x in enumerate(xs)]} for p, xs in off_by_point.items()}}
+
+
+def test_smallest_study_sizes_are_below_the_default_in_order_of_parameters():
+    sizes, cfg = afd_mini.SMALLEST_SIZES, afd_mini.Config()
+    params = [s["n_layer"] * 12 * s["n_embd"] ** 2 + s["n_embd"] * 400 for s in sizes]   # blocks + embeddings
+    assert params == sorted(params) and max(params) < cfg.n_layer * 12 * cfg.n_embd ** 2 + cfg.n_embd * 400
+    stages = [s.name for s in afd_mini.STUDIES["smallest"].stages]
+    assert stages == ["pretrain", "sft", "evaluate"]
+
+
+def test_smallest_learner_chooses_on_seeds_0_to_4_and_judges_on_5_to_9():
+    dev_low = [0.10, 0.12, 0.11, 0.13, 0.12]
+    s = metrics.smallest_learner(_smallest({"a": [0.3] * 10, "b": dev_low + [0.10, 0.11, 0.12, 0.10, 0.11],
+                                            "c": [0.05] * 10}))
+    assert s["chosen"] == "b" and s["verdict"] == "holds"   # "a" fails, "c" is larger: b is the first below
+    s = metrics.smallest_learner(_smallest({"b": dev_low + [0.20, 0.21, 0.19, 0.22, 0.20]}))
+    assert s["chosen"] == "b" and s["verdict"] == "does not hold"   # held-out seeds above the threshold
+    s = metrics.smallest_learner(_smallest({"b": dev_low + [0.10, 0.20, 0.12, 0.19, 0.14]}))
+    assert s["verdict"] == "inconclusive"
+    s = metrics.smallest_learner(_smallest({"a": [0.3] * 5 + [0.01] * 5}))   # only held-out seeds learn
+    assert s["chosen"] is None
+    rows = metrics.smallest_learner(_smallest({"a": [0.3] * 5 + [0.01] * 5}))["rows"]
+    assert rows[0]["dev"]["mean"] == pytest.approx(0.3) and rows[0]["heldout"]["mean"] == pytest.approx(0.01)
