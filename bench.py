@@ -37,7 +37,6 @@ On CPU the numbers depend on the number of threads torch uses (OMP_NUM_THREADS),
 import argparse
 import copy
 import json
-import resource
 import sys
 import time
 
@@ -224,8 +223,11 @@ def main():
 
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:  # ru_maxrss is KiB on Linux, bytes on macOS
+    elif sys.platform != "win32":  # ru_maxrss is KiB on Linux, bytes on macOS; Windows has no resource module
+        import resource
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    else:
+        peak_mib = None
 
     results = {
         "device": str(device),
@@ -271,7 +273,7 @@ def main():
         ("sample tokens/s, no cache (full context each step)", f"{results['sample_tokens_per_s_uncached']:,.0f}"),
         ("KV cache speed-up (cached / uncached tokens/s)", f"{results['cache_speedup']:.1f}x"),
         ("tokens sampled per call", f"{results['sample_tokens']:,}"),
-        (memory + ", MiB", f"{results['peak_memory_mib']:,.0f}"),
+        (memory + ", MiB", "n/a on Windows" if results["peak_memory_mib"] is None else f"{results['peak_memory_mib']:,.0f}"),
     ]
     if args.processes:
         for name, sec in results["processes"].items():

@@ -41,11 +41,12 @@ def fit_gaussian(target_probs, grid, direction, steps=200, lr=0.2):
     """
     Fit a Gaussian discretised on `grid` to `target_probs` by gradient descent on (mean, log std).
     direction "forward" minimises KL(target ‖ fit) (what SFT does), "reverse" KL(fit ‖ target)
-    (what adversarial imitation does). Both start at the same point: narrow and right of centre,
-    so that a symmetric target does not leave the reverse fit balanced between two modes.
+    (what adversarial imitation does), a number w in [0, 1] the generalised JSD_w(target ‖ fit) between
+    them (0.5: the Jensen–Shannon divergence of GAIL, exercise 13). All start at the same point: narrow and
+    right of centre, so that a symmetric target does not leave the reverse fit balanced between two modes.
     Returns (mu, sigma) as floats.
     """
-    w = {"forward": 0.0, "reverse": 1.0}[direction]
+    w = {"forward": 0.0, "reverse": 1.0}[direction] if isinstance(direction, str) else float(direction)
     grid = torch.as_tensor(grid, dtype=torch.float64)
     target_logits = torch.as_tensor(target_probs, dtype=torch.float64).clamp_min(1e-300).log()
     span = float(grid.max() - grid.min())
@@ -133,12 +134,17 @@ def fig_modes(path, mean, err):
               title_fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     _save(fig, path)
 
-def fig_divergence_plane(path, mean, err, linthresh=0.1):
+SLIDE_POLICIES = ("expert", "init", "sft", "rkl_seq", "js", "rkl_oracle", "pg_control")   # the handout's plane
+
+
+def fig_divergence_plane(path, mean, err, linthresh=0.1, only=None):
+    """Each policy's forward KL against its reverse KL; only: those policies (fig_plane_slide.png: SLIDE_POLICIES,
+    slide-sized, the legend inside)."""
     pol = mean["policies"]
-    fig = Figure(layout="constrained", figsize=(9, 5.5))
+    fig = Figure(layout="constrained", figsize=(9, 5.5) if only is None else (6.4, 4.8))
     ax = fig.subplots()
     hi = 1.0
-    for i, p in enumerate(_policy_order(pol)):
+    for i, p in enumerate(p for p in _policy_order(pol) if only is None or p in only):
         x, y = pol[p]["forward_kl"], pol[p]["reverse_kl"]
         xe, ye = get(err, "policies", p, "forward_kl"), get(err, "policies", p, "reverse_kl")
         color, marker = _policy_style(p, i)
@@ -158,7 +164,10 @@ def fig_divergence_plane(path, mean, err, linthresh=0.1):
             va="top", color="C0", fontsize=10)
     ax.text(0.97, 0.03, "mode-seeking\n(low reverse KL)", transform=ax.transAxes,
             ha="right", va="bottom", color="C3", fontsize=10)
-    fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    if only is None:
+        fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="center left", bbox_to_anchor=(0.0, 0.62), fontsize=9, frameon=False)
     _save(fig, path)
 
 def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, title=""):
@@ -418,6 +427,8 @@ CAPTIONS = {  # what to look for; the effect checks above say whether this run s
     "fig_divergence_plane.png": "expected: π_SFT upper left (low forward KL), the reverse-KL "
         "policies lower right (low reverse KL). Symlog axes, linear within ±0.1 nats, so the "
         "expert's own ≈ 0 (possibly slightly negative) Monte Carlo estimates sit at the origin.",
+    "fig_plane_slide.png": "the divergence plane for a slide: the expert, π_init, π_SFT, two reverse-KL "
+        "policies and GAIL (learned), the exact-reward ceiling and the control (fig_divergence_plane has every policy).",
     "fig_bon.png": "the papers predict: Init-SFT rises past the demonstrations (orange line) as N "
         "grows, the reward models trained against demonstrations gain less, and in the control "
         "panel (no signature) that gap shrinks. A curve that peaks and then falls is over-optimisation: "

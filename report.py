@@ -255,6 +255,8 @@ def write_report(out_dir, runs):
     draw = [("fig_intuition.png", lambda p: figures.fig_intuition(p), []),
             ("fig_modes.png", lambda p: figures.fig_modes(p, mean, err), ["policies"]),
             ("fig_divergence_plane.png", lambda p: figures.fig_divergence_plane(p, mean, err), ["policies"]),
+            ("fig_plane_slide.png", lambda p: figures.fig_divergence_plane(p, mean, err, only=figures.SLIDE_POLICIES),
+             ["policies"]),
             ("fig_bon.png", lambda p: figures.fig_bon(p, mean, err), ["bon", "demonstrations"]),
             ("fig_bon_picks.png", lambda p: figures.fig_bon_picks(p, mean, err), ["bon", "demonstrations"]),
             ("fig_extrapolation.png", lambda p: figures.fig_extrapolation(p, mean, err), ["policies"]),
@@ -527,8 +529,11 @@ if __name__ == "__main__":
             figures.fig_regimes(sys.argv[3], regimes)
         print(regimes_markdown(regimes))
         sys.exit(0)
-    assert len(sys.argv) == 2, ("usage: python report.py OUT_DIR, or python report.py pool OUT_DIR RUN_DIR ..., or "
-                                "python report.py --regimes REGIMES.json [FIG.png]")
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python report.py OUT_DIR, or python report.py pool OUT_DIR RUN_DIR ..., or "
+                 "python report.py --regimes REGIMES.json [FIG.png]")
     runs = load_runs(sys.argv[1])
-    assert runs, f"no seed_*/metrics.json under {sys.argv[1]}"
+    if not runs:
+        sys.exit(f"python report.py {sys.argv[1]}: no seed_*/metrics.json under {sys.argv[1]}; give the --out_dir "
+                 "of a run")
     print(write_report(sys.argv[1], runs))

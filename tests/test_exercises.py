@@ -615,7 +615,8 @@ def test_the_report_leaves_out_a_figure_whose_exercise_is_blanked(tmp_path, monk
     from fake_metrics import fake_run
     monkeypatch.setattr(figures, "DPI", 40)
     monkeypatch.setattr(figures, "generalized_jsd", blanked(13, "generalized_jsd"))
-    text = open(report.write_report(str(tmp_path), [fake_run(0)])).read()
+    with open(report.write_report(str(tmp_path), [fake_run(0)]), encoding="utf-8") as f:
+        text = f.read()
     assert f"- fig_intuition.png skipped: exercise 13 (generalized_jsd) is not written yet: {SOURCE}:2 " in text
     assert not (tmp_path / "fig_intuition.png").exists() and "](fig_intuition.png)" not in text
     assert (tmp_path / "fig_modes.png").exists() and "](fig_modes.png)" in text

@@ -3,6 +3,8 @@ reading the seed folders back."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +12,8 @@ import figures
 import metrics
 import report
 from fake_metrics import fake_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_error_bars_are_confidence_intervals_from_three_seeds():
@@ -32,7 +36,7 @@ def test_write_report_writes_markdown_and_figures(tmp_path, monkeypatch):
     assert path == os.path.join(str(tmp_path), "report.md")
     text = open(path, encoding="utf-8").read()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert sorted(links) == sorted(["fig_intuition.png", "fig_modes.png", "fig_divergence_plane.png",
+    assert sorted(links) == sorted(["fig_intuition.png", "fig_modes.png", "fig_divergence_plane.png", "fig_plane_slide.png",
                                     "fig_bon.png", "fig_bon_picks.png", "fig_extrapolation.png",
                                     "fig_calibration.png", "fig_curves.png", "fig_displacement.png"])
     for link in links:
@@ -67,3 +71,20 @@ def test_load_runs_reads_the_seed_folders(tmp_path):
     runs = report.load_runs(str(tmp_path))
     assert [r["seed"] for r in runs] == [0, 1]
     assert runs[1] == json.loads(json.dumps(fake_run(1)))
+
+
+def test_the_slide_plane_has_only_the_handouts_few_policies(tmp_path, monkeypatch):
+    """fig_plane_slide.png (docs/HANDOUT.md) draws SLIDE_POLICIES only, each once in its legend."""
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    mean, _ = metrics.aggregate([fake_run(0)])
+    figures.fig_divergence_plane(str(tmp_path / "x.png"), mean, None, only=figures.SLIDE_POLICIES)
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == len([p for p in figures.SLIDE_POLICIES if p in mean["policies"]]) <= 7
+
+
+@pytest.mark.slow
+def test_report_py_without_a_run_says_so_in_one_line(tmp_path):
+    for argv in ([str(tmp_path)], [], ["--bad"]):
+        r = subprocess.run([sys.executable, "report.py", *argv], cwd=ROOT, capture_output=True, encoding="utf-8")
+        assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

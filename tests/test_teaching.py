@@ -545,3 +545,20 @@ def test_handout_and_rubric_point_only_at_what_exists(doc):
     problems += [f"<img src={src}>: no file {os.path.dirname(doc)}/{src}" for src in images
                  if not os.path.isfile(os.path.join(ROOT, os.path.dirname(doc), src))]
     assert not problems, f"{doc}:\n" + "\n".join(problems)
+
+
+@teacher_only
+def test_exercise_13s_fit_at_w_half_is_what_teaching_md_says():
+    """Exercise 13's Think: the Jensen–Shannon fit (w = 0.5) and w = 0.25 sit on one mode as TEACHING.md quotes,
+    computed here, and w = 0.1 spreads out."""
+    import numpy as np
+
+    import figures
+    doc, grid = read("docs/TEACHING.md"), np.linspace(-6, 6, 241)
+    target = figures.bimodal_target(grid)
+    fits = {w: figures.fit_gaussian(target, grid, w) for w in (0.1, 0.25, 0.5, 1.0)}
+    says(doc, "The Jensen–Shannon fit sits on one mode, like the reverse KL's: μ = %.2f, σ = %.2f." % fits[0.5])
+    says(doc, "It already lands on one mode at w = 0.25 (μ = %.2f, σ = %.2f); at w = 0.1 it spreads out." % fits[0.25])
+    for w in (0.25, 0.5):
+        assert abs(fits[w][0] - 2.0) < 0.1 and fits[w][1] < 1.2 * fits[1.0][1], w   # one mode, as narrow
+    assert fits[0.1][1] > 2 * fits[1.0][1]   # spread

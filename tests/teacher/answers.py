@@ -241,7 +241,8 @@ HIDDEN = {
     11: [r"log\s*\(?\s*[nN]\s*\)?\s*[−-]\s*\(\s*[nN]\s*[−-]\s*1\s*\)\s*/\s*[nN]",   # log n − (n − 1)/n, any notation
          r"log\s*\(?\s*[nN]\s*\)?\s*[−-]\s*1\s*\+\s*1\s*/\s*[nN]"],                  # log n − 1 + 1/n
     12: [phrase("The subtlety a strong answer raises"), phrase("the gap shrinks.")],
-    13: [phrase("w = 0 is the forward KL (mass-covering)")],   # Think: which end covers, which seeks modes
+    13: [phrase("w = 0 is the forward KL (mass-covering)"),    # Think: which end covers, which seeks modes
+         phrase("The Jensen–Shannon fit sits on one mode")],   # Think: the fit at w = 0.5
     14: [r"imitation\s+errors?",                                # Derive: why a log-ratio reward needs the floor
          phrase("largest where π_init finds a response"),
          r"τ\s*=\s*[−-]\s*log\s*α",                             # Think 1: τ in terms of α
