@@ -414,6 +414,47 @@ def write_study(name, out_dir, runs, knobs):
     return regimes_summary(study, out_dir)
 
 
+# -----------------------------------------------------------------------------------------------------------
+# docs/RESULTS.md's tables from a ten-seed run (python report.py --results OUT_DIR): the policies, every effect on
+# seeds 0-4, 5-9 and 0-9, the stage times
+
+RESULTS_COLUMNS = [("KL(β‖π)", "forward_kl", 2), ("KL(π‖β)", "reverse_kl", 2), ("KL on the support", "reverse_kl_on", 2),
+                   ("off-support", "off_support", 3), ("mode entropy", "mode_entropy", 2),
+                   ("gold reward", "gold_reward", 3), ("length", "length", 1), ("KL(π‖π_SFT)", "kl_sft", 2)]
+
+
+def _effect_cell(e):
+    word = {"holds": "**holds**", "does not hold": "**does not hold**", "inconclusive": "*inconclusive*"}.get(
+        e["verdict"], e["verdict"])
+    if e["condition"] == "all conditions" or e["diff_mean"] is None:
+        return f"{word}, {e['seeds_holding']}/{e['seeds']}"
+    lo, hi = e["ci95"]
+    return f"{word} {e['diff_mean']:+.3g} [{lo:+.3g}, {hi:+.3g}], {e['seeds_holding']}/{e['seeds']}"
+
+
+def results_tables(runs):
+    """RESULTS.md's policy table (mean ± std over the runs), effect table (seeds 0–4, 5–9, 0–9) and the mean ± std
+    of each stage's seconds, as markdown."""
+    from methods import POLICIES
+    mean, std = aggregate(runs)
+    cell = lambda p, k, d: f"{mean['policies'][p][k]:.{d}f} ± {std['policies'][p][k]:.{d}f}"
+    lines = _table(["policy"] + [c for c, _, _ in RESULTS_COLUMNS],
+                   [[f"{pol.label.replace('{disc}', 'AIRL-form')} (`{pol.name}`)"]
+                    + ["—" if pol.name == "expert" and k == "kl_sft" else cell(pol.name, k, d)
+                       for _, k, d in RESULTS_COLUMNS] for pol in POLICIES if pol.name in mean["policies"]])
+    judged = [effects([r for r in runs if seeds is None or r["seed"] in seeds]) for _, seeds in SEED_SETS]
+    lines += [""] + _table(["effect", "condition"] + [f"seeds {name}" for name, _ in SEED_SETS],
+                           [[rows[-1]["effect"], rows[-1]["condition"], *map(_effect_cell, rows)]
+                            for rows in zip(*judged)])
+    stages = list(runs[0]["stage_seconds"])
+    secs = {s: [r["stage_seconds"][s] for r in runs] for s in stages}
+    sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+    lines += [""] + _table(["stage", f"{len(runs)} seeds (s)"],
+                           [[f"`{s}`", f"{np.mean(secs[s]):.1f} ± {sd(secs[s]):.1f}"] for s in stages]
+                           + [["total", f"{np.mean([sum(r['stage_seconds'].values()) for r in runs]):.1f}"]])
+    return "\n".join(lines) + "\n"
+
+
 def load_runs(out_dir):
     """The per-seed metrics dicts saved under out_dir/seed_*/metrics.json."""
     runs = []
@@ -529,9 +570,15 @@ if __name__ == "__main__":
             figures.fig_regimes(sys.argv[3], regimes)
         print(regimes_markdown(regimes))
         sys.exit(0)
+    if sys.argv[1:2] == ["--results"] and len(sys.argv) == 3:   # python report.py --results OUT_DIR
+        runs = load_runs(sys.argv[2])
+        if not runs:
+            sys.exit(f"python report.py --results {sys.argv[2]}: no seed_*/metrics.json under {sys.argv[2]}")
+        print(results_tables(runs))
+        sys.exit(0)
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         sys.exit("usage: python report.py OUT_DIR, or python report.py pool OUT_DIR RUN_DIR ..., or "
-                 "python report.py --regimes REGIMES.json [FIG.png]")
+                 "python report.py --regimes REGIMES.json [FIG.png], or python report.py --results OUT_DIR")
     runs = load_runs(sys.argv[1])
     if not runs:
         sys.exit(f"python report.py {sys.argv[1]}: no seed_*/metrics.json under {sys.argv[1]}; give the --out_dir "

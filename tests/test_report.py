@@ -88,3 +88,18 @@ def test_report_py_without_a_run_says_so_in_one_line(tmp_path):
     for argv in ([str(tmp_path)], [], ["--bad"]):
         r = subprocess.run([sys.executable, "report.py", *argv], cwd=ROOT, capture_output=True, encoding="utf-8")
         assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_results_tables_has_every_policy_every_effect_on_three_seed_sets_and_every_stage():
+    """python report.py --results OUT_DIR: docs/RESULTS.md's tables from a run's seeds."""
+    runs = [fake_run(s) for s in range(10)]
+    text = report.results_tables(runs)
+    mean, _ = metrics.aggregate(runs)
+    from methods import POLICIES
+    assert [p.name for p in POLICIES if p.name in mean["policies"]]   # the fake runs have some of them
+    for p in (p.name for p in POLICIES if p.name in mean["policies"]):
+        assert f"(`{p}`) |" in text
+    assert "| effect | condition | seeds 0–4 | seeds 5–9 | seeds 0–9 |" in text
+    assert len([l for l in text.splitlines() if l.count("/5 |") and l.count("/10 |")]) > 0
+    for stage in runs[0]["stage_seconds"]:
+        assert f"| `{stage}` |" in text
