@@ -167,7 +167,7 @@ def fig_divergence_plane(path, mean, err, linthresh=0.1, only=None):
     if only is None:
         fig.legend(loc="outside right center", fontsize=8, frameon=False)
     else:
-        ax.legend(loc="center left", bbox_to_anchor=(0.0, 0.62), fontsize=9, frameon=False)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.14), fontsize=9, frameon=False)   # the empty corner
     _save(fig, path)
 
 def _bon_panel(ax, bon, bon_err, demo, demo_err, sft_gold=None, rl_point=None, title=""):
