@@ -1,13 +1,15 @@
 """
 docs/TEACHING.md's reference outcomes, as tables, from the runs its commands write (teacher-only, like TEACHING.md).
 
-    python tests/teacher/reference_tables.py DEFAULT_DIR EXPERIMENTS_DIR
+    python tests/teacher/reference_tables.py DEFAULT_DIR EXPERIMENTS_DIR [--write docs/TEACHING.md]
 
 DEFAULT_DIR: the ten-seed default run (its seeds 0-3 are the "default" columns); EXPERIMENTS_DIR: the folder that
 holds the four-seed runs out_q05, out_kl05, out_kl0, out_tiny and out_nosig (TEACHING.md's commands). Prints each
 experiment's tables in the form TEACHING.md has them (mean ± sample standard deviation over seeds 0-3), to paste
-there; tests/test_teaching.py then says which sentences of the predictions no longer hold.
+there (--write replaces them in place); tests/test_teaching.py then says which sentences of the predictions no
+longer hold.
 """
+import re
 import json
 import os
 import statistics
@@ -118,14 +120,42 @@ def ex12(default, nosig):
             + f"\n\n(`--signature_p=0`'s main world equals the default run's control world on every seed: {same}.)")
 
 
-def main(default_dir, experiments_dir):
+TABLE_LINE = re.compile(r"^(\||π_SFT: |Share of each mode|\(`--signature_p=0`|$)")
+
+
+def replace_tables(doc, n, text):
+    """doc with exercise n's reference tables (the run of table lines after its command) replaced by text."""
+    start = doc.index(f"\n### {n}. ")
+    start = doc.index("#### Reference outcome", start)
+    start = doc.index("```\n", doc.index("```bash", start) + 7) + 4   # past the command's code block
+    lines = doc[start:].split("\n")
+    k = 0
+    while not (lines[k] and TABLE_LINE.match(lines[k])):   # to the first table line, past the columns' note
+        k += 1
+    first = k
+    while k < len(lines) and TABLE_LINE.match(lines[k]):
+        k += 1
+    while k > first and lines[k - 1] == "":
+        k -= 1
+    return doc[:start] + "\n".join(lines[:first] + text.split("\n") + lines[k:])
+
+
+def main(default_dir, experiments_dir, *write):
     default = load(default_dir)
     other = {name: load(os.path.join(experiments_dir, name))
              for name in ("out_q05", "out_kl05", "out_kl0", "out_tiny", "out_nosig")}
-    print("### 3\n\n" + ex3(default, other["out_q05"]))
-    print("\n### 8\n\n" + ex8(other["out_kl0"], default, other["out_kl05"]))
-    print("\n### 10\n\n" + ex10(default, other["out_tiny"]))
-    print("\n### 12\n\n" + ex12(default, other["out_nosig"]))
+    tables = {3: ex3(default, other["out_q05"]), 8: ex8(other["out_kl0"], default, other["out_kl05"]),
+              10: ex10(default, other["out_tiny"]), 12: ex12(default, other["out_nosig"])}
+    if write:
+        assert write[0] == "--write" and len(write) == 2, "usage: ... [--write docs/TEACHING.md]"
+        with open(write[1], encoding="utf-8") as f:
+            doc = f.read()
+        for n, text in tables.items():
+            doc = replace_tables(doc, n, text)
+        with open(write[1], "w", encoding="utf-8") as f:
+            f.write(doc)
+    for n, text in tables.items():
+        print(f"### {n}\n\n{text}\n")
 
 
 if __name__ == "__main__":
