@@ -214,7 +214,7 @@ def check_ex8(doc):
     sft = re.search(r"^π_SFT: forward KL (\S+) ± (\S+), reverse KL (\S+) ± (\S+), off-support (\S+) ± (\S+), "
                     r"mode entropy (\S+) ± (\S+)\.$", experiment(doc, 8), re.M)
     assert sft, "exercise 8's reference outcome no longer states π_SFT's numbers in the form this test reads"
-    sft_forward, sft_entropy = Cell(sft[1], sft[2]), Cell(sft[7], sft[8])
+    sft_entropy = Cell(sft[7], sft[8])
 
     weighed = [s.name for s in afd_mini.STAGES if "kl_coef" in s.reads]
     listed = re.search(r"\*\*Predictions\.\*\* With kl_coef = 0\.5 every stage that reads `kl_coef` \(([^)]*)\)",
@@ -234,31 +234,31 @@ def check_ex8(doc):
               f"spread ({f[0]} against {f[1]}) and the step from 0.05 to 0.5 is clear.")
     assert clear(s[0], s[1]) and clear(s[1], s[2]) and not clear(f[0], f[1]) and clear(f[1], f[2])
 
-    says(doc, f"For both, the forward KL, the reverse KL and the off-support rate fall, and the mode entropy rises "
-              f"towards SFT's {sft_entropy.ms}, from 0 to 0.05 to 0.5.")
+    fairl_entropy = at("fkl_fairl", "mode_entropy")
+    says(doc, f"For both, the forward KL, the reverse KL and the off-support rate fall from 0 to 0.05 to 0.5, and the "
+              f"mode entropy rises towards SFT's {sft_entropy.ms} (for `fkl_fairl` only from 0.05 to 0.5: "
+              f"{', '.join(c.ms for c in fairl_entropy)}).")
     for policy in DRIFTING:
         assert all(down(at(policy, m)) for m in ("forward_kl", "reverse_kl", "off_support")), policy
-        assert up(at(policy, "mode_entropy")) and all(c.m <= sft_entropy.m for c in at(policy, "mode_entropy"))
-    reverse, entropy = at("rkl_seq_scalar", "reverse_kl"), at("rkl_seq_scalar", "mode_entropy")
-    says(doc, f"From 0 to 0.5 the forward KL and the off-support rate fall clearly for both; the reverse KL "
-              f"({reverse[0].ms} → {reverse[2].ms}) and the mode entropy ({entropy[0].ms} → {entropy[2].ms}) change "
-              f"clearly only for `rkl_seq_scalar`, while those of `fkl_fairl` move within their seed spread.")
+        assert all(c.m <= sft_entropy.m for c in at(policy, "mode_entropy"))
+    assert up(at("rkl_seq_scalar", "mode_entropy"))
+    assert fairl_entropy[0].m == fairl_entropy[1].m < fairl_entropy[2].m
+    forward, reverse, entropy = (at("rkl_seq_scalar", m) for m in ("forward_kl", "reverse_kl", "mode_entropy"))
+    says(doc, f"From 0 to 0.5 the off-support rate falls clearly for both; the forward KL ({forward[0].ms} → "
+              f"{forward[2].ms}), the reverse KL ({reverse[0].ms} → {reverse[2].ms}) and the mode entropy "
+              f"({entropy[0].ms} → {entropy[2].ms}) change clearly only for `rkl_seq_scalar`, while those of "
+              f"`fkl_fairl` move within their seed spread.")
     for policy in DRIFTING:
-        for metric in ("forward_kl", "off_support"):
-            assert clear(at(policy, metric)[0], at(policy, metric)[2]), (policy, metric)
-    for metric in ("reverse_kl", "mode_entropy"):
+        assert clear(at(policy, "off_support")[0], at(policy, "off_support")[2]), policy
+    for metric in ("forward_kl", "reverse_kl", "mode_entropy"):
         assert clear(*at("rkl_seq_scalar", metric)[::2]) and not clear(*at("fkl_fairl", metric)[::2]), metric
 
-    js_forward = at("js_oracle", "forward_kl")
-    says(doc, f"`rkl_seq`, `rkl_tok`, `js`, `rkl_oracle` and `js_oracle` stay within 0.5 nats of π_SFT (`kl_sft`) at "
-              f"every kl_coef, and of their five numbers in the tables only one changes clearly between the three "
-              f"runs: `js_oracle`'s forward KL, which falls from {js_forward[0].ms} to {js_forward[1].ms} to "
-              f"{js_forward[2].ms}, towards SFT's {sft_forward.ms}.")
+    says(doc, "`rkl_seq`, `rkl_tok`, `js`, `rkl_oracle` and `js_oracle` stay within 0.5 nats of π_SFT (`kl_sft`) at "
+              "every kl_coef, and none of their five numbers in the tables changes clearly between the three runs.")
     assert all(c.m <= 0.5 for p in NEAR for c in at(p, "kl_sft"))
     changed = {(p, m) for p in NEAR for m in METRICS
                if any(clear(a, b) for a, b in itertools.combinations(at(p, m), 2))}
-    assert changed == {("js_oracle", "forward_kl")}, f"clear changes among the policies near π_SFT: {changed}"
-    assert down(js_forward) and js_forward[-1].m >= sft_forward.m
+    assert not changed, f"clear changes among the policies near π_SFT: {changed}"
     oracle = at("rkl_oracle", "kl_sft")
     says(doc, f"That includes the oracle: its `kl_sft` is {oracle[0].ms}, {oracle[1].ms} and {oracle[2].ms} at "
               f"kl_coef = 0, 0.05 and 0.5, so the pull towards π_SFT that π* implies at convergence does not show "
