@@ -352,11 +352,10 @@ def check_ex10(doc):
     assert not clear(j("off_support"), o("off_support")) and not clear(j("mode_entropy"), s("mode_entropy"))
 
     r = lambda metric: get("rkl_seq", metric, T)
-    says(doc, f"With the tiny model `rkl_seq`'s off-support rate, mode entropy and forward KL are within the seed "
-              f"spread of π_SFT's; only its reverse KL is clearly lower ({r('reverse_kl').ms} against "
-              f"{s('reverse_kl').ms}).")
-    assert not any(clear(r(metric), s(metric)) for metric in ("off_support", "mode_entropy", "forward_kl"))
-    assert r("reverse_kl").m < s("reverse_kl").m and clear(r("reverse_kl"), s("reverse_kl"))
+    says(doc, f"With the tiny model `rkl_seq`'s off-support rate, mode entropy, forward KL and reverse KL are all "
+              f"within the seed spread of π_SFT's (its reverse KL {r('reverse_kl').ms} against {s('reverse_kl').ms}).")
+    assert not any(clear(r(metric), s(metric)) for metric in ("off_support", "mode_entropy", "forward_kl",
+                                                              "reverse_kl"))
     says(doc, "The reference lists neither `rkl_tok`, `js`, `rkl_seq_scalar` nor `pg_control`: no prediction about "
               "them, or about a learned discriminator against the control, can be judged from it")
     assert not {"rkl_tok", "js", "rkl_seq_scalar", "pg_control"} & set(t)
