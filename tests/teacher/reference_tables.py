@@ -114,7 +114,8 @@ def ex12(default, nosig):
                  cell([bon(r, "init_sft", 16, "signature") for r in default], 2),
                  cell([bon(r, "init_sft", 16, "signature", world="control") for r in default], 2),
                  cell([bon(r, "init_sft", 16, "signature") for r in nosig], 2)])
-    same = all(r["bon"] == d["control"]["bon"] for r, d in zip(nosig, default))
+    same = all(r[key][rm] == d["control"][key][rm] for r, d in zip(nosig, default)   # every reward model the
+               for key in ("bon", "bon_plausible") for rm in d["control"][key])          # control world has
     return (table(["Best-of-N gold reward", "default, signed world", "default, its control world",
                    "`--signature_p=0`"], rows)
             + f"\n\n(`--signature_p=0`'s main world equals the default run's control world on every seed: {same}.)")
