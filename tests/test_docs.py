@@ -32,8 +32,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["EXERCISES.md", "docs/TEACHING.md"]
-MODULES = ["objectives", "afd_mini", "common", "evaluation", "report", "model", "sampling", "methods", "cli", "exercises",
-           "data.world"]
+MODULES = ["objectives", "afd_mini", "common", "evaluation", "report", "figures", "model", "sampling", "methods", "cli",
+           "exercises", "data.world"]
 OUTPUT_WRITERS = ["afd_mini.py", "report.py"]   # a file named in their source is one a run writes
 EXTENSIONS = ("py", "md", "png", "json", "txt", "pt", "ini", "tiktoken", "csv")
 

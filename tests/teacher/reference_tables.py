@@ -1,12 +1,12 @@
 """
 docs/TEACHING.md's reference outcomes, as tables, from the runs its commands write (teacher-only, like TEACHING.md).
 
-    python tests/teacher/reference_tables.py DEFAULT_DIR EXPERIMENTS_DIR [--write docs/TEACHING.md]
+    python tests/teacher/reference_tables.py DEFAULT_DIR EXPERIMENTS_DIR [docs/TEACHING.md]
 
 DEFAULT_DIR: the ten-seed default run (its seeds 0-3 are the "default" columns); EXPERIMENTS_DIR: the folder that
 holds the four-seed runs out_q05, out_kl05, out_kl0, out_tiny and out_nosig (TEACHING.md's commands). Prints each
 experiment's tables in the form TEACHING.md has them (mean ± sample standard deviation over seeds 0-3), to paste
-there (--write replaces them in place); tests/test_teaching.py then says which sentences of the predictions no
+there (given a third argument, the file, replaces them there in place); tests/test_teaching.py then says which sentences of the predictions no
 longer hold.
 """
 import re
@@ -138,7 +138,7 @@ def replace_tables(doc, n, text):
         k += 1
     while k > first and lines[k - 1] == "":
         k -= 1
-    return doc[:start] + "\n".join(lines[:first] + text.split("\n") + lines[k:])
+    return doc[:start] + "\n".join(lines[:first] + text.strip("\n").split("\n") + lines[k:])
 
 
 def main(default_dir, experiments_dir, *write):
@@ -148,12 +148,12 @@ def main(default_dir, experiments_dir, *write):
     tables = {3: ex3(default, other["out_q05"]), 8: ex8(other["out_kl0"], default, other["out_kl05"]),
               10: ex10(default, other["out_tiny"]), 12: ex12(default, other["out_nosig"])}
     if write:
-        assert write[0] == "--write" and len(write) == 2, "usage: ... [--write docs/TEACHING.md]"
-        with open(write[1], encoding="utf-8") as f:
+        assert len(write) == 1, "usage: python tests/teacher/reference_tables.py DEFAULT_DIR EXPERIMENTS_DIR [TEACHING.md]"
+        with open(write[0], encoding="utf-8") as f:
             doc = f.read()
         for n, text in tables.items():
             doc = replace_tables(doc, n, text)
-        with open(write[1], "w", encoding="utf-8") as f:
+        with open(write[0], "w", encoding="utf-8") as f:
             f.write(doc)
     for n, text in tables.items():
         print(f"### {n}\n\n{text}\n")
