@@ -16,7 +16,6 @@ import cli
 import figures
 import metrics
 import runner
-from cli import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = afd_mini.STUDIES["regimes"]
