@@ -23,6 +23,13 @@ from metrics import (DEV_SEEDS, HELDOUT_SEEDS, PREREGISTERED_N, REGIME_MEASURES,
                      _Missing, aggregate, effects, fmt, get, regime_map, regime_predictions)
 from stats import paired_interval, t_quantile_975
 
+def _write_text(path, text):
+    """path holds text, UTF-8, or is untouched: written under a temporary name, then renamed."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 QUICK_NOTE = ("--quick is a smoke test: its models are too small to learn the task, so these numbers mean nothing; "
               "run without --quick for numbers")   # the summary's last line after a --quick run
 
@@ -217,6 +224,10 @@ def error_bars(std, k):
 def _ci_text(ci):
     return "—" if ci is None else f"[{ci[0] + 0.0:.3g}, {ci[1] + 0.0:.3g}]"
 
+VERDICT_WORDS = {"holds": "**holds**", "does not hold": "**does not hold**", "inconclusive": "*inconclusive*",
+                 "indicative": "indicative", "not checked": "*not checked*"}   # as the tables print them
+
+
 def _effects_section(effects, k):
     lines = ["## Expected effects", "",
              "Each effect is judged on paired differences: for every seed, the difference between the two "
@@ -228,8 +239,6 @@ def _effects_section(effects, k):
              f"are judged at N = {', '.join(map(str, PREREGISTERED_N))}, fixed in advance.", ""]
     if k < 3:
         lines += [f"**{'One seed' if k == 1 else 'Two seeds'}: indicative only; run --seeds=5 for intervals.**", ""]
-    word = {"holds": "**holds**", "does not hold": "**does not hold**", "inconclusive": "*inconclusive*",
-            "indicative": "indicative", "not checked": "*not checked*"}
     rows = []
     for e in effects:
         if e["verdict"] == "not checked":
@@ -239,7 +248,7 @@ def _effects_section(effects, k):
         else:
             detail = [f"`{e['difference']}`", f"{e['diff_mean'] + 0.0:+.3g}", _ci_text(e["ci95"]),
                       f"{e['seeds_holding']}/{e['seeds']} seeds"]
-        rows.append([e["effect"], e["condition"], *detail, word[e["verdict"]]])
+        rows.append([e["effect"], e["condition"], *detail, VERDICT_WORDS[e["verdict"]]])
     return lines + _table(["effect", "condition", "difference (expected > 0)", "mean", "95% CI", "positive on",
                            "verdict"], rows) + [""]
 
@@ -282,9 +291,7 @@ def write_report(out_dir, runs):
         notes.append("No control world in the metrics: the signature comparison is not made.")
     judged = effects(runs)
     path = os.path.join(out_dir, "report.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(_markdown(runs, mean, std, judged, drawn, notes, err_label))
-    os.replace(path + ".tmp", path)
+    _write_text(path, _markdown(runs, mean, std, judged, drawn, notes, err_label))
     return path
 
 def write_sweep(out_dir, sweep):
@@ -387,17 +394,11 @@ def smallest_markdown(study):
     for row in s["rows"]:
         runs = study["points"][row["point"]]["runs"]
         secs = np.mean([r["stage_seconds"].get("pretrain", 0) + r["stage_seconds"].get("sft", 0) for r in runs])
-        cells = [f"{fmt(row[k]['mean'])} [{fmt(row[k]['ci95'][0])}, {fmt(row[k]['ci95'][1])}]"
-                 if row[k]["ci95"] else fmt(row[k]["mean"]) for k in ("dev", "heldout", "all")]
+        cells = [f"{fmt(row[k]['mean'])} {_ci_text(row[k]['ci95'])}" if row[k]["ci95"] else fmt(row[k]["mean"])
+                 for k in ("dev", "heldout", "all")]
         lines.append(f"| {row['point']} | " + " | ".join(cells) + f" | {secs:.0f} |")
     lines += ["", f"Chosen on seeds 0–4: {s['chosen'] or 'none'}; on seeds 5–9: {s['verdict']}."]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def write_study(name, out_dir, runs, knobs):
@@ -424,8 +425,7 @@ RESULTS_COLUMNS = [("KL(β‖π)", "forward_kl", 2), ("KL(π‖β)", "reverse_kl
 
 
 def _effect_cell(e):
-    word = {"holds": "**holds**", "does not hold": "**does not hold**", "inconclusive": "*inconclusive*"}.get(
-        e["verdict"], e["verdict"])
+    word = VERDICT_WORDS[e["verdict"]]
     if e["condition"] == "all conditions" or e["diff_mean"] is None:
         return f"{word}, {e['seeds_holding']}/{e['seeds']}"
     lo, hi = e["ci95"]
@@ -446,12 +446,10 @@ def results_tables(runs):
     lines += [""] + _table(["effect", "condition"] + [f"seeds {name}" for name, _ in SEED_SETS],
                            [[rows[-1]["effect"], rows[-1]["condition"], *map(_effect_cell, rows)]
                             for rows in zip(*judged)])
-    stages = list(runs[0]["stage_seconds"])
-    secs = {s: [r["stage_seconds"][s] for r in runs] for s in stages}
-    sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+    secs, secs_sd = mean["stage_seconds"], std["stage_seconds"]
     lines += [""] + _table(["stage", f"{len(runs)} seeds (s)"],
-                           [[f"`{s}`", f"{np.mean(secs[s]):.1f} ± {sd(secs[s]):.1f}"] for s in stages]
-                           + [["total", f"{np.mean([sum(r['stage_seconds'].values()) for r in runs]):.1f}"]])
+                           [[f"`{s}`", f"{secs[s]:.1f} ± {secs_sd[s]:.1f}"] for s in secs]
+                           + [["total", f"{sum(secs.values()):.1f}"]])   # the mean of the sums, a sum of the means
     return "\n".join(lines) + "\n"
 
 

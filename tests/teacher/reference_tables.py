@@ -30,12 +30,6 @@ def cell(values, digits):
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}".replace("-", "−")
 
 
-def get(run, *keys):
-    for k in keys:
-        run = run[k]
-    return run
-
-
 def bon(run, rm, n, key="gold_reward", world=None):
     table = run["control"]["bon"] if world == "control" else run["bon"]
     return table[rm][key][table[rm]["n"].index(n)]
